@@ -1,0 +1,95 @@
+# DeadNet-Caffe. Every target is a thin call of the `deadnet` command line (see README).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+DEADNET := $(VENV)/bin/deadnet
+PY := $(VENV)/bin/python
+
+# Paths of the pipeline (override on the command line, e.g. make dataset-A EXPERIMENT=my_exp).
+RUNS ?= runs
+EXPERIMENT ?= $(RUNS)/experiments/demo
+DATASET ?= A
+DATASET_DIR ?= $(RUNS)/datasets/$(DATASET)
+RUN ?= snapshots/dataset_$(DATASET)
+SOLVER ?= prototxt/dataset_$(shell echo $(DATASET) | tr AB ab)/solver.prototxt
+WEIGHTS ?= $(RUN)/latest.caffemodel
+PYTEST_ARGS ?=
+
+.PHONY: help setup test lint demo demo-b simulate dataset-A dataset-B train evaluate heatmap \
+        gradcam classmodel figures annotate report bench docker cuda-build clean
+
+help:
+	@echo "make setup | test | demo | demo-b | simulate | dataset-A | dataset-B | train | evaluate"
+	@echo "     heatmap | gradcam | classmodel | figures | annotate | report | bench | docker | cuda-build"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.deps
+	third_party/caffe/build.sh --venv $(VENV)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	bash tests/run.sh $(PYTEST_ARGS)
+
+demo: setup
+	$(DEADNET) demo --out $(RUNS)/demo
+
+demo-b: setup
+	$(DEADNET) demo --dataset B --out $(RUNS)/demo-b
+
+simulate: setup
+	$(DEADNET) simulate --preset demo --out $(EXPERIMENT)
+
+dataset-A: setup
+	$(DEADNET) dataset A --experiment $(EXPERIMENT) --out $(RUNS)/datasets/A
+
+dataset-B: setup
+	$(DEADNET) dataset B --experiment $(EXPERIMENT) --out $(RUNS)/datasets/B
+
+train: setup
+	$(DEADNET) train --dataset $(DATASET_DIR) --solver $(SOLVER) --run $(RUN)
+
+evaluate: setup
+	$(DEADNET) evaluate --weights $(WEIGHTS) --dataset $(DATASET_DIR) --out $(RUN)/evaluation
+
+heatmap: setup
+	$(DEADNET) heatmap --weights $(WEIGHTS) --experiment $(EXPERIMENT) --out $(RUN)/heatmaps
+
+gradcam: setup
+	$(DEADNET) gradcam --weights $(WEIGHTS) --dataset $(DATASET_DIR) --out $(RUN)/gradcam
+
+classmodel: setup
+	$(DEADNET) classmodel --weights $(WEIGHTS) --out $(RUN)/classmodel
+
+figures: setup
+	$(DEADNET) figures --run $(RUN)
+
+report: setup
+	$(DEADNET) report --weights $(WEIGHTS) --experiment $(EXPERIMENT) --out $(RUN)/report
+
+annotate: setup
+	$(DEADNET) annotate serve --experiment $(EXPERIMENT) --db sqlite:///$(RUNS)/annotations.sqlite
+
+bench: setup
+	$(DEADNET) bench --out $(RUNS)/bench
+
+docker:
+	docker build -t deadnet-caffe:gpu .
+
+# Compiles (does not run) the CUDA build on a machine without a GPU; not part of make test.
+cuda-build: $(VENV)/.deps
+	third_party/caffe/build.sh --venv $(VENV) --cuda --no-link
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

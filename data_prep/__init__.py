@@ -1,0 +1,1 @@
+"""Everything before Caffe: raw-experiment format, simulator, labels, splits, augmentation, writers."""
