@@ -1,1 +1,1 @@
-"""Everything before Caffe: raw-experiment format, simulator, labels, splits, augmentation, writers."""
+"""Everything before Caffe: raw data, simulator, labels, splits, augmentation, writers."""

@@ -89,7 +89,7 @@ def _number(text: str, kind, where: str, column: str, minimum: float):
         value = kind(text)
     except ValueError:
         raise UserError(f"{where}: column {column} is {text!r}, not a number.") from None
-    if isinstance(value, float) and not math.isfinite(value) or value < minimum:
+    if (isinstance(value, float) and not math.isfinite(value)) or value < minimum:
         raise UserError(f"{where}: column {column} is {text!r}, which is out of range.")
     return value
 
