@@ -17,6 +17,7 @@ RUN ?= snapshots/dataset_$(DATASET)
 SOLVER ?= prototxt/dataset_$(shell echo $(DATASET) | tr AB ab)/solver.prototxt
 WEIGHTS ?= $(RUN)/latest.caffemodel
 PYTEST_ARGS ?=
+CAFFE_FLAGS ?=
 
 .PHONY: help setup test lint demo demo-b simulate dataset-A dataset-B train evaluate heatmap \
         gradcam classmodel figures annotate report bench docker cuda-build clean
@@ -33,14 +34,15 @@ $(VENV)/.deps: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 setup: $(VENV)/.deps
-	third_party/caffe/build.sh --venv $(VENV)
+	third_party/caffe/build.sh --venv $(VENV) $(CAFFE_FLAGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test: setup lint
-	bash tests/run.sh $(PYTEST_ARGS)
+	tests/install-test-deps.sh
+	tests/run.sh $(PYTEST_ARGS)
 
 demo: setup
 	$(DEADNET) demo --out $(RUNS)/demo
@@ -82,6 +84,7 @@ annotate: setup
 	$(DEADNET) annotate serve --experiment $(EXPERIMENT) --db sqlite:///$(RUNS)/annotations.sqlite
 
 bench: setup
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(DEADNET) bench --out $(RUNS)/bench
 
 docker:

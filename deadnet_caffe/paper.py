@@ -65,6 +65,13 @@ POOL_LAYERS = ("pool_d2_0", "pool_d3_0", "pool_d4_0", "pool_d5_0")  # kernel 2, 
 FC_LAYERS = (("fc1", 512), ("fc2", 512), ("score", 2))  # published; Table 1
 DROPOUT_RATIO = 0.5  # after fc1 and fc2, TRAIN only (published; paper 2.4)
 BN_MOVING_AVERAGE_FRACTION = 0.95  # published BatchNorm param
+INPUT_CHANNELS = 1  # Table 1: 220x220x1 (grey phase-contrast crops)
+POOL_KERNEL = 2  # Table 1 "2x2x1, 2"; published
+POOL_STRIDE = 2
+WEIGHT_FILLER = "xavier"  # "Xavier initialization scheme [18]" (2.4); published
+PARAM_LR_MULT = (1, 2)  # weights, bias (published conv layers; used for fc as well)
+PARAM_DECAY_MULT = (1, 0)
+FCN_STRIDE_PX = POOL_STRIDE**4  # one fully-convolutional window every 2^4 = 16 px (4 pools)
 # Blob sides for a 220 px input (measured with BVLC Caffe, released-settings.md):
 BLOB_SIDES_PUBLISHED = (212, 106, 53, 27, 14)  # Caffe's default CEIL pooling
 BLOB_SIDES_TABLE1 = (212, 106, 53, 26, 13)  # Table 1: needs round_mode FLOOR

@@ -1,0 +1,487 @@
+"""The annotation database: annotators, items, presentations and votes (SQLAlchemy Core).
+
+Any SQLAlchemy URL works: SQLite (the default; WAL journal, a busy timeout and
+``BEGIN IMMEDIATE`` transactions so concurrent writers queue instead of failing) or
+PostgreSQL for a team (``postgresql+psycopg://user@host/db``; install ``psycopg`` first).
+Every statement is built with SQLAlchemy Core, so every value is a bound parameter.
+
+Tables
+------
+- ``annotators``: name (unique) and the SHA-256 of the secret token (the token itself is
+  shown once, by :func:`add_annotator`, and never stored);
+- ``items``: the pool (id, position key, dose);
+- ``presentations``: which item was shown to whom, in order, and whether it came from the
+  already-scored pool (unique per annotator and item);
+- ``votes``: one per annotator and item (unique), label, optional "why", time.
+
+Presentation rule (paper section 2.2): items are drawn at random; every
+``OVERLAP_EVERY_NTH``-th item presented to an annotator is drawn from the items already
+voted on by another annotator (and never shown to this one), when there are any. The other
+items are drawn from those nobody has been shown yet, then from those not shown to this
+annotator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TypeVar
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+
+from data_prep.votes import Vote
+from deadnet_caffe.errors import UserError
+from deadnet_caffe.paper import OVERLAP_EVERY_NTH, VOTE_LABELS
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+WHY_MAX_CHARS = 2000
+NAME_MAX_CHARS = 100
+
+metadata = MetaData()
+annotators = Table(
+    "annotators",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(NAME_MAX_CHARS), nullable=False, unique=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", String(32), nullable=False),
+)
+items = Table(
+    "items",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("position_key", String(250), nullable=False),
+    Column("dose_s", Float, nullable=False),
+)
+presentations = Table(
+    "presentations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("item_id", String(300), ForeignKey("items.id"), nullable=False),
+    Column("overlap", Boolean, nullable=False),
+    Column("presented_at", String(32), nullable=False),
+    UniqueConstraint("annotator_id", "item_id", name="one_presentation_per_item"),
+)
+votes = Table(
+    "votes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("item_id", String(300), ForeignKey("items.id"), nullable=False),
+    Column("label", String(16), nullable=False),
+    Column("overlap", Boolean, nullable=False),
+    Column("why", Text, nullable=False, default=""),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("annotator_id", "item_id", name="one_vote_per_item"),
+)
+
+T = TypeVar("T")
+
+
+class Rejected(Exception):  # noqa: N818 (a refusal, not a program error)
+    """A request the database refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    name: str
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with seconds and a ``Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex digest of a token (tokens are 256-bit random, so no salt is needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def open_db(url: str) -> Engine:
+    """An engine for ``url`` with the schema created if missing.
+
+    A plain path (no ``://``) is taken as an SQLite file.
+
+    Raises
+    ------
+    UserError
+        If the URL is malformed, its driver is missing or the database cannot be opened.
+    """
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, ImportError) as err:
+        raise UserError(f"{url}: cannot open the database ({err}).") from None
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    try:
+        metadata.create_all(engine)
+    except OperationalError as err:
+        raise UserError(f"{url}: cannot open the database ({err.orig}).") from None
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below opens transactions
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        # Take the write lock at the start: read-then-write transactions never deadlock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = 5) -> T:
+    """Run ``work`` in one transaction, retrying when the database is briefly locked."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except OperationalError as err:
+            locked = isinstance(err.orig, sqlite3.OperationalError) and "locked" in str(err.orig)
+            if not locked or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+# --- annotators -----------------------------------------------------------------------
+
+
+def add_annotator(engine: Engine, name: str) -> str:
+    """Create annotator ``name`` and return its new secret token (shown once, stored hashed).
+
+    Raises
+    ------
+    UserError
+        If the name is empty, too long or already taken.
+    """
+    name = name.strip()
+    if not name or len(name) > NAME_MAX_CHARS or any(c in name for c in "\r\n\t,"):
+        raise UserError(
+            f"annotator name {name!r} must be 1-{NAME_MAX_CHARS} characters without commas, "
+            "tabs or line breaks."
+        )
+    token = secrets.token_urlsafe(32)
+    row = {"name": name, "token_sha256": hash_token(token), "created_at": now_iso()}
+    try:
+        _transaction(engine, lambda c: c.execute(insert(annotators).values(**row)))
+    except IntegrityError:
+        raise UserError(f"{engine.url}: annotator {name!r} exists already.") from None
+    return token
+
+
+def annotator_for_token(engine: Engine, token: str) -> Annotator | None:
+    """The annotator whose token this is, or None."""
+    if not token:
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(annotators.c.id, annotators.c.name).where(
+                annotators.c.token_sha256 == hash_token(token)
+            )
+        ).first()
+    return Annotator(row.id, row.name) if row else None
+
+
+# --- items ----------------------------------------------------------------------------
+
+
+def sync_items(engine: Engine, pool: Iterable[tuple[str, str, float]]) -> int:
+    """Store the pool ``(item_id, position_key, dose_s)``; return the number of items.
+
+    Items already stored are kept; a database holding items outside the pool belongs to
+    another experiment (or other settings) and is refused.
+
+    Raises
+    ------
+    UserError
+        If the database holds items that are not in the pool.
+    """
+    pool = list(pool)
+    ids = {p[0] for p in pool}
+
+    def work(conn: Connection) -> int:
+        stored = set(conn.execute(select(items.c.id)).scalars())
+        foreign = stored - ids
+        if foreign:
+            raise UserError(
+                f"{engine.url}: the database holds {len(foreign)} item(s) that are not in this "
+                f"experiment's pool (e.g. {sorted(foreign)[0]}); use the experiment and "
+                "--max-dose-s it was made with, or a new database."
+            )
+        new = [
+            {"id": i, "position_key": k, "dose_s": float(d)} for i, k, d in pool if i not in stored
+        ]
+        if new:
+            conn.execute(insert(items), new)
+        return len(ids)
+
+    return _transaction(engine, work)
+
+
+# --- presentation and votes -----------------------------------------------------------
+
+
+def _progress(conn: Connection, annotator_id: int) -> dict[str, int]:
+    voted = conn.execute(
+        select(func.count()).select_from(votes).where(votes.c.annotator_id == annotator_id)
+    ).scalar_one()
+    total = conn.execute(select(func.count()).select_from(items)).scalar_one()
+    return {"voted": int(voted), "total": int(total)}
+
+
+def _pending(conn: Connection, annotator_id: int):
+    """The latest item presented to the annotator and not yet voted on, or None."""
+    voted = exists().where(
+        and_(votes.c.annotator_id == annotator_id, votes.c.item_id == presentations.c.item_id)
+    )
+    return conn.execute(
+        select(presentations.c.item_id, presentations.c.overlap)
+        .where(presentations.c.annotator_id == annotator_id, ~voted)
+        .order_by(presentations.c.id.desc())
+        .limit(1)
+    ).first()
+
+
+def _draw(conn: Connection, annotator_id: int) -> tuple[str, bool] | None:
+    """Draw the next item for the annotator by the presentation rule (module docstring)."""
+    shown_to_me = exists().where(
+        and_(presentations.c.annotator_id == annotator_id, presentations.c.item_id == items.c.id)
+    )
+    n_shown = conn.execute(
+        select(func.count())
+        .select_from(presentations)
+        .where(presentations.c.annotator_id == annotator_id)
+    ).scalar_one()
+    if (n_shown + 1) % OVERLAP_EVERY_NTH == 0:
+        scored_by_other = exists().where(
+            and_(votes.c.item_id == items.c.id, votes.c.annotator_id != annotator_id)
+        )
+        row = conn.execute(
+            select(items.c.id).where(scored_by_other, ~shown_to_me).order_by(func.random()).limit(1)
+        ).first()
+        if row:
+            return row.id, True
+    shown_to_anyone = exists().where(presentations.c.item_id == items.c.id)
+    for condition in (~shown_to_anyone, ~shown_to_me):
+        row = conn.execute(
+            select(items.c.id).where(condition).order_by(func.random()).limit(1)
+        ).first()
+        if row:
+            return row.id, False
+    return None
+
+
+def next_item(engine: Engine, annotator: Annotator) -> dict:
+    """The item to show the annotator: the pending one, else a newly drawn one.
+
+    Returns
+    -------
+    dict
+        ``{"item_id", "overlap", "progress": {"voted", "total"}}``, with ``item_id`` None when
+        the annotator has voted on every item.
+    """
+
+    def work(conn: Connection) -> dict:
+        pending = _pending(conn, annotator.id)
+        if pending is None:
+            drawn = _draw(conn, annotator.id)
+            if drawn is not None:
+                conn.execute(
+                    insert(presentations).values(
+                        annotator_id=annotator.id,
+                        item_id=drawn[0],
+                        overlap=drawn[1],
+                        presented_at=now_iso(),
+                    )
+                )
+            pending = drawn
+        return {
+            "item_id": pending[0] if pending else None,
+            "overlap": bool(pending[1]) if pending else False,
+            "progress": _progress(conn, annotator.id),
+        }
+
+    return _transaction(engine, work)
+
+
+def cast_vote(engine: Engine, annotator: Annotator, item_id: str, label: str, why: str) -> dict:
+    """Record the annotator's vote on an item presented to them.
+
+    Returns
+    -------
+    dict
+        ``{"progress": {"voted", "total"}}``.
+
+    Raises
+    ------
+    Rejected
+        400 for an unknown label or a too long "why", 404 for an item not in the pool,
+        409 for an item not presented to this annotator or already voted on.
+    """
+    if label not in VOTE_LABELS:
+        raise Rejected(400, f"label must be one of {', '.join(VOTE_LABELS)}")
+    if len(why) > WHY_MAX_CHARS:
+        raise Rejected(400, f"'why' is longer than {WHY_MAX_CHARS} characters")
+
+    def work(conn: Connection) -> dict:
+        if conn.execute(select(items.c.id).where(items.c.id == item_id)).first() is None:
+            raise Rejected(404, "unknown item")
+        shown = conn.execute(
+            select(presentations.c.overlap).where(
+                presentations.c.annotator_id == annotator.id, presentations.c.item_id == item_id
+            )
+        ).first()
+        if shown is None:
+            raise Rejected(409, "this item was not presented to you")
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(votes).values(
+                        annotator_id=annotator.id,
+                        item_id=item_id,
+                        label=label,
+                        overlap=shown.overlap,
+                        why=why,
+                        created_at=now_iso(),
+                    )
+                )
+        except IntegrityError:
+            raise Rejected(409, "you have voted on this item already") from None
+        return {"progress": _progress(conn, annotator.id)}
+
+    return _transaction(engine, work)
+
+
+def undo_last(engine: Engine, annotator: Annotator) -> dict:
+    """Delete the annotator's latest vote; its item becomes the pending one again.
+
+    Raises
+    ------
+    Rejected
+        409 if the annotator has no vote.
+    """
+
+    def work(conn: Connection) -> dict:
+        row = conn.execute(
+            select(votes.c.id, votes.c.item_id, votes.c.label)
+            .where(votes.c.annotator_id == annotator.id)
+            .order_by(votes.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            raise Rejected(409, "nothing to undo")
+        conn.execute(delete(votes).where(votes.c.id == row.id))
+        return {"item_id": row.item_id, "label": row.label, "progress": _progress(conn, annotator.id)}
+
+    return _transaction(engine, work)
+
+
+# --- concordance and export -----------------------------------------------------------
+
+
+def concordance(engine: Engine) -> dict:
+    """Vote counts, disagreement on items voted by several annotators, votes by dose.
+
+    Returns
+    -------
+    dict
+        ``annotators``: ``[{"name", "healthy", "sick", "unsure", "total"}]``;
+        ``overlap``: ``{"items", "disagree", "disagree_fraction"}`` over items with votes from
+        two or more annotators (an item disagrees when its labels are not all equal; the
+        paper's 49 of 263, section 3.1); ``by_dose``: ``[{"dose_s", "healthy", "sick",
+        "unsure"}]``; ``items``: pool size; ``votes``: total votes.
+    """
+    with engine.connect() as conn:
+        per_annotator: dict[str, dict[str, int]] = {}
+        for name in conn.execute(select(annotators.c.name).order_by(annotators.c.name)).scalars():
+            per_annotator[name] = {lab: 0 for lab in VOTE_LABELS}
+        rows = conn.execute(
+            select(annotators.c.name, votes.c.label, func.count())
+            .select_from(votes.join(annotators))
+            .group_by(annotators.c.name, votes.c.label)
+        )
+        for name, label, n in rows:
+            per_annotator[name][label] = int(n)
+        labels_of: dict[str, set[str]] = {}
+        voters_of: dict[str, int] = {}
+        for item_id, label in conn.execute(select(votes.c.item_id, votes.c.label)):
+            labels_of.setdefault(item_id, set()).add(label)
+            voters_of[item_id] = voters_of.get(item_id, 0) + 1
+        shared = [i for i, n in voters_of.items() if n >= 2]
+        disagree = sum(1 for i in shared if len(labels_of[i]) > 1)
+        by_dose: dict[float, dict[str, int]] = {}
+        rows = conn.execute(
+            select(items.c.dose_s, votes.c.label, func.count())
+            .select_from(votes.join(items))
+            .group_by(items.c.dose_s, votes.c.label)
+        )
+        for dose, label, n in rows:
+            by_dose.setdefault(float(dose), {lab: 0 for lab in VOTE_LABELS})[label] = int(n)
+        n_items = conn.execute(select(func.count()).select_from(items)).scalar_one()
+    return {
+        "annotators": [
+            {"name": k, **v, "total": sum(v.values())} for k, v in per_annotator.items()
+        ],
+        "overlap": {
+            "items": len(shared),
+            "disagree": disagree,
+            "disagree_fraction": disagree / len(shared) if shared else None,
+        },
+        "by_dose": [{"dose_s": d, **by_dose[d]} for d in sorted(by_dose)],
+        "items": int(n_items),
+        "votes": sum(voters_of.values()),
+    }
+
+
+def all_votes(engine: Engine) -> list[Vote]:
+    """Every vote, oldest first, in the schema of :mod:`data_prep.votes`."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                votes.c.item_id, annotators.c.name, votes.c.label, votes.c.overlap, votes.c.created_at
+            )
+            .select_from(votes.join(annotators))
+            .order_by(votes.c.id)
+        )
+        return [Vote(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]

@@ -1,0 +1,213 @@
+"""The pool of annotation items of a raw experiment, and their frames as 8-bit PNGs.
+
+An item is a 256 px crop of 10 consecutive frames (paper section 2.2), identified by
+:class:`data_prep.votes.Item`. Crops tile each frame without overlap (top-left aligned;
+the right and bottom remainders narrower than 256 px are left out) and the 10-frame windows
+tile the time-lapse without overlap. Only positions whose dose lies in Data Set B's range
+(0-80 s, :data:`deadnet_caffe.paper.DATASET_B_DOSE_RANGE_S`) are used; the upper limit is
+configurable.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from data_prep.experiment import Position, read_manifest
+from data_prep.votes import Item
+from deadnet_caffe.errors import UserError
+from deadnet_caffe.paper import CROP_PX, DATASET_B_DOSE_RANGE_S, SEQUENCE_FRAMES
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+STRETCH_PERCENTILES = (0.5, 99.5)  # contrast stretch of a sequence (display only)
+
+
+@dataclass(frozen=True)
+class PoolItem:
+    """One item of the pool: its id, the position it comes from and that position's dose."""
+
+    item: Item
+    position: Position
+
+    @property
+    def id(self) -> str:
+        return self.item.id
+
+    @property
+    def dose_s(self) -> float:
+        return self.position.dose_s
+
+
+def _frame_files(position: Position) -> list[Path]:
+    if position.path.is_dir():
+        files = sorted(p for p in position.path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+        if not files:
+            raise UserError(f"{position.path}: folder of position {position.key} has no TIFFs.")
+        return files
+    return [position.path]
+
+
+def _page_index(series, position: Position, t: int) -> int:
+    """Index of the TIFF page holding frame ``t`` (and ``position.channel``) of a series."""
+    axes = series.axes.replace("S", "")
+    if not axes.endswith("YX"):
+        raise UserError(f"{position.path}: image axes {series.axes!r} do not end in YX.")
+    lead_axes, lead_shape = axes[:-2], series.shape[: len(axes) - 2]
+    if not lead_axes:
+        return 0
+    time_axis = next((a for a in "TZIQ" if a in lead_axes), lead_axes[0])
+    index = []
+    for axis, size in zip(lead_axes, lead_shape, strict=True):
+        if axis == time_axis:
+            index.append(t)
+        elif axis == "C" and position.channel is not None:
+            if position.channel >= size:
+                raise UserError(
+                    f"{position.path}: channel {position.channel} asked for, the stack has {size}."
+                )
+            index.append(position.channel)
+        else:
+            index.append(0)
+    return int(np.ravel_multi_index(index, lead_shape))
+
+
+def frame_shape(position: Position) -> tuple[int, int]:
+    """(H, W) of the frames of ``position``, from the TIFF header only."""
+    first = _frame_files(position)[0]
+    try:
+        with tifffile.TiffFile(first) as tif:
+            shape = tif.series[0].shape
+            axes = tif.series[0].axes.replace("S", "")
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise UserError(f"{first}: cannot read the TIFF ({err}).") from None
+    if not axes.endswith("YX"):
+        raise UserError(f"{first}: image axes {axes!r} do not end in YX.")
+    y, x = axes.index("Y"), axes.index("X")
+    return int(shape[y]), int(shape[x])
+
+
+def read_frames(position: Position, t0: int, count: int) -> np.ndarray:
+    """Frames ``t0 .. t0+count-1`` of ``position``.
+
+    Returns
+    -------
+    (count, H, W) array of the file's dtype (the first sample of RGB/multi-sample pages).
+    """
+    files = _frame_files(position)
+    frames = []
+    try:
+        if len(files) > 1:
+            for t in range(t0, t0 + count):
+                frames.append(tifffile.imread(files[t]))
+        else:
+            with tifffile.TiffFile(files[0]) as tif:
+                series = tif.series[0]
+                for t in range(t0, t0 + count):
+                    frames.append(series.pages[_page_index(series, position, t)].asarray())
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
+        raise UserError(f"{position.path}: cannot read frames {t0}..{t0 + count - 1} ({err}).")
+    out = np.stack([f if f.ndim == 2 else f[..., 0] for f in frames])
+    return out
+
+
+def build_pool(
+    experiment: Path | str, max_dose_s: float = DATASET_B_DOSE_RANGE_S[1]
+) -> list[PoolItem]:
+    """All items of the positions of ``experiment`` with dose in [0, ``max_dose_s``] s.
+
+    Items are non-overlapping ``CROP_PX`` crops x ``SEQUENCE_FRAMES`` consecutive frames
+    (paper section 2.2), listed position by position, then by t0, y0, x0.
+
+    Raises
+    ------
+    UserError
+        If the manifest is bad or no position yields an item.
+    """
+    positions = read_manifest(experiment)
+    items: list[PoolItem] = []
+    for pos in positions:
+        if not DATASET_B_DOSE_RANGE_S[0] <= pos.dose_s <= max_dose_s:
+            continue
+        h, w = frame_shape(pos)
+        for t0 in range(0, pos.n_frames - SEQUENCE_FRAMES + 1, SEQUENCE_FRAMES):
+            for y0 in range(0, h - CROP_PX + 1, CROP_PX):
+                for x0 in range(0, w - CROP_PX + 1, CROP_PX):
+                    items.append(PoolItem(Item(pos.key, t0, y0, x0), pos))
+    if not items:
+        raise UserError(
+            f"{Path(experiment) / 'manifest.csv'}: no position with dose <= {max_dose_s:g} s "
+            f"has {SEQUENCE_FRAMES} frames of at least {CROP_PX}x{CROP_PX} px to annotate."
+        )
+    return items
+
+
+def stretch_to_uint8(stack: np.ndarray) -> np.ndarray:
+    """Contrast-stretch a sequence to 8 bits with one range for all its frames.
+
+    Parameters
+    ----------
+    stack : (T, H, W) array
+        The frames of one item.
+
+    Returns
+    -------
+    (T, H, W) uint8, the ``STRETCH_PERCENTILES`` of the whole stack mapped to 0 and 255;
+    a constant stack gives zeros.
+    """
+    data = stack.astype(np.float32)
+    lo, hi = np.percentile(data, STRETCH_PERCENTILES)
+    if hi <= lo:
+        return np.zeros(stack.shape, np.uint8)
+    return np.clip((data - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) uint8 frame."""
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class FrameCache:
+    """The PNG frames of pool items, rendered on first request and kept in a small LRU cache.
+
+    Parameters
+    ----------
+    items : list of PoolItem
+        The pool; frames of other ids are never rendered.
+    max_items : int
+        Number of items (10 PNGs each) kept in memory.
+    """
+
+    def __init__(self, items: list[PoolItem], max_items: int = 64) -> None:
+        self._items = {it.id: it for it in items}
+        self._max = max_items
+        self._cache: OrderedDict[str, list[bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._items
+
+    def frames(self, item_id: str) -> list[bytes]:
+        """The ``SEQUENCE_FRAMES`` PNGs of ``item_id`` (KeyError for ids not in the pool)."""
+        pool_item = self._items[item_id]
+        with self._lock:
+            if item_id in self._cache:
+                self._cache.move_to_end(item_id)
+                return self._cache[item_id]
+        it = pool_item.item
+        stack = read_frames(pool_item.position, it.t0, SEQUENCE_FRAMES)
+        crop = stack[:, it.y0 : it.y0 + CROP_PX, it.x0 : it.x0 + CROP_PX]
+        pngs = [encode_png(f) for f in stretch_to_uint8(crop)]
+        with self._lock:
+            self._cache[item_id] = pngs
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return pngs

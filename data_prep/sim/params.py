@@ -1,0 +1,178 @@
+"""Parameters of the simulator, with defaults, units and sources, and the presets.
+
+Three groups, kept apart as the model is: :class:`Biology` (the agent model), :class:`Optics`
+(phase-contrast image formation and camera) and :class:`Layout` (plate, doses, frames).
+Sources: "paper" is the DeadNet paper (section 2.1), "ref" is
+shared/reference/phase-contrast-and-cells.md (typical values for U2OS cells, Zernike phase
+contrast and the ORCA-ER camera); "tuned" means chosen so that the simulated experiment shows
+what the paper reports (see docs/simulator.md). Every group rejects unknown keys, so a typo in
+a settings file is an error rather than a silently ignored value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from deadnet_caffe import paper
+from deadnet_caffe.errors import UserError
+
+
+def _from_dict(cls, doc: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown {cls.__name__} setting(s) {', '.join(unknown)}.")
+    return cls(**doc)
+
+
+@dataclass(frozen=True)
+class Biology:
+    """The agent model of U2OS cells and their photodamage (units in the names)."""
+
+    # --- Cells (ref, "U2OS cells") ---
+    radius_um: float = 22.0  # spread cell radius; 30-60 um across -> 100-200 px (ref)
+    radius_cv: float = 0.18  # cell-to-cell variation of the radius (tuned)
+    polygonality: float = 0.16  # amplitude of 3rd-5th shape harmonics (tuned to look polygonal)
+    elongation: float = 0.3  # amplitude of the 2nd harmonic (tuned)
+    nucleus_radius_um: float = 8.5  # nucleus 15-20 um across (ref)
+    speed_um_per_min: float = 0.4  # migration 0.3-0.5 um/min (ref)
+    persistence_h: float = 1.5  # direction persistence of the random walk (tuned)
+    cycle_h: float = 27.0  # doubling 25-30 h (ref)
+    cycle_cv: float = 0.12
+    mitosis_min: float = 50.0  # rounding 45-60 min (ref)
+    initial_cells_per_crop: float = 1.6  # cells per 256 px crop at t=0; 1-6 per crop (paper 2.2)
+    max_cells_per_crop: float = 5.0  # contact inhibition: no division beyond this density
+    # --- Photodamage (tuned; paper 2.1-2.2 and ref "What photodamage looks like") ---
+    dose_ref_s: float = 123.0  # the hit h = dose / dose_ref * sensitivity; median death ~80 s
+    sensitivity_sigma: float = 0.78  # log-normal spread of the sensitivity above its floor
+    sensitivity_floor: float = 0.5  # no cell survives 200 s (paper 2.1: mass death at 200 s)
+    regional_fraction: float = 0.5  # share of the log-variance that is regional (paper 2.2)
+    regional_scale_um: float = 110.0  # correlation length of the regional susceptibility
+    prompt_damage: float = 0.25  # damage right after exposure per unit hit (early subtle signs)
+    prompt_max: float = 0.4  # ... capped below commitment: no cell is dying at frame 0
+    load_decay_h: float = 5.0  # clearance of the light-induced stress load
+    damage_rate_per_h: float = 0.16  # damage production per unit load
+    repair_rate_per_h: float = 0.20  # first-order repair (recovery at low dose)
+    amplification: float = 3.0  # self-amplification of damage (commitment at high dose)
+    commit_damage: float = 0.5  # damage at which a cell is committed to die
+    dying_h: float = 8.0  # median time from commitment to death (rounding, blebbing)
+    detach_h: float = 8.0  # median time from death to detachment
+    spontaneous_per_cell: float = 0.05  # at any dose: chance a cell is sick for other reasons
+    stressed_damage: float = 0.12  # damage from which a cell counts as stressed
+    phenotype_gain: float = 1.0  # scales how visible the stressed phenotype is (tuned for A)
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "settings") -> Biology:
+        return _from_dict(cls, doc, where)
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Zernike phase contrast (ref, "Phase-contrast image formation") and the camera."""
+
+    wavelength_um: float = 0.55  # green transmitted light (ref)
+    na: float = 0.75  # 20x/0.75 Plan Apo Ph2 (paper 2.1)
+    ring_radius_na: float = 0.25  # Ph2 condenser annulus NA 0.2-0.3 (ref)
+    ring_width_na: float = 0.06  # a small fraction of the radius (ref); sets halo width
+    ring_transmission: float = 0.25  # amplitude transmission 0.15-0.3 (ref)
+    n_medium: float = 1.335  # (ref)
+    n_cytoplasm: float = 1.365  # 1.36-1.37 (ref)
+    n_nucleus: float = 1.375  # 1.36-1.39 (ref)
+    n_nucleolus: float = 1.39  # 1.38-1.40 (ref)
+    n_granule: float = 1.42  # lipid droplets and dense granules (ref: "higher")
+    n_vacuole: float = 1.338  # close to the medium (ref)
+    lamella_um: float = 0.2  # 0.1-1 um (ref)
+    body_um: float = 2.5  # 2-4 um (ref)
+    nucleus_um: float = 5.0  # 4-6 um over the nucleus (ref)
+    rounded_um: float = 12.0  # rounded mitotic or dying cell 10-15 um tall (ref)
+    illumination_variation: float = 0.12  # smooth, 5-20 % across the field (ref)
+    focus_drift_um: float = 0.4  # standard deviation of the slow focus drift (tuned)
+    background_electrons: float = 3000.0  # "a few thousand electrons" (ref)
+    read_noise_electrons: float = 8.0  # 5-10 e- (ref)
+    electrons_per_adu: float = 4.5  # ORCA-ER full well ~18000 e- over 12 bits
+    offset_adu: float = 100.0
+    adc_bits: int = 12  # 12-bit readout stored as 16-bit (ref)
+    debris_per_frame: float = 25.0  # out-of-focus specks and debris on the glass (ref)
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "settings") -> Optics:
+        return _from_dict(cls, doc, where)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The plate: wells with one dose each, positions per well, frames (paper 2.1)."""
+
+    plate: str = "sim"
+    doses_s: tuple[float, ...] = (0.0, 0.0, 20.0, 40.0, 80.0, 120.0, 200.0, 200.0)
+    positions_per_well: int = 3  # 3-4 (paper 2.1)
+    hours: float = 18.0  # 18-24 h time-lapse (paper 2.1)
+    frame_interval_min: float = paper.FRAME_INTERVAL_MIN  # biology always steps at 8 min
+    render_every: int = 1  # render every k-th 8-min frame (the TIFF's interval is k x 8 min)
+    width: int = paper.FRAME_WIDTH_PX
+    height: int = paper.FRAME_HEIGHT_PX
+    pixel_size_um: float = paper.PIXEL_SIZE_UM
+    votes: bool = True  # simulated expert votes for Data Set B (0-80 s positions)
+
+    @property
+    def n_steps(self) -> int:
+        """Biology steps (8-min frames) in the time-lapse, including frame 0."""
+        return int(round(self.hours * 60.0 / self.frame_interval_min)) + 1
+
+    @property
+    def n_frames(self) -> int:
+        """Frames rendered and written per position."""
+        return (self.n_steps - 1) // self.render_every + 1
+
+    def check(self) -> None:
+        if not self.doses_s:
+            raise UserError("--doses: give at least one dose.")
+        if any(d < 0 for d in self.doses_s):
+            raise UserError("--doses: doses are seconds of light and cannot be negative.")
+        if self.positions_per_well < 1 or self.render_every < 1 or self.hours < 0:
+            raise UserError("--positions, --render-every must be >= 1 and --hours >= 0.")
+        if self.width < 256 or self.height < 256:
+            raise UserError("--size: frames must be at least 256 x 256 px (one crop).")
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "settings") -> Layout:
+        doc = dict(doc)
+        if "doses_s" in doc:
+            doc["doses_s"] = tuple(float(d) for d in doc["doses_s"])
+        return _from_dict(cls, doc, where)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one simulation uses; saved as JSON next to its output."""
+
+    layout: Layout = field(default_factory=Layout)
+    biology: Biology = field(default_factory=Biology)
+    optics: Optics = field(default_factory=Optics)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_layout(self, **changes) -> Settings:
+        return replace(self, layout=replace(self.layout, **changes))
+
+
+# Presets. tiny: tests (seconds); demo: ``make demo`` (a minute or two on 2 cores, enough Data
+# Set A material); paper: the full layout of section 2.1 (24-well plate, 4 positions per well,
+# 24 h at 8 min), streamed to disk.
+PRESETS: dict[str, Layout] = {
+    "tiny": Layout(doses_s=(0.0, 200.0), positions_per_well=2, hours=18.0, render_every=27),
+    "demo": Layout(
+        doses_s=(0.0, 0.0, 20.0, 40.0, 80.0, 120.0, 200.0, 200.0),
+        positions_per_well=3,
+        hours=18.0,
+        render_every=6,
+    ),
+    "paper": Layout(
+        doses_s=tuple(float(d) for d in (0, 10, 20, 40, 60, 80, 120, 200) * 3),
+        positions_per_well=4,
+        hours=24.0,
+        render_every=1,
+    ),
+}

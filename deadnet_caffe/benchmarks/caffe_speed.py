@@ -1,0 +1,290 @@
+"""Caffe's CPU speed on the published DeadNet net, against PyTorch's CPU build (issue 6.5).
+
+One training iteration (forward, backward and the Nesterov update) of the published net
+(paper Table 1 and the released prototxts: batch 20, 1 x 220 x 220 input, eight
+conv-BatchNorm-Scale-ReLU blocks, four max-poolings, three fully connected layers) is timed
+in pycaffe and in PyTorch on the same machine in the same run; the result is the ratio
+``caffe_over_torch_ratio`` (goal: 1.0 or less). A per-layer profile of the Caffe net
+(forward and backward of each layer, summed per layer type) says where the time goes.
+
+The net is built here from :mod:`deadnet_caffe.paper`, with an ``Input`` layer in place of
+the LMDB ``Data`` layer, so that no data set is needed and both frameworks see the same
+random batch. PyTorch is optional (``pip install -e '.[bench]'``); without it the Caffe
+figures are still reported and the ratio is ``None`` with a note saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from deadnet_caffe import paper
+from deadnet_caffe.caffe_env import import_caffe
+
+NAME = "caffe_speed"
+
+# Iterations timed (after one warm-up iteration); the best of them is reported, which is the
+# figure least disturbed by other processes on a shared machine.
+_ITERS = 5
+_ITERS_QUICK = 2
+_QUICK_BATCH = 2
+_QUICK_SIDE = 76  # smallest side > 9 whose blobs stay even-ish: 68, 34, 17, 9, 5
+
+
+def deadnet_netspec(batch: int = paper.BATCH_SIZE, side: int = paper.NET_INPUT_PX) -> str:
+    """The published DeadNet train net as prototxt text, fed by ``Input`` layers.
+
+    Parameters
+    ----------
+    batch, side : int
+        Batch size and input side; the published net uses 20 and 220 (section 2.4).
+
+    Returns
+    -------
+    str
+        NetParameter text with blobs ``data`` (batch, 1, side, side) float32 and ``label``
+        (batch,), and the layers of the published train net (BatchNorm with batch
+        statistics, Scale with bias, in-place ReLU, ceiling max-pooling, dropout 0.5).
+    """
+    caffe = import_caffe()
+    from caffe import layers as L
+    from caffe import params as P
+
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[batch, 1, side, side]))
+    n.label = L.Input(shape=dict(dim=[batch]))
+    bottom = n.data
+    frozen = [dict(lr_mult=0, decay_mult=0)] * 3
+    weight_bias = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+    for i, (name, num_output, kernel, pad) in enumerate(paper.CONV_LAYERS):
+        conv = L.Convolution(
+            bottom,
+            num_output=num_output,
+            kernel_size=kernel,
+            pad=pad,
+            stride=1,
+            weight_filler=dict(type="xavier"),
+            bias_filler=dict(type="constant", value=0),
+            param=weight_bias,
+        )
+        setattr(n, name, conv)
+        suffix = name.removeprefix("conv")
+        setattr(
+            n,
+            f"bn{suffix}",
+            L.BatchNorm(
+                conv,
+                in_place=True,
+                param=frozen,
+                batch_norm_param=dict(
+                    use_global_stats=False,
+                    moving_average_fraction=paper.BN_MOVING_AVERAGE_FRACTION,
+                ),
+            ),
+        )
+        setattr(n, f"scale{suffix}", L.Scale(conv, in_place=True, bias_term=True))
+        setattr(n, f"relu{suffix}", L.ReLU(conv, in_place=True))
+        bottom = conv
+        if i % 2 == 1:
+            pool = L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+            setattr(n, paper.POOL_LAYERS[i // 2], pool)
+            bottom = pool
+    for name, num_output in paper.FC_LAYERS:
+        fc = L.InnerProduct(
+            bottom,
+            num_output=num_output,
+            weight_filler=dict(type="xavier"),
+            bias_filler=dict(type="constant", value=0),
+            param=weight_bias,
+        )
+        setattr(n, name, fc)
+        bottom = fc
+        if name != paper.FC_LAYERS[-1][0]:
+            setattr(n, f"relu_{name}", L.ReLU(fc, in_place=True))
+            setattr(
+                n, f"drop_{name}", L.Dropout(fc, in_place=True, dropout_ratio=paper.DROPOUT_RATIO)
+            )
+    n.loss = L.SoftmaxWithLoss(bottom, n.label)
+    return "name: 'DeadNet-speed'\n" + str(n.to_proto())
+
+
+def _solver_text(net_path: Path) -> str:
+    return "\n".join(
+        [
+            f'net: "{net_path}"',
+            f'type: "{paper.SOLVER_TYPE}"',
+            f"base_lr: {paper.BASE_LR}",
+            f'lr_policy: "{paper.LR_POLICY}"',
+            f"gamma: {paper.LR_GAMMA}",
+            f"power: {paper.LR_POWER}",
+            f"momentum: {paper.MOMENTUM}",
+            f"weight_decay: {paper.WEIGHT_DECAY_A}",
+            "max_iter: 1000000",
+            "display: 0",
+            "snapshot: 0",
+            "solver_mode: CPU",
+            "",
+        ]
+    )
+
+
+def _batch(batch: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, side, side), dtype=np.float32)
+    y = (np.arange(batch) % 2).astype(np.float32)
+    return x, y
+
+
+def caffe_iteration_seconds(batch: int, side: int, iters: int) -> tuple[float, dict]:
+    """Best seconds per solver iteration and a per-layer-type profile, both in pycaffe.
+
+    Returns
+    -------
+    seconds : float
+        Best of ``iters`` timed ``solver.step(1)`` calls (forward, backward, update).
+    profile : dict
+        ``{"by_layer": [(name, type, forward_s, backward_s), ...], "by_type": {type: s}}``,
+        the best of ``iters`` timings of each layer's forward and backward on its own.
+    """
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    x, y = _batch(batch, side)
+    with tempfile.TemporaryDirectory(prefix="caffe-speed-") as tmp:
+        net_path = Path(tmp) / "net.prototxt"
+        net_path.write_text(deadnet_netspec(batch, side))
+        solver_path = Path(tmp) / "solver.prototxt"
+        solver_path.write_text(_solver_text(net_path))
+        solver = caffe.get_solver(str(solver_path))
+    net = solver.net
+    net.blobs["data"].data[...] = x
+    net.blobs["label"].data[...] = y
+    solver.step(1)  # warm-up: allocates buffers
+    best = float("inf")
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        solver.step(1)
+        best = min(best, time.perf_counter() - t0)
+    return best, layer_profile(net, iters)
+
+
+def layer_profile(net, reps: int) -> dict:
+    """Per-layer forward and backward seconds of a pycaffe net (best of ``reps`` each).
+
+    In-place layers are timed on the blob values the full forward left behind, which is
+    what their timing depends on (the amount of data), not their values.
+    """
+    net.forward()
+    rows = []
+    for i, (name, layer) in enumerate(zip(net._layer_names, net.layers, strict=True)):
+        if layer.type == "Input":
+            continue
+        fwd = bwd = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            net._forward(i, i)
+            t1 = time.perf_counter()
+            net._backward(i, i)
+            t2 = time.perf_counter()
+            fwd, bwd = min(fwd, t1 - t0), min(bwd, t2 - t1)
+        rows.append((name, layer.type, fwd, bwd))
+    by_type: dict[str, float] = defaultdict(float)
+    for _, kind, fwd, bwd in rows:
+        by_type[kind] += fwd + bwd
+    return {"by_layer": rows, "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]))}
+
+
+def torch_iteration_seconds(batch: int, side: int, iters: int) -> float:
+    """Best seconds per training iteration of the same net in PyTorch (CPU, train mode).
+
+    Same layers, shapes and update rule as :func:`deadnet_netspec` and the published
+    solver: BatchNorm with batch statistics and affine scale/shift (Caffe's BatchNorm +
+    Scale), ceiling max-pooling, dropout 0.5, cross-entropy, SGD with Nesterov momentum 0.9
+    and weight decay. PyTorch uses its own thread pool (all cores by default).
+    """
+    import torch
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    in_ch = 1
+    for i, (_, num_output, kernel, pad) in enumerate(paper.CONV_LAYERS):
+        layers += [
+            nn.Conv2d(in_ch, num_output, kernel, padding=pad),
+            nn.BatchNorm2d(num_output, momentum=1 - paper.BN_MOVING_AVERAGE_FRACTION),
+            nn.ReLU(inplace=True),
+        ]
+        in_ch = num_output
+        if i % 2 == 1:
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+    with torch.no_grad():
+        in_features = nn.Sequential(*layers)(torch.zeros(1, 1, side, side)).numel()
+    layers.append(nn.Flatten())
+    for j, (_, num_output) in enumerate(paper.FC_LAYERS):
+        layers.append(nn.Linear(in_features, num_output))
+        if j < len(paper.FC_LAYERS) - 1:
+            layers += [nn.ReLU(inplace=True), nn.Dropout(paper.DROPOUT_RATIO)]
+        in_features = num_output
+    model = nn.Sequential(*layers).train()
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=paper.BASE_LR,
+        momentum=paper.MOMENTUM,
+        nesterov=True,
+        weight_decay=paper.WEIGHT_DECAY_A,
+    )
+    x, y = _batch(batch, side)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=False)
+        loss_fn(model(xt), yt).backward()
+        opt.step()
+
+    step()
+    best = float("inf")
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(out_dir: Path, quick: bool) -> dict:
+    """Time both frameworks; write the per-layer profile to ``out_dir/caffe_speed_layers.csv``."""
+    batch, side = (_QUICK_BATCH, _QUICK_SIDE) if quick else (paper.BATCH_SIZE, paper.NET_INPUT_PX)
+    iters = _ITERS_QUICK if quick else _ITERS
+    caffe_s, profile = caffe_iteration_seconds(batch, side, iters)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "caffe_speed_layers.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "type", "forward_s", "backward_s"])
+        for name, kind, fwd, bwd in profile["by_layer"]:
+            w.writerow([name, kind, f"{fwd:.5f}", f"{bwd:.5f}"])
+    res: dict = {
+        "batch": batch,
+        "input_side": side,
+        "caffe_s_per_iter": round(caffe_s, 4),
+        "caffe_s_by_layer_type": {k: round(v, 4) for k, v in profile["by_type"].items()},
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default (all cores)"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
+    }
+    if importlib.util.find_spec("torch") is None:
+        res["torch_s_per_iter"] = None
+        res["caffe_over_torch_ratio"] = None
+        res["note"] = (
+            "PyTorch is not installed, so there is no baseline: "
+            "run `pip install -e '.[bench]'` (make bench does) for the ratio."
+        )
+        print(f"  NOTE: {res['note']}", flush=True)
+        return res
+    torch_s = torch_iteration_seconds(batch, side, iters)
+    res["torch_s_per_iter"] = round(torch_s, 4)
+    res["caffe_over_torch_ratio"] = round(caffe_s / torch_s, 3)
+    return res

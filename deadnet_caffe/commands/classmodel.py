@@ -1,0 +1,138 @@
+"""Class model visualisation (paper section 2.6, eq. 4; Figure 6).
+
+Gradient ascent on the pre-softmax score of each class, I <- I + epsilon (dS_c/dI -
+lambda1 I - lambda2 nabla^2 I), from a zero image and, when --dataset or --init-image gives
+one, from an image of the opposing class. Writes classmodel.png (a 2 x 2 figure like
+Figure 6), classmodels.npz (the images and score traces) and settings.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
+from deadnet_caffe.errors import UserError
+from deadnet_caffe.gradcam import read_lmdb_crops
+from deadnet_caffe.infer import DeployNet, Grid, add_net_arguments, crop_to_input, read_image_stack
+from deadnet_caffe.paper import (
+    CLASSMODEL_EPSILON,
+    CLASSMODEL_ITERATIONS,
+    CLASSMODEL_LAMBDA1,
+    CLASSMODEL_LAMBDA2,
+    LABELS,
+)
+from deadnet_caffe.runinfo import atomic_dir, write_settings
+
+NAME = "classmodel"
+HELP = "class model images by gradient ascent on the class score (eq. 4, Figure 6)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    g = p.add_argument_group("eq. 4")
+    g.add_argument("--iterations", type=int, default=CLASSMODEL_ITERATIONS)
+    g.add_argument("--epsilon", type=float, default=CLASSMODEL_EPSILON, help="step size")
+    g.add_argument("--lambda1", type=float, default=CLASSMODEL_LAMBDA1, help="L2 penalty")
+    g.add_argument("--lambda2", type=float, default=CLASSMODEL_LAMBDA2, help="smoothness")
+    g.add_argument(
+        "--laplacian-sign",
+        choices=("smooth", "literal"),
+        default="smooth",
+        help="how eq. 4's nabla^2 is read (see deadnet_caffe/classmodel.py)",
+    )
+    s = p.add_argument_group("opposing-class starting images (optional)")
+    s.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="data set folder: first crop of each class from test.lmdb or train.lmdb",
+    )
+    s.add_argument(
+        "--init-image",
+        nargs=2,
+        type=Path,
+        default=None,
+        metavar=("HEALTHY", "SICK"),
+        help="a healthy and a sick image (centre crop) instead of --dataset",
+    )
+    add_net_arguments(p)
+
+
+def _inits(args) -> dict[int, np.ndarray] | None:
+    """Starting image of each class label (crops in z units), or None."""
+    if args.init_image:
+        out = {}
+        for c, path in enumerate(args.init_image):
+            frame = read_image_stack(path)[0]
+            g = Grid.over(*frame.shape)
+            y, x = (frame.shape[0] - g.window) // 2, (frame.shape[1] - g.window) // 2
+            out[c] = crop_to_input(frame[y : y + g.window, x : x + g.window])
+        return out
+    if args.dataset:
+        for split in ("test.lmdb", "train.lmdb"):
+            if (args.dataset / split).is_dir():
+                z, labels = read_lmdb_crops(args.dataset / split, 1, seed=2)
+                if set(labels.tolist()) == {0, 1}:
+                    return {int(c): z[labels == c][0] for c in (0, 1)}
+        raise UserError(f"{args.dataset}: no test.lmdb or train.lmdb with crops of both classes.")
+    return None
+
+
+def _figure(path: Path, panels: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = sorted({k[1] for k in panels}, key=["zeros", "opposing"].index)
+    fig, axes = plt.subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
+    for r, c in enumerate((0, 1)):
+        for j, start in enumerate(cols):
+            img, scores = panels[(c, start)]
+            lim = np.percentile(np.abs(img), 99.5) or 1.0
+            axes[r, j].imshow(img, cmap="gray", vmin=-lim, vmax=lim)
+            axes[r, j].set_title(
+                f"{LABELS[c]} from {start}\nS_c {scores[0]:.2f} -> {scores[-1]:.2f}", fontsize=8
+            )
+            axes[r, j].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    if args.iterations < 1:
+        raise UserError("--iterations must be at least 1.")
+    settings = ClassModelSettings(
+        args.epsilon, args.lambda1, args.lambda2, args.iterations, args.laplacian_sign
+    )
+    inits = _inits(args)
+    net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
+    grad = ScoreGradient(net)
+    panels = {}
+    for c in (0, 1):
+        panels[(c, "zeros")] = class_model(grad, c, None, settings)
+        if inits is not None:
+            panels[(c, "opposing")] = class_model(grad, c, inits[1 - c], settings)
+    with atomic_dir(args.out) as tmp:
+        _figure(tmp / "classmodel.png", panels)
+        np.savez_compressed(
+            tmp / "classmodels.npz",
+            **{
+                f"{LABELS[c]}_from_{s}_{part}": arr
+                for (c, s), (img, scores) in panels.items()
+                for part, arr in (("image", img), ("scores", scores))
+            },
+        )
+        summary = {
+            f"{LABELS[c]}_from_{s}": {"score_start": float(sc[0]), "score_end": float(sc[-1])}
+            for (c, s), (_, sc) in panels.items()
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,24 @@
+"""Redraw a run's training curves (paper Figure 3a,b) from its Caffe log.
+
+Writes RUN/curves.csv (iteration, train_loss, lr, test_loss, test_accuracy) and
+RUN/figure3a_loss.png, RUN/figure3b_accuracy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from deadnet_caffe.curves import update_run
+
+NAME = "figures"
+HELP = "redraw a run's Figure 3a,b curves from its Caffe log"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run folder made by deadnet train")
+
+
+def run(args: argparse.Namespace) -> int:
+    for path in update_run(args.run):
+        print(path)
+    return 0

@@ -1,0 +1,107 @@
+"""Sliding-window P(sick) heat maps over every frame of time-lapses (paper Figure 4).
+
+Inputs are an experiment (--experiment, every position of its manifest) or loose TIFF
+stacks / images / folders. For each time-lapse, writes an ImageJ/Fiji TIFF stack of
+P(sick), red = sick overlays as PNG, an animated GIF, and the fraction of the area with
+P(sick) >= 0.5 per frame (sick_fraction.csv and .png for all time-lapses together).
+Exact mode (default) normalises every window as in training; dense mode runs the fully
+convolutional net once per frame with local normalisation (faster, approximate).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.experiment import read_manifest
+from deadnet_caffe.errors import UserError
+from deadnet_caffe.heatmap import (
+    DenseNet,
+    dense_heatmap,
+    exact_heatmap,
+    plot_fractions,
+    sick_fraction,
+    write_fraction_table,
+    write_stack_outputs,
+)
+from deadnet_caffe.infer import DeployNet, add_net_arguments, read_image_stack
+from deadnet_caffe.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
+from deadnet_caffe.runinfo import atomic_dir, write_settings
+
+NAME = "heatmap"
+HELP = "sliding-window P(sick) heat maps of time-lapses (PNG, TIFF, GIF, sick fraction)"
+DEFAULT_DENSE_MODEL = Path("prototxt/deploy_fcn.prototxt")
+
+
+def add_arguments(p) -> None:
+    src = p.add_argument_group("input (one of)")
+    src.add_argument("inputs", nargs="*", type=Path, help="TIFF stacks, images or folders")
+    src.add_argument("--experiment", type=Path, help="experiment folder with manifest.csv")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--mode", choices=("exact", "dense"), default="exact", help="see --help text")
+    p.add_argument("--stride", type=int, default=CROP_STRIDE_PX, help="window step (exact mode)")
+    p.add_argument(
+        "--dense-model",
+        type=Path,
+        default=DEFAULT_DENSE_MODEL,
+        help="fully convolutional deploy variant (dense mode)",
+    )
+    p.add_argument("--every", type=int, default=1, help="use every n-th frame")
+    p.add_argument(
+        "--frame-interval-min",
+        type=float,
+        default=FRAME_INTERVAL_MIN,
+        help="minutes between frames of loose inputs (experiments use the manifest)",
+    )
+    add_net_arguments(p)
+
+
+def _sources(args) -> list[tuple[str, Path, float]]:
+    if bool(args.inputs) == bool(args.experiment):
+        raise UserError("give either input files or --experiment, not both or neither.")
+    if args.experiment:
+        return [
+            (pos.key.replace("/", "_"), pos.path, pos.frame_interval_min)
+            for pos in read_manifest(args.experiment)
+        ]
+    return [(path.stem, path, args.frame_interval_min) for path in args.inputs]
+
+
+def run(args) -> int:
+    if args.stride < 1 or args.every < 1:
+        raise UserError("--stride and --every must be at least 1.")
+    sources = _sources(args)
+    stacks = [(name, read_image_stack(path)[:: args.every], dt) for name, path, dt in sources]
+    net = DeployNet(args.model, args.weights, args.gpu)
+    dense = DenseNet.from_deploy(args.dense_model, net) if args.mode == "dense" else None
+    rows = []
+    with atomic_dir(args.out) as tmp:
+        for name, frames, dt in stacks:
+            probs = np.empty(frames.shape, dtype=np.float32)
+            for t in tqdm(range(len(frames)), desc=name, unit="frame", leave=False):
+                probs[t] = (
+                    exact_heatmap(frames[t], net.p_sick, args.stride, args.batch)
+                    if dense is None
+                    else dense_heatmap(frames[t], dense)
+                )
+            ids = [t * args.every for t in range(len(frames))]
+            write_stack_outputs(tmp, name, frames, probs, ids)
+            for t, frac, mean in zip(
+                ids, sick_fraction(probs), probs.mean(axis=(1, 2)), strict=True
+            ):
+                rows.append(
+                    {
+                        "position": name,
+                        "frame": t,
+                        "time_min": t * dt,
+                        "sick_fraction": float(frac),
+                        "mean_p_sick": float(mean),
+                    }
+                )
+        write_fraction_table(tmp / "sick_fraction.csv", rows)
+        plot_fractions(tmp / "sick_fraction.png", rows)
+        write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    print(f"wrote {args.out} ({len(stacks)} time-lapse(s), {len(rows)} frames)")
+    return 0

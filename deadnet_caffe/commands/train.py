@@ -1,0 +1,78 @@
+"""Train a DeadNet with Caffe's solver (paper section 2.4), writing everything into one run.
+
+The run folder gets the derived solver and the exact nets used (Data sources resolved to
+DATASET/train.lmdb and test.lmdb, CPU unless --gpu), Caffe's own log (caffe.log), a
+settings JSON, caffemodel + solverstate snapshots, latest.caffemodel, curves.csv and the
+Figure 3a,b PNGs. Ctrl-C or SIGTERM writes a snapshot and stops; --resume continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deadnet_caffe.train import TrainSettings, train
+
+NAME = "train"
+HELP = "train a net with Caffe (snapshots, log, curves, resume)"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _gpu(text: str) -> str:
+    if text != "all" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text} is neither a device number nor 'all'")
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--dataset", help="folder with train.lmdb and test.lmdb (deadnet dataset)")
+    io.add_argument("--solver", help="solver prototxt, e.g. prototxt/dataset_a/solver.prototxt")
+    io.add_argument("--run", required=True, help="run folder, e.g. snapshots/dataset_A")
+    io.add_argument(
+        "--resume", action="store_true", help="continue the run from its newest solverstate"
+    )
+    ov = parser.add_argument_group("solver overrides (written to the run's derived solver)")
+    ov.add_argument("--max-iter", type=_positive, help="solver max_iter")
+    ov.add_argument("--snapshot-interval", type=_positive, help="solver snapshot")
+    ov.add_argument("--test-interval", type=_positive, help="solver test_interval")
+    ov.add_argument(
+        "--base-lr", type=float, help="solver base_lr (a stated derivative of the paper's 0.0003)"
+    )
+    ov.add_argument("--seed", type=int, help="solver random_seed (fillers, crops, dropout)")
+    dev = parser.add_argument_group("device")
+    dev.add_argument(
+        "--gpu", type=_gpu, help="GPU id, or 'all' for Caffe's NCCL multi-GPU; CPU if absent"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = TrainSettings(
+        dataset=args.dataset,
+        solver=args.solver,
+        run=args.run,
+        max_iter=args.max_iter,
+        snapshot_interval=args.snapshot_interval,
+        test_interval=args.test_interval,
+        base_lr=args.base_lr,
+        seed=args.seed,
+        gpu=args.gpu,
+        resume=args.resume,
+    )
+    result = train(settings, progress=not args.no_progress)
+    if result.interrupted:
+        print(
+            f"deadnet train: {result.interrupted} received; snapshot at iteration "
+            f"{result.iteration} in {result.run}; continue with --resume.",
+            file=sys.stderr,
+        )
+        return 130 if result.interrupted == "SIGINT" else 143
+    print(f"deadnet train: iteration {result.iteration} of {result.max_iter}; {result.latest}")
+    return 0

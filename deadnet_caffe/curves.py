@@ -1,0 +1,92 @@
+"""Training curves, Figure 3a,b: train and validation loss, and validation accuracy.
+
+The numbers come from Caffe's log (``logparse``); this module only draws them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from deadnet_caffe import logparse
+from deadnet_caffe.errors import UserError
+
+LOG_NAME = "caffe.log"
+CSV_NAME = "curves.csv"
+LOSS_PNG = "figure3a_loss.png"
+ACCURACY_PNG = "figure3b_accuracy.png"
+
+
+def _points(cols: dict[str, list[float]], name: str) -> tuple[list[float], list[float]]:
+    both = zip(cols["iteration"], cols[name], strict=True)
+    pairs = [(i, v) for i, v in both if not math.isnan(v)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[Path]:
+    """Draw Figure 3a (loss) and 3b (validation accuracy) PNGs into ``out_dir``.
+
+    Parameters
+    ----------
+    cols : dict of str -> list of float
+        Columns ``logparse.CSV_COLUMNS`` (NaN where a value was not logged).
+    out_dir : Path
+        Folder for ``figure3a_loss.png`` and ``figure3b_accuracy.png``.
+    title : str
+        Prefix for the panel titles (e.g. the run's name).
+    """
+    out_dir = Path(out_dir)
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for name, label, style in (("train_loss", "train", "-"), ("test_loss", "validation", "o-")):
+        x, y = _points(cols, name)
+        if x:
+            ax.plot(x, y, style, label=label, markersize=3)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (softmax cross-entropy)")
+    ax.set_title(f"{title} a) training and validation loss".strip())
+    ax.legend()
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / LOSS_PNG))
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    x, y = _points(cols, "test_accuracy")
+    if x:
+        ax.plot(x, y, "o-", color="C1", markersize=3, label="validation")
+        ax.legend()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} b) validation accuracy".strip())
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / ACCURACY_PNG))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def update_run(run_dir: Path | str) -> list[Path]:
+    """Parse ``RUN/caffe.log`` into ``RUN/curves.csv`` and redraw the Figure 3a,b PNGs.
+
+    Raises
+    ------
+    UserError
+        If the run folder has no Caffe log.
+    """
+    run_dir = Path(run_dir)
+    log_path = run_dir / LOG_NAME
+    if not log_path.is_file():
+        raise UserError(f"{log_path} does not exist; --run must be a folder made by deadnet train.")
+    log = logparse.parse_log(log_path)
+    csv_path = logparse.write_csv(log, run_dir / CSV_NAME)
+    return [csv_path, *draw(logparse.read_csv(csv_path), run_dir, title=run_dir.name)]

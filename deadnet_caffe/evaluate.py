@@ -1,0 +1,499 @@
+"""Evaluate a trained net on a data set's test LMDB (paper sections 2.5 and 3.1, Figure 3).
+
+Two modes, each labelled in every output:
+
+- ``published_val``: the published val net as Caffe ran it (BatchNorm ``use_global_stats:
+  false``, i.e. normalised with the statistics of each batch of 20 test crops, taken in LMDB
+  order; the last short batch is filled from the start of the LMDB, as Caffe's Data layer
+  wraps). This is how the published test accuracies were measured (released-settings.md,
+  disagreement 6) and is the *primary* mode.
+- ``global_stats``: the same net with BatchNorm using its running averages, as the deploy
+  net (prototxt/deploy.prototxt) does; each crop's result is independent of its batch.
+
+Per mode: accuracy with the section 2.5 virtual-batch bootstrap BCa interval, accuracy
+over all crops (Clopper-Pearson), confusion matrix, accuracy per dose and per position
+(where the data set says each record's dose and position), and the unexposed-cells check
+of section 3.1 (fraction of dose-0 crops called healthy).
+
+Per-record metadata is read from ``DATASET/test_index.csv`` (columns ``key`` = LMDB key,
+``position`` = plate/well/position, ``dose_s``). Without it, per-dose / per-position results
+and the unexposed check are reported as unavailable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from deadnet_caffe import caffe_env, netspec, paper, runinfo, stats
+from deadnet_caffe.errors import UserError
+
+MODES = ("published_val", "global_stats")
+PRIMARY_MODE = "published_val"
+MODE_LABELS = {
+    "published_val": "published val mode (BatchNorm batch statistics, batch of 20)",
+    "global_stats": "global-statistics mode (BatchNorm running averages, as deploy)",
+}
+INDEX_NAME = "test_index.csv"
+JSON_NAME = "evaluation.json"
+REPORT_NAME = "report.md"
+PREDICTIONS_NAME = "predictions.csv"
+HEALTHY, SICK = 0, 1
+
+
+@dataclass
+class Transform:
+    """The TEST Data layer's transform: centre crop, then (v - mean) * scale."""
+
+    crop: int
+    mean: float
+    scale: float
+    batch: int
+
+    def __call__(self, datum_array: np.ndarray) -> np.ndarray:
+        """(C, H, W) stored values -> (C, crop, crop) float32 net input (Caffe's TEST crop)."""
+        _, h, w = datum_array.shape
+        c = self.crop or min(h, w)
+        y, x = (h - c) // 2, (w - c) // 2
+        return ((datum_array[:, y : y + c, x : x + c] - self.mean) * self.scale).astype(np.float32)
+
+
+@dataclass
+class TestRecords:
+    """The test LMDB's keys and labels, in LMDB order, with per-record metadata if known."""
+
+    keys: list[str]
+    labels: np.ndarray  # (N,) int64
+    position: list[str | None] = field(default_factory=list)
+    dose: np.ndarray | None = None  # (N,) float64 seconds, NaN where unknown
+    metadata_source: str = "none"
+
+
+def datum_array(raw: bytes, caffe_pb2) -> tuple[np.ndarray, int]:
+    """Decode a Datum into ((C, H, W) float32 stored values, label)."""
+    d = caffe_pb2.Datum()
+    d.ParseFromString(raw)
+    shape = (d.channels, d.height, d.width)
+    if d.float_data:
+        arr = np.asarray(d.float_data, dtype=np.float32).reshape(shape)
+    else:
+        arr = np.frombuffer(d.data, dtype=np.uint8).reshape(shape).astype(np.float32)
+    return arr, int(d.label)
+
+
+def read_records(dataset: Path) -> TestRecords:
+    """Keys and labels of ``dataset/test.lmdb`` plus ``test_index.csv`` metadata if present."""
+    caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
+    path = dataset / "test.lmdb"
+    if not (path / "data.mdb").is_file():
+        raise UserError(
+            f"{path} is not an LMDB; --dataset must be a folder made by deadnet dataset."
+        )
+    keys, labels = [], []
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        for k, v in txn.cursor():
+            keys.append(k.decode(errors="replace"))
+            labels.append(datum_array(v, caffe_pb2)[1])
+    env.close()
+    if not keys:
+        raise UserError(f"{path} holds no records.")
+    rec = TestRecords(keys, np.asarray(labels, dtype=np.int64))
+    bad = sorted(set(rec.labels.tolist()) - {HEALTHY, SICK})
+    if bad:
+        raise UserError(f"{path} holds labels {bad}; only 0 (healthy) and 1 (sick) are allowed.")
+    index = dataset / INDEX_NAME
+    rec.position = [None] * len(keys)
+    rec.dose = np.full(len(keys), np.nan)
+    if index.is_file():
+        with open(index, newline="") as fh:
+            rows = {r["key"]: r for r in csv.DictReader(fh) if "key" in r}
+        if not rows:
+            raise UserError(f"{index} has no 'key' column (the test LMDB's record keys).")
+        for i, k in enumerate(keys):
+            row = rows.get(k)
+            if row is None:
+                continue
+            rec.position[i] = row.get("position") or None
+            dose = row.get("dose_s", row.get("dose"))
+            if dose not in (None, ""):
+                rec.dose[i] = float(dose)
+        rec.metadata_source = str(index)
+    return rec
+
+
+def transform_of(net_param) -> Transform:
+    """The TEST-phase Data layer's transform and batch size of a train/val net."""
+    for layer in net_param.layer:
+        phases = [r.phase for r in layer.include if r.HasField("phase")]
+        if layer.type == "Data" and (not phases or phases[0] == 1):
+            tp = layer.transform_param
+            mean = tp.mean_value[0] if tp.mean_value else 0.0
+            return Transform(
+                tp.crop_size, float(mean), tp.scale or 1.0, layer.data_param.batch_size
+            )
+    raise UserError(
+        f"net '{net_param.name}' has no TEST-phase Data layer to take the transform from."
+    )
+
+
+def eval_net_param(net_param, transform: Transform, global_stats: bool):
+    """The TEST net with its Data layer replaced by an Input layer of (batch, C, crop, crop).
+
+    Returns (NetParameter, name of the score blob that feeds the loss).
+    """
+    out = type(net_param)()
+    out.CopyFrom(net_param)
+    del out.layer[:]
+    score = None
+    for layer in net_param.layer:
+        phases = [r.phase for r in layer.include if r.HasField("phase")]
+        if phases and phases[0] != 1:
+            continue
+        if layer.type == "Data":
+            inp = out.layer.add(name=layer.name, type="Input")
+            inp.top.extend(layer.top)
+            c = transform.crop
+            inp.input_param.shape.add(dim=[transform.batch, 1, c, c])
+            inp.input_param.shape.add(dim=[transform.batch])
+            continue
+        new = out.layer.add()
+        new.CopyFrom(layer)
+        if layer.type == "BatchNorm":
+            new.batch_norm_param.use_global_stats = global_stats
+        if layer.type == "SoftmaxWithLoss":
+            score = layer.bottom[0]
+    if score is None:
+        raise UserError(f"net '{net_param.name}' has no SoftmaxWithLoss layer to find the score.")
+    return out, score
+
+
+def predict(net, score: str, dataset: Path, transform: Transform, caffe_pb2) -> np.ndarray:
+    """P(sick) for every test record, in LMDB order, with consecutive batches.
+
+    Returns
+    -------
+    (N,) float64
+    """
+    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        records = [datum_array(v, caffe_pb2) for _, v in txn.cursor()]
+    env.close()
+    n, b = len(records), transform.batch
+    probs = np.empty(n)
+    for start in range(0, n, b):
+        idx = [(start + j) % n for j in range(b)]  # the last batch wraps, as Caffe's does
+        net.blobs["data"].data[...] = np.stack([transform(records[i][0]) for i in idx])
+        if "label" in net.blobs:
+            net.blobs["label"].data[...] = [records[i][1] for i in idx]
+        out = net.forward()
+        logits = out[score] if score in out else net.blobs[score].data
+        logits = logits.reshape(b, -1).astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p = e[:, SICK] / e.sum(axis=1)
+        keep = min(b, n - start)
+        probs[start : start + keep] = p[:keep]
+    return probs
+
+
+def _group(values: list, correct: np.ndarray) -> dict:
+    groups: dict = defaultdict(list)
+    for v, c in zip(values, correct, strict=True):
+        if v is not None:
+            groups[v].append(bool(c))
+    out = {}
+    for v in sorted(groups):
+        k, n = sum(groups[v]), len(groups[v])
+        ci = stats.clopper_pearson(k, n)
+        out[str(v)] = {
+            "n": n,
+            "correct": k,
+            "accuracy": k / n,
+            "ci_low": ci.low,
+            "ci_high": ci.high,
+        }
+    return out
+
+
+def unexposed_check(
+    rec: TestRecords,
+    pred: np.ndarray,
+    rng: np.random.Generator,
+    n_resamples: int,
+    annotators: dict | None,
+) -> dict:
+    """Section 3.1: fraction of dose-0 test crops the net calls healthy, with a 95% interval."""
+    mask = rec.dose == 0
+    out = {
+        "paper_net_fraction_healthy": paper.PAPER_UNEXPOSED_NET,
+        "paper_experts_fraction_healthy": paper.PAPER_UNEXPOSED_HEALTHY[0]
+        / paper.PAPER_UNEXPOSED_HEALTHY[1],
+        "annotators": annotators,
+    }
+    if not mask.any():
+        out["available"] = False
+        out["why"] = "no test record with dose 0 is known (see test_index.csv)"
+        return out
+    healthy = (pred[mask] == HEALTHY).astype(float)
+    ci = stats.bca(healthy, rng, n_resamples)
+    out.update(
+        available=True,
+        n=int(mask.sum()),
+        fraction_healthy=ci.estimate,
+        ci_low=ci.low,
+        ci_high=ci.high,
+        interval_method=ci.method,
+    )
+    return out
+
+
+def annotator_fraction(votes_csv: Path, rec: TestRecords) -> dict | None:
+    """Annotators' fraction of 'healthy' votes on items of dose-0 positions (section 3.1).
+
+    Positions' doses come from the test index, so only test positions count; 'unsure'
+    votes are left out.
+    """
+    from data_prep.votes import Item
+
+    dose_of = {p: d for p, d in zip(rec.position, rec.dose, strict=True) if p is not None}
+    if not votes_csv.is_file():
+        raise UserError(f"{votes_csv} does not exist.")
+    k = n = 0
+    with open(votes_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                pos = Item.parse(row["item_id"]).position_key
+            except (KeyError, ValueError):
+                raise UserError(f"{votes_csv} is not a votes.csv (item_id column).") from None
+            if dose_of.get(pos) == 0 and row.get("label") in ("healthy", "sick"):
+                n += 1
+                k += row["label"] == "healthy"
+    if n == 0:
+        return {"n": 0, "why": "no healthy/sick vote on a dose-0 test position"}
+    ci = stats.clopper_pearson(k, n)
+    return {
+        "n": n,
+        "healthy": k,
+        "fraction_healthy": k / n,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "interval_method": ci.method,
+        "source": str(votes_csv),
+    }
+
+
+def mode_results(
+    rec: TestRecords,
+    probs: np.ndarray,
+    rng: np.random.Generator,
+    n_resamples: int,
+    annotators: dict | None,
+) -> dict:
+    """All numbers of one mode, for the JSON report."""
+    pred = (probs >= 0.5).astype(np.int64)
+    correct = pred == rec.labels
+    conf = np.zeros((2, 2), dtype=int)
+    np.add.at(conf, (rec.labels, pred), 1)
+    both = all((rec.labels == c).any() for c in (HEALTHY, SICK))
+    if both:
+        vb = stats.paper_accuracy(correct, rec.labels, rng, n_resamples=n_resamples)
+    else:  # one class only: no class-balanced batches; plain accuracy with an exact interval
+        vb = stats.clopper_pearson(int(correct.sum()), correct.size)
+        vb.method += " (test set holds one class only; virtual batches impossible)"
+    allc = stats.clopper_pearson(int(correct.sum()), correct.size)
+    dose = [None if np.isnan(d) else float(d) for d in rec.dose]
+    return {
+        "label": None,
+        "accuracy": vb.estimate,
+        "ci_low": vb.low,
+        "ci_high": vb.high,
+        "interval_method": vb.method,
+        "accuracy_all_crops": allc.as_dict(),
+        "n": int(correct.size),
+        "correct": int(correct.sum()),
+        "confusion_matrix": {
+            "rows_true_cols_predicted": ["healthy", "sick"],
+            "counts": conf.tolist(),
+        },
+        "per_dose": _group(dose, correct),
+        "per_position": _group(rec.position, correct),
+        "unexposed": unexposed_check(rec, pred, rng, n_resamples, annotators),
+    }
+
+
+@dataclass
+class EvalSettings:
+    """What ``deadnet evaluate`` was asked to do (saved beside its outputs)."""
+
+    weights: str
+    dataset: str
+    out: str
+    net: str | None = None
+    votes: str | None = None
+    seed: int = 0
+    resamples: int = paper.BOOTSTRAP_RESAMPLES
+    gallery: int = 8
+
+
+def default_net(weights: Path) -> Path:
+    """The net beside the weights (a run folder's train_val.prototxt), else Data Set A's."""
+    for p in (weights.parent / "train_val.prototxt", Path("prototxt/dataset_a/train_val.prototxt")):
+        if p.is_file():
+            return p
+    raise UserError(f"no train_val.prototxt beside {weights}; pass --net.")
+
+
+def evaluate(s: EvalSettings) -> dict:
+    """Run both modes, write JSON, Markdown, predictions CSV and galleries into ``s.out``."""
+    from deadnet_caffe import gallery
+
+    weights, dataset = Path(s.weights), Path(s.dataset)
+    if not weights.is_file():
+        raise UserError(f"{weights} does not exist.")
+    net_path = Path(s.net) if s.net else default_net(weights)
+    caffe = caffe_env.set_device(None)
+    net_param = netspec.load_net_param(net_path)
+    transform = transform_of(net_param)
+    rec = read_records(dataset)
+    annotators = annotator_fraction(Path(s.votes), rec) if s.votes else None
+    rng = np.random.default_rng(s.seed)
+    results, probs = {}, {}
+    for mode in MODES:
+        param, score = eval_net_param(net_param, transform, mode == "global_stats")
+        net = netspec.net_from_param(param, "TEST", weights)
+        probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2)
+        results[mode] = mode_results(rec, probs[mode], rng, s.resamples, annotators)
+        results[mode]["label"] = MODE_LABELS[mode]
+        del net
+    primary = results[PRIMARY_MODE]
+    doc = {
+        "accuracy": primary["accuracy"],
+        "ci_low": primary["ci_low"],
+        "ci_high": primary["ci_high"],
+        "primary_mode": PRIMARY_MODE,
+        "primary_mode_label": MODE_LABELS[PRIMARY_MODE],
+        "interval_method": primary["interval_method"],
+        "statistics": (
+            f"section 2.5: {paper.BOOTSTRAP_VIRTUAL_BATCHES} virtual batches of "
+            f"{paper.BOOTSTRAP_PER_CLASS} healthy + {paper.BOOTSTRAP_PER_CLASS} sick crops, "
+            f"{s.resamples} bootstrap resamples of their mean accuracy, "
+            f"{paper.CONFIDENCE_LEVEL:.0%} BCa"
+        ),
+        "weights": str(weights),
+        "net": str(net_path),
+        "dataset": str(dataset),
+        "metadata_source": rec.metadata_source,
+        "modes": results,
+    }
+    with runinfo.atomic_dir(Path(s.out)) as tmp:
+        (tmp / JSON_NAME).write_text(json.dumps(doc, indent=2) + "\n")
+        _write_predictions(tmp / PREDICTIONS_NAME, rec, probs)
+        figures = gallery.draw_galleries(
+            tmp, dataset, rec, probs[PRIMARY_MODE], transform, s.gallery, caffe.proto.caffe_pb2
+        )
+        (tmp / REPORT_NAME).write_text(markdown(doc, figures))
+        runinfo.write_settings(tmp, vars(s))
+    return doc
+
+
+def _write_predictions(path: Path, rec: TestRecords, probs: dict[str, np.ndarray]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "key",
+                "label",
+                "position",
+                "dose_s",
+                *[f"p_sick_{m}" for m in MODES],
+                *[f"pred_{m}" for m in MODES],
+            ]
+        )
+        for i, k in enumerate(rec.keys):
+            dose = "" if np.isnan(rec.dose[i]) else rec.dose[i]
+            w.writerow(
+                [
+                    k,
+                    rec.labels[i],
+                    rec.position[i] or "",
+                    dose,
+                    *[f"{probs[m][i]:.6f}" for m in MODES],
+                    *[int(probs[m][i] >= 0.5) for m in MODES],
+                ]
+            )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def markdown(doc: dict, figures: list[str]) -> str:
+    """The human-readable report of an evaluation ``doc``."""
+    lines = [
+        "# DeadNet evaluation",
+        "",
+        f"- weights: `{doc['weights']}`",
+        f"- net: `{doc['net']}`",
+        f"- dataset: `{doc['dataset']}` (metadata: {doc['metadata_source']})",
+        f"- statistics: {doc['statistics']}",
+        "",
+        f"**Primary ({doc['primary_mode_label']}): accuracy {_pct(doc['accuracy'])}, "
+        f"95% CI {_pct(doc['ci_low'])} - {_pct(doc['ci_high'])}** ({doc['interval_method']}).",
+        f"Paper: Data Set A {_pct(paper.PAPER_ACCURACY_A)}, Data Set B "
+        f"{_pct(paper.PAPER_ACCURACY_B)} (section 3.1).",
+        "",
+    ]
+    for mode, r in doc["modes"].items():
+        c = r["confusion_matrix"]["counts"]
+        a = r["accuracy_all_crops"]
+        lines += [
+            f"## {r['label']} (`{mode}`)",
+            "",
+            f"- virtual-batch accuracy {_pct(r['accuracy'])} "
+            f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] ({r['interval_method']})",
+            f"- all {r['n']} crops: {r['correct']} correct = {_pct(a['estimate'])} "
+            f"[{_pct(a['low'])}, {_pct(a['high'])}] (Clopper-Pearson)",
+            "",
+            "| true \\ predicted | healthy | sick |",
+            "|---|---|---|",
+            f"| healthy | {c[0][0]} | {c[0][1]} |",
+            f"| sick | {c[1][0]} | {c[1][1]} |",
+            "",
+        ]
+        for title, key in (("dose (s)", "per_dose"), ("position", "per_position")):
+            if not r[key]:
+                lines += [f"Per {title}: not available (no test_index.csv metadata).", ""]
+                continue
+            lines += [f"| {title} | n | accuracy | 95% CI |", "|---|---|---|---|"]
+            lines += [
+                f"| {k} | {v['n']} | {_pct(v['accuracy'])} | {_pct(v['ci_low'])} - "
+                f"{_pct(v['ci_high'])} |"
+                for k, v in r[key].items()
+            ]
+            lines.append("")
+        u = r["unexposed"]
+        if u.get("available"):
+            lines.append(
+                f"Unexposed cells (section 3.1): net calls {_pct(u['fraction_healthy'])} "
+                f"of {u['n']} dose-0 crops healthy [{_pct(u['ci_low'])}, "
+                f"{_pct(u['ci_high'])}] ({u['interval_method']}); paper: net "
+                f"{_pct(u['paper_net_fraction_healthy'])}, experts "
+                f"{_pct(u['paper_experts_fraction_healthy'])}."
+            )
+            if u["annotators"] and u["annotators"].get("n"):
+                an = u["annotators"]
+                lines.append(
+                    f"Annotators here: {_pct(an['fraction_healthy'])} of {an['n']} "
+                    f"votes healthy [{_pct(an['ci_low'])}, {_pct(an['ci_high'])}]."
+                )
+        else:
+            lines.append(f"Unexposed cells (section 3.1): not available ({u['why']}).")
+        lines.append("")
+    lines += [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,97 @@
+"""Galleries of test crops, Figure 3c (misclassified) and 3d (correctly classified).
+
+One row per true class; each tile is the centre crop the net saw (z-scored values, grey,
+clipped to [-3, 3]) titled with P(sick). Errors are shown most confident first; correct
+crops most confident first, as the clearest examples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lmdb
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from deadnet_caffe import paper
+
+MISCLASSIFIED_PNG = "figure3c_misclassified.png"
+CORRECT_PNG = "figure3d_correct.png"
+
+
+def pick(labels: np.ndarray, probs: np.ndarray, n: int, wrong: bool) -> dict[int, np.ndarray]:
+    """Per true class, indices of up to ``n`` wrong (or correct) crops, most confident first.
+
+    Parameters
+    ----------
+    labels : (N,) int
+    probs : (N,) float, P(sick)
+    """
+    pred = (probs >= 0.5).astype(int)
+    out = {}
+    for c in (0, 1):
+        idx = np.flatnonzero((labels == c) & ((pred != c) if wrong else (pred == c)))
+        confidence = np.abs(probs[idx] - 0.5)
+        out[c] = idx[np.argsort(-confidence, kind="stable")][:n]
+    return out
+
+
+def draw(
+    crops: dict[int, list[np.ndarray]], titles: dict[int, list[str]], path: Path, title: str
+) -> Path:
+    """Draw rows of (H, W) crops, one row per class, into ``path``."""
+    n = max(1, *(len(v) for v in crops.values()))
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 0.8, 3.8), dpi=100, squeeze=False)
+    for c in (0, 1):
+        for j in range(n):
+            ax = axes[c][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(crops[c]):
+                ax.imshow(np.clip(crops[c][j], -3, 3), cmap="gray", vmin=-3, vmax=3)
+                ax.set_title(titles[c][j], fontsize=7)
+            else:
+                ax.axis("off")
+            if j == 0:
+                ax.set_ylabel(f"true {paper.LABELS[c]}", fontsize=8)
+                if not crops[c]:
+                    ax.axis("on")
+                    ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def draw_galleries(
+    out: Path, dataset: Path, rec, probs: np.ndarray, transform, n: int, caffe_pb2
+) -> list[str]:
+    """Figure 3c,d PNGs for the test records ``rec`` and their P(sick) ``probs``.
+
+    Returns the file names written in ``out``.
+    """
+    from deadnet_caffe.evaluate import datum_array
+
+    names = []
+    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        for wrong, fname, what in (
+            (True, MISCLASSIFIED_PNG, "c) misclassified"),
+            (False, CORRECT_PNG, "d) correctly classified"),
+        ):
+            chosen = pick(rec.labels, probs, n, wrong)
+            crops, titles = {}, {}
+            for c, idx in chosen.items():
+                crops[c] = [
+                    transform(datum_array(txn.get(rec.keys[i].encode()), caffe_pb2)[0])[0]
+                    for i in idx
+                ]
+                titles[c] = [f"P(sick) {probs[i]:.2f}" for i in idx]
+            draw(crops, titles, out / fname, f"Figure 3{what} test crops")
+            names.append(fname)
+    env.close()
+    return names

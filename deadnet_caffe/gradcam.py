@@ -1,0 +1,398 @@
+"""Grad-CAM at conv_d4_2 with pycaffe backward passes (paper section 2.6, eq. 1-3).
+
+What ``A`` is
+    In the published nets BatchNorm, Scale and ReLU run *in place* on the ``conv_d4_2`` blob,
+    so after a forward pass that blob holds the post-ReLU activations: the feature maps that
+    Conv4.2 passes on (Table 1), which is what eq. 1-2 call ``A^k``. This module uses them
+    as ``A`` (post-ReLU, the usual Grad-CAM choice) and takes ``dS_c/dA`` by running the
+    backward pass from the pre-softmax ``score`` down to the first layer that *reads* the
+    blob (``pool_d5_0``) and stopping there. Running further would let the in-place ReLU,
+    Scale and BatchNorm backward passes overwrite the blob's diff with gradients with
+    respect to the pre-activation convolution output.
+Zero diffs
+    A deploy net has no loss, so Caffe marks every layer as not needing backward and leaves
+    all diffs at zero; :class:`~deadnet_caffe.infer.DeployNet` is built with
+    ``force_backward: true`` here, and an all-zero gradient is reported as an error.
+All-zero maps
+    ``[.]_+`` in eq. 2 can leave a map that is zero everywhere. Such maps are flagged in
+    :class:`CamBatch.all_zero`, never rescaled for display.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deadnet_caffe.errors import UserError
+from deadnet_caffe.infer import DeployNet, Grid, crop_to_input
+from deadnet_caffe.paper import GRADCAM_LAYER, NET_INPUT_PX
+
+
+@dataclass
+class CamBatch:
+    """Grad-CAM quantities for a batch of N crops at a layer with K maps of h x w.
+
+    activations : (N, K, h, w) float32, ``A^k_{u,v}`` (post-ReLU).
+    gradients : (N, K, h, w) float32, ``dS_c / dA^k_{u,v}``.
+    alphas : (N, K) float32, eq. 1.
+    scores : (N, C) float32, pre-softmax class scores.
+    cls : (N,) int, the class c each row was computed for.
+    """
+
+    activations: np.ndarray
+    gradients: np.ndarray
+    alphas: np.ndarray
+    scores: np.ndarray
+    cls: np.ndarray
+
+    def cams(self, alphas: np.ndarray | None = None) -> np.ndarray:
+        """Eq. 2 with this batch's own weights, or with given weights (eq. 3's averages).
+
+        alphas : (N, K) or (K,) float32, or None for :attr:`alphas`. Returns (N, h, w).
+        """
+        return cam_from(self.activations, self.alphas if alphas is None else alphas)
+
+    @staticmethod
+    def all_zero(cams: np.ndarray) -> np.ndarray:
+        """(N,) bool: maps that are zero everywhere after eq. 2's ``[.]_+``."""
+        return ~(cams.reshape(len(cams), -1) > 0).any(axis=1)
+
+
+def cam_from(activations: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """Eq. 2: ``[sum_k alpha_k A^k]_+``. (N, K, h, w) with (N, K) or (K,) -> (N, h, w) float32."""
+    a = np.asarray(alphas, dtype=np.float64)
+    a = np.broadcast_to(a, activations.shape[:2])
+    cam = np.einsum("nk,nkhw->nhw", a, activations.astype(np.float64))
+    return np.maximum(cam, 0.0).astype(np.float32)
+
+
+class GradCam:
+    """Grad-CAM on a deploy net at ``layer`` (default conv_d4_2, section 2.6).
+
+    Parameters
+    ----------
+    net : a :class:`DeployNet` built with ``force_backward=True``.
+    layer : name of the layer whose output maps are ``A``.
+    """
+
+    def __init__(self, net: DeployNet, layer: str = GRADCAM_LAYER) -> None:
+        names = list(net.net._layer_names)
+        if layer not in names:
+            raise UserError(f"{net.model}: has no layer {layer!r} for Grad-CAM.")
+        if not net.param.force_backward:
+            raise UserError(f"{net.model}: Grad-CAM needs the net built with force_backward.")
+        self.net, self.layer = net, layer
+        self.blob = net.net.top_names[layer][0]
+        i = names.index(layer) + 1
+        while (
+            i < len(names)
+            and net.net.bottom_names[names[i]] == [self.blob] == (net.net.top_names[names[i]])
+        ):
+            i += 1  # in-place BatchNorm / Scale / ReLU on the same blob
+        readers = [n for n in names[i:] if self.blob in net.net.bottom_names[n]]
+        if not readers:
+            raise UserError(f"{net.model}: nothing reads the output of layer {layer!r}.")
+        self.reader = readers[0]
+        self.score_layer = net._layer_of_top(net.score)
+
+    def compute(self, z: np.ndarray, cls: int | np.ndarray) -> CamBatch:
+        """Forward and backward for one batch of net inputs.
+
+        Parameters
+        ----------
+        z : (N, 220, 220) float32 net inputs (see :func:`deadnet_caffe.infer.crop_to_input`).
+        cls : class c for every row, an int or (N,) ints.
+        """
+        net = self.net.net
+        self.net.forward(z)
+        n = len(z)
+        cls = np.broadcast_to(np.asarray(cls, dtype=np.int64), (n,)).copy()
+        scores = net.blobs[self.net.score].data.reshape(n, -1).copy()
+        acts = net.blobs[self.blob].data.copy()
+        seed = np.zeros_like(net.blobs[self.net.score].data)
+        seed.reshape(n, -1)[np.arange(n), cls] = 1.0
+        net.blobs[self.net.score].diff[...] = seed
+        net.backward(start=self.score_layer, end=self.reader)
+        grads = net.blobs[self.blob].diff.copy()
+        if not np.any(grads):
+            raise UserError(
+                f"{self.net.model}: the backward pass left all gradients at {self.layer} zero "
+                "(is force_backward set, and does the score depend on this layer?)."
+            )
+        alphas = grads.mean(axis=(2, 3))  # eq. 1
+        return CamBatch(acts, grads, alphas.astype(np.float32), scores, cls)
+
+
+def upsample_cam(cams: np.ndarray, size: int = NET_INPUT_PX) -> np.ndarray:
+    """Bilinear upsampling of (N, h, w) maps to (N, size, size), pixel centres aligned.
+
+    The h x w map covers the net's input; OpenCV's resize maps cell centres to input
+    pixel centres (half-pixel convention), like the heat maps' window centres.
+    """
+    import cv2
+
+    return np.stack(
+        [
+            cv2.resize(c.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+            for c in cams
+        ]
+    )
+
+
+# --- Eq. 3: class-averaged weights over the training set, cached --------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_lmdb_crops(path: Path, per_class: int, seed: int = 0):
+    """Up to ``per_class`` crops of each label from a Datum LMDB, in a seeded random order.
+
+    The dataset stores crops as Caffe Datum ``float_data``, v = 32767 + 4000 z, 1 x 256 x 256,
+    label 0/1. Returns (z, labels): (N, 220, 220) float32 centre crops (Caffe's TEST
+    transform) and (N,) int64.
+    """
+    import lmdb
+    from caffe.proto import caffe_pb2
+
+    from data_prep.normalize import decode_v
+
+    if not Path(path).is_dir():
+        raise UserError(f"{path}: no such LMDB (the dataset's train.lmdb).")
+    env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
+    out: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    with env.begin() as txn:
+        keys = [k for k, _ in txn.cursor()]
+        for i in np.random.default_rng(seed).permutation(len(keys)):
+            datum = caffe_pb2.Datum()
+            datum.ParseFromString(txn.get(keys[i]))
+            if datum.label not in out or len(out[datum.label]) >= per_class:
+                continue
+            shape = (datum.channels, datum.height, datum.width)
+            if datum.float_data:
+                v = np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+            else:
+                v = np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).astype(np.float32)
+            z = decode_v(v[0])
+            oy, ox = (z.shape[0] - NET_INPUT_PX) // 2, (z.shape[1] - NET_INPUT_PX) // 2
+            out[datum.label].append(z[oy : oy + NET_INPUT_PX, ox : ox + NET_INPUT_PX])
+            if all(len(v) >= per_class for v in out.values()):
+                break
+    env.close()
+    labels = np.concatenate([np.full(len(out[c]), c, dtype=np.int64) for c in (0, 1)])
+    crops = [c for k in (0, 1) for c in out[k]]
+    if not crops:
+        raise UserError(f"{path}: the LMDB holds no crops labelled 0 or 1.")
+    return np.stack(crops).astype(np.float32), labels
+
+
+def average_alphas(alphas: np.ndarray, labels: np.ndarray, n_classes: int = 2) -> np.ndarray:
+    """Eq. 3: ``alpha_hat_{c,k} = (1/N_c) sum_i 1_c(i) alpha^{(i)}_{c,k}``.
+
+    Parameters
+    ----------
+    alphas : (N, K) eq. 1 weights of image i for its own class ``labels[i]``.
+    labels : (N,) ints in [0, n_classes).
+
+    Returns
+    -------
+    (n_classes, K) float32; a class with no images gets NaN.
+    """
+    out = np.full((n_classes, alphas.shape[1]), np.nan, dtype=np.float64)
+    for c in range(n_classes):
+        sel = labels == c
+        if sel.any():
+            out[c] = alphas[sel].astype(np.float64).mean(axis=0)
+    return out.astype(np.float32)
+
+
+def class_weights(
+    gc: GradCam, lmdb_path: Path, cache: Path, per_class: int = 200, batch: int = 10
+) -> dict:
+    """Eq. 3 weights for both classes, computed once and cached in ``cache`` (.npz).
+
+    The cache is reused when it was made from the same weights file (SHA-256), layer,
+    LMDB and ``per_class``; otherwise it is recomputed and replaced.
+
+    Returns
+    -------
+    dict with ``alpha`` (2, K) float32, ``counts`` (2,) int, and the cache key fields.
+    """
+    key = {
+        "weights_sha256": _sha256(gc.net.weights),
+        "layer": gc.layer,
+        "lmdb": str(Path(lmdb_path).resolve()),
+        "per_class": int(per_class),
+    }
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as f:
+            if all(str(f[k]) == str(v) for k, v in key.items() if k in f):
+                return {"alpha": f["alpha"], "counts": f["counts"], "cached": True, **key}
+    from tqdm import tqdm
+
+    z, labels = read_lmdb_crops(lmdb_path, per_class)
+    alphas = []
+    for i in tqdm(range(0, len(z), batch), desc="eq. 3 weights", unit="batch", leave=False):
+        alphas.append(gc.compute(z[i : i + batch], labels[i : i + batch]).alphas)
+    alpha = average_alphas(np.concatenate(alphas), labels)
+    counts = np.bincount(labels, minlength=2)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz.partial")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, alpha=alpha, counts=counts, **{k: np.asarray(v) for k, v in key.items()})
+    os.replace(tmp, cache)
+    return {"alpha": alpha, "counts": counts, "cached": False, **key}
+
+
+# --- Whole-frame Grad-CAM stitched from overlapping crops ---------------------------------
+
+
+@dataclass
+class Stitched:
+    """A whole-frame Grad-CAM: mean of the crops' upsampled maps where they overlap.
+
+    cam : (H, W) float32, zero where no crop's 220 px centre reaches.
+    seam : mean over pixels covered by >= 2 crops of the standard deviation across those
+        crops' maps, divided by the frame map's mean there (0 = perfectly seamless).
+    n_all_zero : crops whose map was zero everywhere.
+    """
+
+    cam: np.ndarray
+    seam: float
+    n_all_zero: int
+
+
+def stitch_frame(
+    gc: GradCam,
+    frame: np.ndarray,
+    cls: int,
+    alpha: np.ndarray | None,
+    stride: int,
+    batch: int = 10,
+) -> Stitched:
+    """Grad-CAM of a whole frame from overlapping crops (section 2.6, eq. 3's motivation).
+
+    Each window of a :class:`~deadnet_caffe.infer.Grid` is normalised as in training, its
+    map (eq. 2) upsampled to 220 px and placed over the window's centre crop.
+
+    Parameters
+    ----------
+    frame : (H, W) image.
+    cls : class c.
+    alpha : (K,) eq. 3 weights for class c, or None for each crop's own eq. 1 weights.
+    """
+    h, w = frame.shape
+    grid = Grid.over(h, w, stride)
+    off = (grid.window - NET_INPUT_PX) // 2
+    s1 = np.zeros((h, w))
+    s2 = np.zeros((h, w))
+    n = np.zeros((h, w))
+    offsets = grid.offsets()
+    zeros = 0
+    for i in range(0, len(offsets), batch):
+        part = offsets[i : i + batch]
+        crops = np.stack([frame[y : y + grid.window, x : x + grid.window] for y, x in part])
+        cb = gc.compute(crop_to_input(crops), cls)
+        cams = cb.cams(alpha)
+        zeros += int(cb.all_zero(cams).sum())
+        for (y, x), m in zip(part, upsample_cam(cams), strict=True):
+            sl = (slice(y + off, y + off + NET_INPUT_PX), slice(x + off, x + off + NET_INPUT_PX))
+            s1[sl] += m
+            s2[sl] += m.astype(np.float64) ** 2
+            n[sl] += 1
+    mean = np.divide(s1, n, out=np.zeros_like(s1), where=n > 0)
+    var = np.maximum(np.divide(s2, n, out=np.zeros_like(s2), where=n > 0) - mean**2, 0.0)
+    multi = n >= 2
+    level = mean[multi].mean() if multi.any() else 0.0
+    seam = float(np.sqrt(var[multi]).mean() / level) if level > 0 else float("nan")
+    return Stitched(mean.astype(np.float32), seam, zeros)
+
+
+# --- Rendering (separate from computing) ---------------------------------------------------
+
+
+def overlay(gray: np.ndarray, cam: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """RGB uint8 overlay of a map on a grey image: (H, W), (H, W) -> (H, W, 3).
+
+    The image is shown with a 1-99 percentile stretch; the map in the 'jet' colour map with
+    alpha 0.45, scaled to ``vmax`` (default: its own maximum). An all-zero map leaves the
+    image unchanged (it is reported, not rescaled).
+    """
+    from matplotlib import colormaps
+
+    g = np.asarray(gray, dtype=np.float64)
+    lo, hi = np.percentile(g, (1, 99))
+    g = np.clip((g - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    rgb = np.repeat(g[..., None], 3, axis=2)
+    top = float(cam.max()) if vmax is None else vmax
+    if top > 0:
+        c = np.clip(cam / top, 0, 1)
+        heat = colormaps["jet"](c)[..., :3]
+        a = 0.45 * c[..., None] ** 0.5
+        rgb = (1 - a) * rgb + a * heat
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def figure_examples(
+    path: Path, images: np.ndarray, own: np.ndarray, avg: np.ndarray, titles: list[str]
+) -> None:
+    """Figure 5-like panel: per example the crop, eq. 1 Grad-CAM and eq. 3 Grad-CAM overlays.
+
+    images : (N, 220, 220); own, avg : (N, 220, 220) upsampled maps. All-zero maps are
+    labelled as such in the panel title instead of being rescaled.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    for i in range(n):
+        panels = (
+            (images[i], None, titles[i]),
+            (images[i], own[i], "eq. 1 (own weights)"),
+            (images[i], avg[i], "eq. 3 (class-averaged)"),
+        )
+        for ax, (img, cam, title) in zip(axes[i], panels, strict=True):
+            if cam is None:
+                ax.imshow(overlay(img, np.zeros_like(img)))
+            else:
+                ax.imshow(overlay(img, cam))
+                if not (cam > 0).any():
+                    title += " - ALL ZERO"
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched) -> None:
+    """Whole-frame Grad-CAM stitched with per-crop (eq. 1) vs averaged (eq. 3) weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, s, name in (
+        (axes[0], own, "per-crop weights (eq. 1)"),
+        (axes[1], avg, "class-averaged weights (eq. 3)"),
+    ):
+        ax.imshow(overlay(frame, s.cam))
+        ax.set_title(f"{name}\nseam index {s.seam:.3f}, all-zero crops {s.n_all_zero}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

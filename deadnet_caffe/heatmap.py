@@ -1,0 +1,221 @@
+"""Sliding-window heat maps of P(sick) over time-lapses (paper section 3.1, Figure 4).
+
+Exact mode (the default) cuts every frame into 256 px windows at ``stride``, normalises each
+window on its own as in training, runs the centre 220 px through the deploy net in batches,
+and upsamples the per-window P(sick), placed at the window centres, bilinearly to full size.
+
+Dense mode runs a fully convolutional version of the deploy net (fc1 as a 14 x 14
+convolution, fc2 and score as 1 x 1) once over the whole frame. Per-window normalisation is
+impossible there; each pixel is instead normalised by the mean and standard deviation of the
+256 px square around it (:func:`local_normalize`). Its outputs sit on a 16 px grid (the four
+2 x 2 poolings). It differs from exact mode by that normalisation and by what the zero
+padding and Caffe's ceiling pooling see at window borders; ``deadnet_caffe.benchmarks.
+inference`` measures the difference, and exact mode stays the default.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deadnet_caffe.infer import (
+    DEFAULT_BATCH,
+    SICK,
+    Grid,
+    Predictor,
+    grid_probs,
+    upsample,
+    upsample_at,
+)
+from deadnet_caffe.netspec import load_net, load_net_param
+from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
+from deadnet_caffe.surgery import transplant_fcn
+
+SICK_THRESHOLD = 0.5  # a pixel counts as sick when its P(sick) >= 0.5 (this toolkit's choice)
+
+
+def exact_heatmap(
+    frame: np.ndarray, predict: Predictor, stride: int = CROP_STRIDE_PX, batch: int = DEFAULT_BATCH
+) -> np.ndarray:
+    """P(sick) heat map of one frame in exact mode: (H, W) image -> (H, W) float32."""
+    grid = Grid.over(*frame.shape, stride)
+    return upsample(grid_probs(frame, grid, predict, batch), grid)
+
+
+def naive_heatmap(
+    frame: np.ndarray, predict: Predictor, stride: int = CROP_STRIDE_PX
+) -> np.ndarray:
+    """The baseline of the benchmark: exact mode, one crop per forward pass, no batching."""
+    return exact_heatmap(frame, predict, stride, batch=1)
+
+
+# --- Dense mode ----------------------------------------------------------------------------
+
+
+def local_normalize(frame: np.ndarray, size: int = CROP_PX) -> np.ndarray:
+    """Each pixel minus the mean, over the std, of the ``size`` px square around it.
+
+    The dense-mode stand-in for per-crop variance normalisation. Box filters with reflected
+    borders; a locally constant region gives 0. (H, W) -> (H, W) float32.
+    """
+    import cv2
+
+    from data_prep.normalize import MIN_STD
+
+    x = np.asarray(frame, dtype=np.float64)
+    mean = cv2.boxFilter(x, -1, (size, size), borderType=cv2.BORDER_REFLECT)
+    sq = cv2.boxFilter(x * x, -1, (size, size), borderType=cv2.BORDER_REFLECT)
+    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    z = np.where(std < MIN_STD, 0.0, (x - mean) / np.where(std < MIN_STD, 1.0, std))
+    return z.astype(np.float32)
+
+
+def net_stride(model: Path) -> int:
+    """Product of all Convolution and Pooling strides of a prototxt: the output grid step."""
+    s = 1
+    for layer in load_net_param(model).layer:
+        if layer.type == "Convolution":
+            s *= layer.convolution_param.stride[0] if layer.convolution_param.stride else 1
+        elif layer.type == "Pooling":
+            s *= layer.pooling_param.stride
+    return s
+
+
+@dataclass
+class DenseNet:
+    """A fully convolutional deploy variant with the deploy net's weights.
+
+    Parameters
+    ----------
+    net : caffe.Net of the fully convolutional prototxt, weights already copied in.
+    stride : its output grid step in input pixels (16 for DeadNet).
+    """
+
+    net: object
+    stride: int
+
+    @classmethod
+    def from_deploy(cls, fcn_model: Path, deploy) -> DenseNet:
+        """Build ``fcn_model`` and copy ``deploy`` (a DeployNet) weights into it."""
+        net = load_net(fcn_model, "TEST")
+        transplant_fcn(deploy.net, net)
+        return cls(net, net_stride(fcn_model))
+
+    def probs(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run over a whole (H, W) input; return P(sick) (M, L) and window centres (M,), (L,).
+
+        Output cell (i, j) is the net's answer for the 220 px window whose top-left corner is
+        (stride i, stride j), centred at ``stride i + 109.5``.
+        """
+        name = self.net.inputs[0]
+        blob = self.net.blobs[name]
+        blob.reshape(1, 1, *z.shape)
+        self.net.reshape()
+        blob.data[0, 0] = z
+        out = self.net.forward()
+        prob = next(iter(out.values()))[0, SICK]
+        half = (NET_INPUT_PX - 1) / 2.0
+        cy = np.arange(prob.shape[0]) * self.stride + half
+        cx = np.arange(prob.shape[1]) * self.stride + half
+        return prob.astype(np.float32), cy, cx
+
+
+def dense_heatmap(frame: np.ndarray, dense: DenseNet, normalize: bool = True) -> np.ndarray:
+    """P(sick) heat map of one frame in dense mode: (H, W) -> (H, W) float32."""
+    z = local_normalize(frame) if normalize else np.asarray(frame, dtype=np.float32)
+    prob, cy, cx = dense.probs(z)
+    return upsample_at(prob, cy, cx, *frame.shape)
+
+
+# --- Outputs -------------------------------------------------------------------------------
+
+
+def sick_fraction(probs: np.ndarray, threshold: float = SICK_THRESHOLD) -> np.ndarray:
+    """Fraction of each frame's area with P(sick) >= threshold: (T, H, W) -> (T,) float64."""
+    return (np.asarray(probs) >= threshold).reshape(len(probs), -1).mean(axis=1)
+
+
+def red_overlay(gray: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Figure 4's overlay: grey image, red where P(sick) is high. (H, W) x2 -> (H, W, 3) uint8.
+
+    The image gets a 1-99 percentile stretch; red is blended in with opacity 0.6 P(sick).
+    """
+    g = np.asarray(gray, dtype=np.float64)
+    lo, hi = np.percentile(g, (1, 99))
+    g = np.clip((g - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    a = 0.6 * np.clip(prob, 0, 1)[..., None]
+    rgb = (1 - a) * g[..., None] + a * np.array([1.0, 0.0, 0.0])
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def write_stack_outputs(
+    out_dir: Path,
+    name: str,
+    frames: np.ndarray,
+    probs: np.ndarray,
+    frame_ids: list[int],
+    gif_max_side: int = 512,
+    gif_ms: int = 200,
+) -> None:
+    """Write one time-lapse's heat-map outputs into ``out_dir``.
+
+    - ``{name}_prob.tif``: ImageJ/Fiji float32 stack (T, H, W) of P(sick), axes TYX;
+    - ``{name}/overlay_t{frame:04d}.png``: red = sick overlays (Figure 4);
+    - ``{name}.gif``: the overlays as an animated GIF, longest side <= ``gif_max_side``.
+    """
+    import cv2
+    import tifffile
+    from PIL import Image
+
+    tifffile.imwrite(
+        out_dir / f"{name}_prob.tif",
+        probs.astype(np.float32),
+        imagej=True,
+        metadata={"axes": "TYX", "Info": "P(sick) from deadnet heatmap"},
+    )
+    png_dir = out_dir / name
+    png_dir.mkdir(parents=True, exist_ok=True)
+    gif = []
+    for t, frame, prob in zip(frame_ids, frames, probs, strict=True):
+        rgb = red_overlay(frame, prob)
+        cv2.imwrite(str(png_dir / f"overlay_t{t:04d}.png"), rgb[..., ::-1])
+        scale = min(1.0, gif_max_side / max(rgb.shape[:2]))
+        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        gif.append(Image.fromarray(small))
+    gif[0].save(
+        out_dir / f"{name}.gif", save_all=True, append_images=gif[1:], duration=gif_ms, loop=0
+    )
+
+
+def write_fraction_table(path: Path, rows: list[dict]) -> None:
+    """CSV of sick fraction per frame per position (columns from the first row's keys)."""
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot_fractions(path: Path, rows: list[dict]) -> None:
+    """Sick fraction over time, one line per position (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    by_pos: dict[str, list[dict]] = {}
+    for r in rows:
+        by_pos.setdefault(r["position"], []).append(r)
+    for pos, rs in by_pos.items():
+        ax.plot([r["time_min"] / 60 for r in rs], [r["sick_fraction"] for r in rs], ".-", label=pos)
+    ax.set_xlabel("time (h)")
+    ax.set_ylabel(f"area with P(sick) >= {SICK_THRESHOLD}")
+    ax.set_ylim(-0.02, 1.02)
+    if len(by_pos) <= 12:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,216 @@
+"""Reading, adapting and instantiating the prototxt nets and solvers of ``prototxt/``.
+
+The published nets name their LMDBs relatively (``train.lmdb``, ``test.lmdb``, the two
+folders that ``deadnet dataset A|B --out DIR`` writes); :func:`resolve_data_sources` makes
+them absolute for one data set. Solvers name their net relatively too (``net:
+"train_val.prototxt"``), resolved against the solver file's folder by :func:`resolve_solver_net`.
+Everything here works on copies of Caffe's own protobuf messages (``caffe_pb2``), so the
+files in ``prototxt/`` are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError, Message
+
+from deadnet_caffe.caffe_env import import_caffe
+from deadnet_caffe.errors import UserError
+
+
+def _pb2():
+    import_caffe()
+    from caffe.proto import caffe_pb2
+
+    return caffe_pb2
+
+
+def _parse(path: Path | str, message: Message, what: str) -> Message:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the {what} ({err.strerror}).") from None
+    try:
+        text_format.Merge(text, message)
+    except text_format.ParseError as err:
+        raise UserError(f"{path}: not a valid Caffe {what} ({err}).") from None
+    return message
+
+
+def load_net_param(path: Path | str):
+    """Parse a net prototxt into a ``caffe_pb2.NetParameter``.
+
+    Raises
+    ------
+    UserError
+        If the file cannot be read or is not a valid NetParameter in text format.
+    """
+    return _parse(path, _pb2().NetParameter(), "net prototxt")
+
+
+def load_solver_param(path: Path | str):
+    """Parse a solver prototxt into a ``caffe_pb2.SolverParameter`` (see :func:`load_net_param`)."""
+    return _parse(path, _pb2().SolverParameter(), "solver prototxt")
+
+
+def save_param(param: Message, path: Path | str) -> Path:
+    """Write a NetParameter or SolverParameter as text, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text_format.MessageToString(param))
+    os.replace(tmp, path)
+    return path
+
+
+def data_layers(net_param) -> list:
+    """The ``Data`` layers (LMDB/LevelDB readers) of a NetParameter, in file order."""
+    return [layer for layer in net_param.layer if layer.type == "Data"]
+
+
+def resolve_data_sources(net_param, dataset_dir: Path | str, check: bool = True):
+    """Return a copy of ``net_param`` whose Data layers read from ``dataset_dir``.
+
+    Parameters
+    ----------
+    net_param : caffe_pb2.NetParameter
+        A train/val net as in ``prototxt/dataset_{a,b}/train_val.prototxt``; its Data layers'
+        ``data_param.source`` are relative names (``train.lmdb``, ``test.lmdb``).
+    dataset_dir : path
+        The folder that ``deadnet dataset A|B --out DIR`` wrote (holding the LMDBs).
+    check : bool
+        Raise if a resolved source does not exist.
+
+    Returns
+    -------
+    caffe_pb2.NetParameter
+        A copy with every relative source replaced by the absolute path
+        ``dataset_dir / source``; absolute sources are kept as they are.
+
+    Raises
+    ------
+    UserError
+        If ``check`` and a resolved source is missing.
+    """
+    out = type(net_param)()
+    out.CopyFrom(net_param)
+    base = Path(dataset_dir).resolve()
+    for layer in data_layers(out):
+        src = Path(layer.data_param.source)
+        resolved = src if src.is_absolute() else base / src
+        if check and not resolved.exists():
+            raise UserError(
+                f"{resolved}: the data source of layer '{layer.name}' does not exist "
+                f"(expected the output of 'deadnet dataset --out {Path(dataset_dir)}')."
+            )
+        layer.data_param.source = str(resolved)
+    return out
+
+
+def resolve_solver_net(solver_param, solver_path: Path | str):
+    """Return a copy of ``solver_param`` whose ``net``/``train_net``/``test_net`` are absolute.
+
+    Relative names are taken relative to the folder of ``solver_path`` (the published
+    solvers say ``net: "train_val.prototxt"``, next to them).
+    """
+    out = type(solver_param)()
+    out.CopyFrom(solver_param)
+    folder = Path(solver_path).resolve().parent
+
+    def absolute(name: str) -> str:
+        return name if Path(name).is_absolute() else str(folder / name)
+
+    if out.net:
+        out.net = absolute(out.net)
+    if out.train_net:
+        out.train_net = absolute(out.train_net)
+    for i, name in enumerate(out.test_net):
+        out.test_net[i] = absolute(name)
+    return out
+
+
+def net_from_param(net_param, phase: str = "TEST", weights: Path | str | None = None):
+    """Instantiate a ``caffe.Net`` from an in-memory NetParameter.
+
+    pycaffe only builds nets from files, so the parameter is written to a temporary file
+    first. ``phase`` is ``"TRAIN"`` or ``"TEST"``; ``weights`` (a .caffemodel) is checked
+    with :func:`check_weights` before Caffe sees it.
+    """
+    with tempfile.TemporaryDirectory(prefix="deadnet-net-") as tmp:
+        path = save_param(net_param, Path(tmp) / "net.prototxt")
+        return load_net(path, phase, weights)
+
+
+def load_net(prototxt: Path | str, phase: str = "TEST", weights: Path | str | None = None):
+    """``caffe.Net(prototxt, [weights,] phase)`` with readable errors instead of glog aborts.
+
+    Raises
+    ------
+    UserError
+        If a file is missing, or the weights do not fit the net (see :func:`check_weights`).
+    """
+    caffe = import_caffe()
+    prototxt = Path(prototxt)
+    load_net_param(prototxt)  # a parse error here is a sentence; inside Caffe it is an abort
+    ph = {"TRAIN": caffe.TRAIN, "TEST": caffe.TEST}[phase]
+    if weights is None:
+        return caffe.Net(str(prototxt), ph)
+    check_weights(prototxt, weights, phase)
+    return caffe.Net(str(prototxt), str(weights), ph)
+
+
+def check_weights(prototxt: Path | str, weights: Path | str, phase: str = "TEST") -> None:
+    """Check that a .caffemodel's blobs fit the net's same-named layers.
+
+    Caffe aborts the whole process on a shape mismatch (e.g. published weights with the
+    Table 1 FLOOR net, whose fc1 has 13 x 13 x 128 inputs instead of 14 x 14 x 128), so the
+    shapes are compared here first.
+
+    Raises
+    ------
+    UserError
+        Naming the weights file, the layer and both shapes, or saying that no layer matched.
+    """
+    caffe = import_caffe()
+    weights = Path(weights)
+    try:
+        data = weights.read_bytes()
+    except OSError as err:
+        raise UserError(f"{weights}: cannot read the weights ({err.strerror}).") from None
+    model = _pb2().NetParameter()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as err:
+        raise UserError(f"{weights}: not a Caffe .caffemodel ({err}).") from None
+    ph = {"TRAIN": caffe.TRAIN, "TEST": caffe.TEST}[phase]
+    net = caffe.Net(str(prototxt), ph)
+    matched = 0
+    for layer in model.layer:
+        if layer.name not in net.params or not layer.blobs:
+            continue
+        matched += 1
+        mine = net.params[layer.name]
+        if len(mine) != len(layer.blobs):
+            raise UserError(
+                f"{weights}: layer '{layer.name}' has {len(layer.blobs)} blobs but {prototxt} "
+                f"expects {len(mine)}."
+            )
+        for i, (blob, target) in enumerate(zip(layer.blobs, mine, strict=True)):
+            shape = tuple(blob.shape.dim) or tuple(
+                d for d in (blob.num, blob.channels, blob.height, blob.width)
+            )
+            if math.prod(shape) != target.data.size or (
+                blob.shape.dim and shape != target.data.shape
+            ):
+                raise UserError(
+                    f"{weights}: blob {i} of layer '{layer.name}' has shape {shape} but "
+                    f"{prototxt} expects {target.data.shape} (wrong net variant?)."
+                )
+    if matched == 0:
+        raise UserError(f"{weights}: no layer name matches a layer of {prototxt}.")

@@ -1,0 +1,431 @@
+"""Run Caffe's solver on a data set, with everything it used written into one run folder.
+
+Paper section 2.4 trains the published nets with Caffe; this runner keeps that path (the
+``caffe train`` binary and its own glog log) and adds what a long CPU or GPU run needs:
+
+- a *derived* solver and the exact nets in ``RUN/``: Data-layer sources resolved to
+  ``DATASET/train.lmdb`` / ``DATASET/test.lmdb``, ``solver_mode`` CPU unless a GPU is asked
+  for, snapshots under ``RUN/``, and the command-line overrides; the published files stay
+  untouched;
+- ``RUN/caffe.log`` (Caffe's log, appended by every session), ``RUN/settings.json``,
+  caffemodel + solverstate snapshots and ``RUN/latest.caffemodel`` (a symlink to the newest
+  weights), ``RUN/curves.csv`` and the Figure 3a,b PNGs;
+- a progress bar (iteration, loss, learning rate, ETA) read live from the log;
+- SIGINT / SIGTERM: Caffe is asked to stop (its ``-sigint_effect stop``), which makes it
+  write a snapshot at the current iteration (``snapshot_after_train``) and exit cleanly;
+  ``resume=True`` continues from the newest solverstate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lmdb
+from google.protobuf import text_format
+
+from deadnet_caffe import caffe_env, curves, logparse, netspec, runinfo
+from deadnet_caffe.errors import UserError
+
+SOLVER_NAME = "solver.prototxt"
+LATEST_NAME = "latest.caffemodel"
+SETTINGS_NAME = "settings.json"
+SPLITS = ("train.lmdb", "test.lmdb")
+_PHASE_SOURCE = {0: "train.lmdb", 1: "test.lmdb"}  # caffe_pb2.TRAIN, caffe_pb2.TEST
+_SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.(caffemodel|solverstate)$")
+#: Caffe logs at most this many display lines per run when --max-iter shortens it.
+DISPLAY_LINES = 100
+
+
+@dataclass
+class TrainSettings:
+    """What ``deadnet train`` was asked to do (saved as ``RUN/settings.json``).
+
+    ``None`` for an override means "as in the solver file". ``base_lr`` other than the
+    published 0.0003 (paper section 2.4) makes the run a stated derivative.
+    """
+
+    dataset: str | None
+    solver: str | None
+    run: str
+    max_iter: int | None = None
+    snapshot_interval: int | None = None
+    test_interval: int | None = None
+    base_lr: float | None = None
+    seed: int | None = None
+    gpu: str | None = None
+    resume: bool = False
+
+
+@dataclass
+class TrainResult:
+    """What a training session ended with."""
+
+    run: Path
+    iteration: int | None  # the newest snapshot's iteration
+    max_iter: int
+    interrupted: str | None  # "SIGINT" / "SIGTERM" if stopped by a signal
+    latest: Path | None  # RUN/latest.caffemodel
+
+
+def caffe_binary() -> Path:
+    """The ``caffe`` tool beside this Python (``.venv/bin/caffe``), else the one on PATH."""
+    here = Path(sys.executable).parent / "caffe"
+    if here.exists():
+        return here
+    found = shutil.which("caffe")
+    if not found:
+        raise UserError(f"no caffe binary in {here.parent} or on PATH; run 'make setup' first.")
+    return Path(found)
+
+
+def snapshots(run: Path, kind: str = "solverstate") -> list[tuple[int, Path]]:
+    """(iteration, path) of the snapshots of ``kind`` in ``run``, oldest first."""
+    found = []
+    for p in run.glob(f"*_iter_*.{kind}"):
+        m = _SNAPSHOT_RE.search(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def check_dataset(dataset: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Check ``dataset`` holds non-empty train/test LMDBs of Caffe Datums.
+
+    Returns
+    -------
+    dict
+        Split name -> (number of records, (channels, height, width) of the first Datum).
+    """
+    caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
+    out = {}
+    for name in SPLITS:
+        path = dataset / name
+        if not (path / "data.mdb").is_file():
+            raise UserError(
+                f"{path} is not an LMDB; --dataset must be a folder made by deadnet dataset."
+            )
+        env = lmdb.open(str(path), readonly=True, lock=False)
+        try:
+            with env.begin() as txn:
+                n = txn.stat()["entries"]
+                first = next(iter(txn.cursor()), None)
+        finally:
+            env.close()
+        if not n or first is None:
+            raise UserError(f"{path} holds no records.")
+        datum = caffe_pb2.Datum()
+        try:
+            datum.ParseFromString(first[1])
+        except Exception:  # protobuf raises its own DecodeError type
+            raise UserError(f"{path} does not hold Caffe Datum records.") from None
+        out[name] = (n, (datum.channels, datum.height, datum.width))
+    return out
+
+
+def resolve_net(net, dataset: Path, shapes: dict, where: Path, default_phase: int | None):
+    """Point every Data layer of ``net`` (a NetParameter, changed in place) at ``dataset``.
+
+    A source named ``train.lmdb`` or ``test.lmdb`` keeps its split; any other source gets the
+    split of the layer's phase (TRAIN -> train.lmdb, TEST -> test.lmdb). The stored crops
+    must be at least ``crop_size`` on each side (Caffe would abort otherwise).
+    """
+    for layer in net.layer:
+        if layer.type != "Data":
+            continue
+        phases = [r.phase for r in layer.include if r.HasField("phase")]
+        phase = phases[0] if phases else default_phase
+        name = Path(layer.data_param.source).name
+        if name not in SPLITS:
+            if phase is None:
+                raise UserError(
+                    f"{where}: Data layer '{layer.name}' has neither a phase nor a "
+                    "source named train.lmdb / test.lmdb."
+                )
+            name = _PHASE_SOURCE[phase]
+        layer.data_param.source = str((dataset / name).resolve())
+        layer.data_param.backend = layer.data_param.LMDB
+        crop = layer.transform_param.crop_size
+        side = min(shapes[name][1][1:])
+        if crop and side < crop:
+            raise UserError(
+                f"{dataset / name} holds {side} px crops, smaller than the "
+                f"crop_size {crop} of layer '{layer.name}' in {where}."
+            )
+    return net
+
+
+def _net_file(solver_path: Path, name: str) -> Path:
+    for base in (solver_path.parent, Path.cwd()):
+        if (base / name).is_file():
+            return base / name
+    raise UserError(
+        f"{solver_path} names net '{name}', which is not found beside it or in the current folder."
+    )
+
+
+def derive(settings: TrainSettings, shapes: dict) -> tuple[object, dict[str, object], dict]:
+    """Build the run's solver and nets from the published files and the overrides.
+
+    Returns
+    -------
+    solver : caffe_pb2.SolverParameter
+        With net file names relative to the run folder.
+    nets : dict of file name -> caffe_pb2.NetParameter
+    derived : dict
+        Every field changed from the solver file, old and new value (for settings.json).
+    """
+    caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
+    solver_path = Path(settings.solver)
+    dataset = Path(settings.dataset)
+    solver = netspec.load_solver_param(solver_path)
+    nets = {}
+    if solver.HasField("net"):
+        nets["train_val.prototxt"] = (_net_file(solver_path, solver.net), None)
+        solver.net = "train_val.prototxt"
+    elif solver.HasField("net_param"):
+        nets["train_val.prototxt"] = (solver.net_param, None)
+        solver.ClearField("net_param")
+        solver.net = "train_val.prototxt"
+    else:
+        if not solver.HasField("train_net"):
+            raise UserError(f"{solver_path} names no net (net, net_param or train_net).")
+        nets["train_net.prototxt"] = (_net_file(solver_path, solver.train_net), 0)
+        solver.train_net = "train_net.prototxt"
+        for i, name in enumerate(list(solver.test_net)):
+            nets[f"test_net_{i}.prototxt"] = (_net_file(solver_path, name), 1)
+            solver.test_net[i] = f"test_net_{i}.prototxt"
+    out_nets = {}
+    for fname, (src, phase) in nets.items():
+        net = src if not isinstance(src, Path) else netspec.load_net_param(src)
+        out_nets[fname] = resolve_net(net, dataset, shapes, src, phase)
+
+    derived = {}
+
+    def put(field: str, value) -> None:
+        old = getattr(solver, field) if solver.HasField(field) else None
+        if old != value:
+            derived[field] = {"solver_file": old, "run": value}
+            setattr(solver, field, value)
+
+    if settings.max_iter is not None:
+        put("max_iter", settings.max_iter)
+    if settings.snapshot_interval is not None:
+        put("snapshot", settings.snapshot_interval)
+    if settings.test_interval is not None:
+        put("test_interval", settings.test_interval)
+    elif solver.test_interval > solver.max_iter:
+        put("test_interval", solver.max_iter)  # a short run is still tested at its end
+    if settings.base_lr is not None:
+        put("base_lr", settings.base_lr)
+    if settings.seed is not None:
+        put("random_seed", settings.seed)
+    # Logging only: enough loss lines for the progress bar and curves of a short run.
+    display = min(solver.display or DISPLAY_LINES, max(1, solver.max_iter // DISPLAY_LINES))
+    put("display", display)
+    put("snapshot_prefix", Path(solver.snapshot_prefix or "snapshot").name)
+    mode = caffe_pb2.SolverParameter.GPU if settings.gpu else caffe_pb2.SolverParameter.CPU
+    if solver.solver_mode != mode:
+        derived["solver_mode"] = {
+            "solver_file": caffe_pb2.SolverParameter.SolverMode.Name(solver.solver_mode),
+            "run": caffe_pb2.SolverParameter.SolverMode.Name(mode),
+        }
+        solver.solver_mode = mode
+    return solver, out_nets, derived
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _previous_settings(run: Path) -> dict:
+    import json
+
+    path = run / SETTINGS_NAME
+    try:
+        return json.loads(path.read_text())["settings"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{path} is missing or unreadable; pass --dataset and --solver.") from None
+
+
+def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
+    """Validate the inputs and write the run folder's solver, nets and settings.
+
+    Returns
+    -------
+    run : Path
+    state : Path or None
+        The solverstate to resume from.
+    max_iter : int
+    """
+    run = Path(settings.run)
+    state = None
+    if settings.resume:
+        states = snapshots(run)
+        if not states:
+            raise UserError(f"{run} holds no solverstate to resume from.")
+        state = states[-1][1]
+        prev = _previous_settings(run)
+        settings.dataset = settings.dataset or prev["dataset"]
+        settings.solver = settings.solver or prev["solver"]
+        for field in ("max_iter", "snapshot_interval", "test_interval", "base_lr", "seed"):
+            if getattr(settings, field) is None:
+                setattr(settings, field, prev.get(field))
+    elif run.exists() and any(run.iterdir()):
+        raise UserError(
+            f"{run} already holds files; pass --resume to continue it or choose another --run."
+        )
+    if not settings.dataset or not settings.solver:
+        raise UserError("--dataset and --solver are needed unless --resume continues a run.")
+    if settings.gpu is not None:
+        device = 0 if settings.gpu == "all" else int(settings.gpu)
+        if not caffe_env.gpu_available(device):
+            raise UserError(
+                f"--gpu {settings.gpu} was asked for, but this Caffe build or "
+                "machine has no such GPU; drop --gpu to train on the CPU."
+            )
+    shapes = check_dataset(Path(settings.dataset))
+    solver, nets, derived = derive(settings, shapes)
+    doc = {
+        **asdict(settings),
+        "derived_from_solver_file": derived,
+        "records": {k: v[0] for k, v in shapes.items()},
+        "record_shape": shapes[SPLITS[0]][1],
+    }
+    if settings.base_lr is not None:
+        doc["derivative"] = "base_lr differs from the published solver (paper section 2.4)"
+
+    def write(folder: Path) -> None:
+        for fname, net in nets.items():
+            _write_text(folder / fname, text_format.MessageToString(net))
+        _write_text(folder / SOLVER_NAME, text_format.MessageToString(solver))
+
+    if state is None:
+        with runinfo.atomic_dir(run) as tmp:
+            tmp.chmod(0o777 & ~_umask())
+            write(tmp)
+            runinfo.write_settings(tmp, doc, SETTINGS_NAME)
+    else:
+        write(run)
+        runinfo.write_settings(run, doc, f"settings.resume-{snapshots(run)[-1][0]}.json")
+    return run, state, solver.max_iter
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def update_latest(run: Path) -> Path | None:
+    """Point ``RUN/latest.caffemodel`` (a relative symlink) at the newest caffemodel."""
+    models = snapshots(run, "caffemodel")
+    if not models:
+        return None
+    link = run / LATEST_NAME
+    tmp = run / f".{LATEST_NAME}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(models[-1][1].name)
+    tmp.replace(link)
+    return link
+
+
+def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
+    """Run (or resume) a training session; see the module docstring for what it writes.
+
+    Raises
+    ------
+    UserError
+        Bad inputs (nothing is written), or Caffe failed (its fatal line is quoted).
+    """
+    from tqdm import tqdm
+
+    run, state, max_iter = prepare(settings)
+    cmd = [str(caffe_binary()), "train", f"-solver={SOLVER_NAME}", "-sigint_effect=stop"]
+    if state is not None:
+        cmd.append(f"-snapshot={state.name}")
+    if settings.gpu is not None:
+        cmd.append(f"-gpu={settings.gpu}")
+    env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")
+    start = snapshots(run)[-1][0] if state is not None else 0
+    parser = logparse.LineParser()
+    stopped: list[str] = []
+    # Caffe runs in its own process group so that a terminal's Ctrl-C reaches it only once,
+    # through the handler below.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=run,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+    def on_signal(signum, _frame):
+        stopped.append(signal.Signals(signum).name)
+        if len(stopped) == 1:
+            proc.send_signal(signal.SIGINT)  # -sigint_effect=stop: snapshot, then exit
+        else:
+            proc.kill()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    tail: list[str] = []
+    try:
+        with (
+            open(run / curves.LOG_NAME, "a") as log,
+            tqdm(
+                total=max_iter,
+                initial=start,
+                unit="iter",
+                disable=not progress,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            ) as bar,
+        ):
+            for line in proc.stdout:
+                log.write(line)
+                parser.feed(line)
+                if line[:1] in "EF":
+                    tail.append(line.strip())
+                it = parser.log.last_iteration
+                if it is not None and it > bar.n:
+                    bar.update(it - bar.n)
+                    loss = parser.log.train_loss.get(it)
+                    lr = parser.log.lr.get(it)
+                    post = {}
+                    if loss is not None:
+                        post["loss"] = f"{loss:.4g}"
+                    if lr is not None:
+                        post["lr"] = f"{lr:.3g}"
+                    if post:
+                        bar.set_postfix(post, refresh=False)
+            code = proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = snapshots(run)
+    if code != 0 and not stopped:
+        if state is None and not done:
+            shutil.rmtree(run, ignore_errors=True)
+            where = "the run folder was removed"
+        else:
+            where = f"see {run / curves.LOG_NAME}"
+        why = tail[-1] if tail else f"exit status {code}"
+        raise UserError(f"caffe train stopped in {run} ({why}); {where}.")
+    latest = update_latest(run)
+    curves.update_run(run)
+    return TrainResult(
+        run, done[-1][0] if done else None, max_iter, stopped[0] if stopped else None, latest
+    )
