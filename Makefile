@@ -81,6 +81,7 @@ report: setup
 	$(DEADNET) report --weights $(WEIGHTS) --experiment $(EXPERIMENT) --out $(RUN)/report
 
 annotate: setup
+	mkdir -p $(RUNS)
 	$(DEADNET) annotate serve --experiment $(EXPERIMENT) --db sqlite:///$(RUNS)/annotations.sqlite
 
 bench: setup

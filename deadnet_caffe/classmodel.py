@@ -67,7 +67,7 @@ class ScoreGradient:
 
     def __init__(self, net: DeployNet) -> None:
         self.net = net
-        self.score_layer = net._layer_of_top(net.score)
+        self.score_layer = net.layer_of_top(net.score)
 
     def __call__(self, image: np.ndarray, cls: int) -> tuple[float, np.ndarray]:
         """image: (220, 220) float32 -> (S_c, dS_c/dI of shape (220, 220) float32)."""

@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from deadnet_caffe import __version__, commands
 from deadnet_caffe.errors import UserError
 
 
-def _command_modules():
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        yield importlib.import_module(f"{commands.__name__}.{info.name}")
+def _summaries() -> dict[str, tuple[str, str, str]]:
+    """``{NAME: (module, HELP, docstring)}`` of every command, read without importing them.
+
+    Command modules import pycaffe, OpenCV and friends; reading their NAME and HELP from the
+    source keeps ``deadnet --help`` and each subcommand's start-up fast.
+    """
+    out = {}
+    for info in pkgutil.iter_modules(commands.__path__):
+        path = Path(commands.__path__[0]) / f"{info.name}.py"
+        tree = ast.parse(path.read_text())
+        consts = {
+            t.id: node.value.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for t in node.targets
+            if isinstance(t, ast.Name) and t.id in ("NAME", "HELP")
+        }
+        if "NAME" in consts:
+            out[consts["NAME"]] = (info.name, consts.get("HELP", ""), ast.get_docstring(tree))
+    return dict(sorted(out.items()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``deadnet`` parser; with ``only``, that subcommand's arguments are loaded in full."""
     parser = argparse.ArgumentParser(
         prog="deadnet",
         description=__doc__,
@@ -25,20 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deadnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
+    for name, (module_name, help_, doc) in _summaries().items():
         p = sub.add_parser(
-            module.NAME,
-            help=module.HELP,
-            description=module.__doc__,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            name, help=help_, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        if name == only:
+            module = importlib.import_module(f"{commands.__name__}.{module_name}")
+            p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=chosen)
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()

@@ -188,16 +188,19 @@ def _size(shape: tuple[int, ...]) -> str:
 def format_table(desc: NetDescription, all_layers: bool = False) -> str:
     """Table 1's columns (layer, size in, size out, kernel, stride) plus params and MFLOPs.
 
+    The "Table 1" column gives the paper's name of the layer (conv_d1_1 = Conv1.1).
+
     By default only the layer types that Table 1 lists are shown; the totals always cover
     every layer of the net.
     """
-    head = ("layer", "type", "size in", "size out", "kernel, stride", "params", "MFLOPs")
+    head = ("layer", "Table 1", "type", "size in", "size out", "kernel, stride", "params", "MFLOPs")
     rows = [head]
     for r in desc.rows:
         if all_layers or r.type in TABLE1_TYPES:
             rows.append(
                 (
                     r.name,
+                    paper.TABLE1_NAMES.get(r.name, ""),
                     r.type,
                     _size(r.shape_in),
                     _size(r.shape_out),
@@ -209,7 +212,7 @@ def format_table(desc: NetDescription, all_layers: bool = False) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
         "  ".join(
-            c.rjust(w) if i >= 5 else c.ljust(w)
+            c.rjust(w) if i >= 6 else c.ljust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows

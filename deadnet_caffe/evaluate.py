@@ -30,6 +30,7 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from deadnet_caffe import caffe_env, netspec, paper, runinfo, stats
 from deadnet_caffe.errors import UserError
@@ -100,7 +101,10 @@ def read_records(dataset: Path) -> TestRecords:
     with env.begin() as txn:
         for k, v in txn.cursor():
             keys.append(k.decode(errors="replace"))
-            labels.append(datum_array(v, caffe_pb2)[1])
+            try:
+                labels.append(datum_array(v, caffe_pb2)[1])
+            except (DecodeError, ValueError):
+                raise UserError(f"{path} record {keys[-1]!r} is not a Caffe Datum.") from None
     env.close()
     if not keys:
         raise UserError(f"{path} holds no records.")
@@ -174,32 +178,53 @@ def eval_net_param(net_param, transform: Transform, global_stats: bool):
     return out, score
 
 
-def predict(net, score: str, dataset: Path, transform: Transform, caffe_pb2) -> np.ndarray:
+def predict(
+    net, score: str, dataset: Path, transform: Transform, caffe_pb2, bar=None
+) -> np.ndarray:
     """P(sick) for every test record, in LMDB order, with consecutive batches.
+
+    Records are streamed from the LMDB; the last short batch is filled with the first
+    records (Caffe's Data layer wraps around the same way) and only its new results kept.
 
     Returns
     -------
     (N,) float64
     """
-    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
-    with env.begin() as txn:
-        records = [datum_array(v, caffe_pb2) for _, v in txn.cursor()]
-    env.close()
-    n, b = len(records), transform.batch
-    probs = np.empty(n)
-    for start in range(0, n, b):
-        idx = [(start + j) % n for j in range(b)]  # the last batch wraps, as Caffe's does
-        net.blobs["data"].data[...] = np.stack([transform(records[i][0]) for i in idx])
+    b = transform.batch
+    probs: list[np.ndarray] = []
+    first: list[tuple[np.ndarray, int]] = []
+
+    def run(batch: list[tuple[np.ndarray, int]]) -> np.ndarray:
+        net.blobs["data"].data[...] = np.stack([transform(a) for a, _ in batch])
         if "label" in net.blobs:
-            net.blobs["label"].data[...] = [records[i][1] for i in idx]
+            net.blobs["label"].data[...] = [lab for _, lab in batch]
         out = net.forward()
         logits = out[score] if score in out else net.blobs[score].data
         logits = logits.reshape(b, -1).astype(np.float64)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p = e[:, SICK] / e.sum(axis=1)
-        keep = min(b, n - start)
-        probs[start : start + keep] = p[:keep]
-    return probs
+        return e[:, SICK] / e.sum(axis=1)
+
+    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        batch = []
+        for _, v in txn.cursor():
+            batch.append(datum_array(v, caffe_pb2))
+            if len(first) < b:
+                first.append(batch[-1])
+            if len(batch) == b:
+                probs.append(run(batch))
+                batch = []
+                if bar is not None:
+                    bar.update(b)
+        if batch:
+            keep = len(batch)
+            while len(batch) < b:  # wrap around: the first records fill the batch
+                batch.append(first[(len(batch) - keep) % len(first)])
+            probs.append(run(batch)[:keep])
+            if bar is not None:
+                bar.update(keep)
+    env.close()
+    return np.concatenate(probs)
 
 
 def _group(values: list, correct: np.ndarray) -> dict:
@@ -349,8 +374,10 @@ def default_net(weights: Path) -> Path:
     raise UserError(f"no train_val.prototxt beside {weights}; pass --net.")
 
 
-def evaluate(s: EvalSettings) -> dict:
+def evaluate(s: EvalSettings, progress: bool = True) -> dict:
     """Run both modes, write JSON, Markdown, predictions CSV and galleries into ``s.out``."""
+    from tqdm import tqdm
+
     from deadnet_caffe import gallery
 
     weights, dataset = Path(s.weights), Path(s.dataset)
@@ -367,7 +394,8 @@ def evaluate(s: EvalSettings) -> dict:
     for mode in MODES:
         param, score = eval_net_param(net_param, transform, mode == "global_stats")
         net = netspec.net_from_param(param, "TEST", weights)
-        probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2)
+        with tqdm(total=len(rec.keys), desc=mode, unit="crop", disable=not progress) as bar:
+            probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2, bar)
         results[mode] = mode_results(rec, probs[mode], rng, s.resamples, annotators)
         results[mode]["label"] = MODE_LABELS[mode]
         del net

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from deadnet_caffe.errors import UserError
-from deadnet_caffe.infer import DeployNet, Grid, crop_to_input
+from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, upsample_at
 from deadnet_caffe.paper import GRADCAM_LAYER, NET_INPUT_PX
 
 
@@ -98,7 +98,44 @@ class GradCam:
         if not readers:
             raise UserError(f"{net.model}: nothing reads the output of layer {layer!r}.")
         self.reader = readers[0]
-        self.score_layer = net._layer_of_top(net.score)
+        self.score_layer = net.layer_of_top(net.score)
+
+    def geometry(self) -> tuple[int, float]:
+        """(stride, offset): map cell u of ``layer`` is centred on input pixel stride u + offset.
+
+        Followed through every Convolution and Pooling layer up to ``layer``: each adds
+        ``stride * ((kernel - 1) / 2 - pad)`` to the offset and multiplies the stride.
+        For conv_d4_2 of DeadNet this is (8, 7.5).
+        """
+        stride, offset = 1, 0.0
+        for layer in self.net.param.layer:
+            if layer.type == "Convolution":
+                c = layer.convolution_param
+                k, pad = c.kernel_size[0], (c.pad[0] if c.pad else 0)
+                s = c.stride[0] if c.stride else 1
+            elif layer.type == "Pooling":
+                c = layer.pooling_param
+                k, pad, s = c.kernel_size, c.pad, c.stride
+            else:
+                continue
+            offset += stride * ((k - 1) / 2 - pad)
+            stride *= s
+            if layer.name == self.layer:
+                break
+        return stride, offset
+
+    def upsample(self, cams: np.ndarray) -> np.ndarray:
+        """Bilinear upsampling of (N, h, w) maps to the net input, (N, H_in, W_in) float32.
+
+        Each cell sits at its receptive-field centre (:meth:`geometry`); pixels beyond the
+        outermost centres take the edge value (section 2.6: "up-sampled this to the full
+        image resolution").
+        """
+        stride, offset = self.geometry()
+        h_in, w_in = self.net.net.blobs[self.net.input].data.shape[2:]
+        cy = offset + stride * np.arange(cams.shape[1])
+        cx = offset + stride * np.arange(cams.shape[2])
+        return np.stack([upsample_at(c, cy, cx, h_in, w_in) for c in cams])
 
     def compute(self, z: np.ndarray, cls: int | np.ndarray) -> CamBatch:
         """Forward and backward for one batch of net inputs.
@@ -126,22 +163,6 @@ class GradCam:
             )
         alphas = grads.mean(axis=(2, 3))  # eq. 1
         return CamBatch(acts, grads, alphas.astype(np.float32), scores, cls)
-
-
-def upsample_cam(cams: np.ndarray, size: int = NET_INPUT_PX) -> np.ndarray:
-    """Bilinear upsampling of (N, h, w) maps to (N, size, size), pixel centres aligned.
-
-    The h x w map covers the net's input; OpenCV's resize maps cell centres to input
-    pixel centres (half-pixel convention), like the heat maps' window centres.
-    """
-    import cv2
-
-    return np.stack(
-        [
-            cv2.resize(c.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-            for c in cams
-        ]
-    )
 
 
 # --- Eq. 3: class-averaged weights over the training set, cached --------------------------
@@ -172,7 +193,7 @@ def read_lmdb_crops(path: Path, per_class: int, seed: int = 0):
     env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
     out: dict[int, list[np.ndarray]] = {0: [], 1: []}
     with env.begin() as txn:
-        keys = [k for k, _ in txn.cursor()]
+        keys = list(txn.cursor().iternext(keys=True, values=False))
         for i in np.random.default_rng(seed).permutation(len(keys)):
             datum = caffe_pb2.Datum()
             datum.ParseFromString(txn.get(keys[i]))
@@ -305,7 +326,7 @@ def stitch_frame(
         cb = gc.compute(crop_to_input(crops), cls)
         cams = cb.cams(alpha)
         zeros += int(cb.all_zero(cams).sum())
-        for (y, x), m in zip(part, upsample_cam(cams), strict=True):
+        for (y, x), m in zip(part, gc.upsample(cams), strict=True):
             sl = (slice(y + off, y + off + NET_INPUT_PX), slice(x + off, x + off + NET_INPUT_PX))
             s1[sl] += m
             s2[sl] += m.astype(np.float64) ** 2

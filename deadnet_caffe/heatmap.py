@@ -16,6 +16,7 @@ inference`` measures the difference, and exact mode stays the default.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +44,6 @@ def exact_heatmap(
     """P(sick) heat map of one frame in exact mode: (H, W) image -> (H, W) float32."""
     grid = Grid.over(*frame.shape, stride)
     return upsample(grid_probs(frame, grid, predict, batch), grid)
-
-
-def naive_heatmap(
-    frame: np.ndarray, predict: Predictor, stride: int = CROP_STRIDE_PX
-) -> np.ndarray:
-    """The baseline of the benchmark: exact mode, one crop per forward pass, no batching."""
-    return exact_heatmap(frame, predict, stride, batch=1)
 
 
 # --- Dense mode ----------------------------------------------------------------------------
@@ -151,43 +145,69 @@ def red_overlay(gray: np.ndarray, prob: np.ndarray) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-def write_stack_outputs(
+def heatmap_timelapse(
     out_dir: Path,
     name: str,
     frames: np.ndarray,
-    probs: np.ndarray,
     frame_ids: list[int],
+    heat: Callable[[np.ndarray], np.ndarray],
     gif_max_side: int = 512,
     gif_ms: int = 200,
-) -> None:
-    """Write one time-lapse's heat-map outputs into ``out_dir``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Heat maps of a time-lapse, written frame by frame into ``out_dir``.
 
     - ``{name}_prob.tif``: ImageJ/Fiji float32 stack (T, H, W) of P(sick), axes TYX;
     - ``{name}/overlay_t{frame:04d}.png``: red = sick overlays (Figure 4);
     - ``{name}.gif``: the overlays as an animated GIF, longest side <= ``gif_max_side``.
+
+    Parameters
+    ----------
+    frames : (T, H, W) images; frame_ids : their indices in the original time-lapse.
+    heat : (H, W) frame -> (H, W) float32 P(sick), e.g. :func:`exact_heatmap` bound to a net.
+
+    Returns
+    -------
+    sick fraction (T,) and mean P(sick) (T,) per frame, float64.
     """
     import cv2
     import tifffile
     from PIL import Image
+    from tqdm import tqdm
+
+    png_dir = out_dir / name
+    png_dir.mkdir(parents=True, exist_ok=True)
+    gif, frac, mean = [], [], []
+
+    def pages():
+        for t, frame in tqdm(
+            zip(frame_ids, frames, strict=True),
+            total=len(frames),
+            desc=name,
+            unit="frame",
+            leave=False,
+        ):
+            prob = heat(frame).astype(np.float32)
+            frac.append(float(sick_fraction(prob[None])[0]))
+            mean.append(float(prob.mean()))
+            rgb = red_overlay(frame, prob)
+            cv2.imwrite(str(png_dir / f"overlay_t{t:04d}.png"), rgb[..., ::-1])
+            scale = min(1.0, gif_max_side / max(rgb.shape[:2]))
+            small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            gif.append(Image.fromarray(small))
+            yield prob
 
     tifffile.imwrite(
         out_dir / f"{name}_prob.tif",
-        probs.astype(np.float32),
+        data=pages(),
+        shape=frames.shape,
+        dtype=np.float32,
         imagej=True,
         metadata={"axes": "TYX", "Info": "P(sick) from deadnet heatmap"},
     )
-    png_dir = out_dir / name
-    png_dir.mkdir(parents=True, exist_ok=True)
-    gif = []
-    for t, frame, prob in zip(frame_ids, frames, probs, strict=True):
-        rgb = red_overlay(frame, prob)
-        cv2.imwrite(str(png_dir / f"overlay_t{t:04d}.png"), rgb[..., ::-1])
-        scale = min(1.0, gif_max_side / max(rgb.shape[:2]))
-        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        gif.append(Image.fromarray(small))
     gif[0].save(
         out_dir / f"{name}.gif", save_all=True, append_images=gif[1:], duration=gif_ms, loop=0
     )
+    return np.asarray(frac), np.asarray(mean)
 
 
 def write_fraction_table(path: Path, rows: list[dict]) -> None:

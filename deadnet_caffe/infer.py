@@ -34,32 +34,53 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 # --- Reading images ------------------------------------------------------------------------
 
 
-def _to_frames(arr: np.ndarray, path: Path) -> np.ndarray:
-    """(T, H, W) from a 2-D image, a (T, H, W) stack or an RGB(A) image (converted to grey)."""
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
-        arr = arr[..., :3].astype(np.float32).mean(axis=-1)
+def _tiff_frames(path: Path, channel: int | None) -> np.ndarray:
+    """(T, H, W) from a TIFF's first series, using its axes (ImageJ / OME hyperstacks).
+
+    Channel (C) axes are reduced to ``channel`` (required when there are several), RGB
+    samples (S) are averaged to grey, single Z planes dropped; several Z planes are refused.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, arr = series.axes, series.asarray()
+    if "C" in axes:
+        n = arr.shape[axes.index("C")]
+        if channel is None and n > 1:
+            raise UserError(f"{path}: the stack has {n} channels; say which (manifest 'channel').")
+        if channel is not None and not 0 <= channel < n:
+            raise UserError(f"{path}: channel {channel} asked for, but the stack has {n}.")
+        arr = np.take(arr, channel or 0, axis=axes.index("C"))
+        axes = axes.replace("C", "")
+    if "S" in axes:
+        arr = arr.astype(np.float32).mean(axis=axes.index("S"))
+        axes = axes.replace("S", "")
+    for ax in "ZQ":
+        if ax in axes and arr.shape[axes.index(ax)] == 1:
+            arr = np.take(arr, 0, axis=axes.index(ax))
+            axes = axes.replace(ax, "")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
         raise UserError(
-            f"{path}: image has shape {arr.shape}; expected one plane (H, W) or a stack (T, H, W)."
+            f"{path}: TIFF axes {series.axes} {series.shape}; expected a (T, Y, X) stack."
         )
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise UserError(f"{path}: pixel type {arr.dtype} is not a number type.")
     return arr
 
 
-def read_image_stack(path: Path | str) -> np.ndarray:
+def read_image_stack(path: Path | str, channel: int | None = None) -> np.ndarray:
     """Read an image, a multi-frame TIFF or a folder of single-frame images.
 
     Parameters
     ----------
-    path : file (TIFF of any compression incl. LZW, PNG, JPEG, BMP) or folder of such files,
-        whose frames are taken in name order.
+    path : file (TIFF of any compression incl. LZW, ImageJ / OME hyperstacks; PNG, JPEG,
+        BMP) or folder of such files, whose frames are taken in name order.
+    channel : channel index of a multi-channel stack (the manifest's ``channel`` column).
 
     Returns
     -------
-    (T, H, W) array of the file's own dtype (uint8, uint16 or float).
+    (T, H, W) array of the file's own dtype (uint8, uint16 or float; colour is averaged).
 
     Raises
     ------
@@ -71,10 +92,8 @@ def read_image_stack(path: Path | str) -> np.ndarray:
 
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UserError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-        frames = [read_image_stack(f) for f in files]
+        files = image_files(path)
+        frames = [read_image_stack(f, channel) for f in files]
         shapes = {f.shape[1:] for f in frames}
         if len(shapes) > 1:
             raise UserError(f"{path}: images in the folder differ in size ({sorted(shapes)}).")
@@ -83,22 +102,32 @@ def read_image_stack(path: Path | str) -> np.ndarray:
         raise UserError(f"{path}: no such file or folder.")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            arr = tifffile.imread(path)
+            frames = _tiff_frames(path, channel)
         else:
             arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if arr is None:
                 raise ValueError("OpenCV cannot decode it")
             if arr.ndim == 3:
-                arr = arr[..., ::-1]
+                arr = arr[..., :3].astype(np.float32).mean(axis=-1)
+            frames = arr[None]
     except (ValueError, OSError, tifffile.TiffFileError) as err:
         raise UserError(f"{path}: cannot read the image ({err}).") from None
-    frames = _to_frames(np.asarray(arr), path)
+    if not (np.issubdtype(frames.dtype, np.integer) or np.issubdtype(frames.dtype, np.floating)):
+        raise UserError(f"{path}: pixel type {frames.dtype} is not a number type.")
     if min(frames.shape[1:]) < NET_INPUT_PX:
         raise UserError(
             f"{path}: frames are {frames.shape[2]} x {frames.shape[1]} px; the net needs at "
             f"least {NET_INPUT_PX} px on each side."
         )
     return frames
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files of a folder in name order; UserError if there are none."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
 
 
 # --- Windows -------------------------------------------------------------------------------
@@ -272,9 +301,10 @@ class DeployNet:
         if len(shape) != 4 or shape[1] != 1:
             raise UserError(f"{model}: input {self.input} has shape {shape}; need N x 1 x H x W.")
         self.prob = "prob" if "prob" in self.net.blobs else self.net.outputs[-1]
-        self.score = self.net.bottom_names[self._layer_of_top(self.prob)][0]
+        self.score = self.net.bottom_names[self.layer_of_top(self.prob)][0]
 
-    def _layer_of_top(self, blob: str) -> str:
+    def layer_of_top(self, blob: str) -> str:
+        """Name of the last layer that writes ``blob`` (the layer to start a backward pass at)."""
         for name in reversed(list(self.net._layer_names)):
             if blob in self.net.top_names[name]:
                 return name
@@ -374,5 +404,7 @@ def add_net_arguments(p) -> None:
     g = p.add_argument_group("net")
     g.add_argument("--weights", type=Path, required=True, help=".caffemodel that fits --model")
     g.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="deploy prototxt")
-    g.add_argument("--gpu", type=int, default=None, metavar="ID", help="CUDA device (default CPU)")
+    g.add_argument(
+        "--gpu", type=int, default=None, metavar="ID", help="CUDA device; the CPU when not given"
+    )
     g.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="crops per forward pass")

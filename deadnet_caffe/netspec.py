@@ -69,13 +69,8 @@ def save_param(param: Message, path: Path | str) -> Path:
     return path
 
 
-def data_layers(net_param) -> list:
-    """The ``Data`` layers (LMDB/LevelDB readers) of a NetParameter, in file order."""
-    return [layer for layer in net_param.layer if layer.type == "Data"]
-
-
 def resolve_data_sources(net_param, dataset_dir: Path | str, check: bool = True):
-    """Return a copy of ``net_param`` whose Data layers read from ``dataset_dir``.
+    """Return a copy of ``net_param`` whose Data (and HDF5Data) layers read from ``dataset_dir``.
 
     Parameters
     ----------
@@ -91,7 +86,8 @@ def resolve_data_sources(net_param, dataset_dir: Path | str, check: bool = True)
     -------
     caffe_pb2.NetParameter
         A copy with every relative source replaced by the absolute path
-        ``dataset_dir / source``; absolute sources are kept as they are.
+        ``dataset_dir / source``; absolute sources are kept as they are. For HDF5Data
+        layers only the list file's path is resolved, not the paths written inside it.
 
     Raises
     ------
@@ -101,15 +97,21 @@ def resolve_data_sources(net_param, dataset_dir: Path | str, check: bool = True)
     out = type(net_param)()
     out.CopyFrom(net_param)
     base = Path(dataset_dir).resolve()
-    for layer in data_layers(out):
-        src = Path(layer.data_param.source)
+    for layer in out.layer:
+        if layer.type == "Data":
+            param = layer.data_param
+        elif layer.type == "HDF5Data":
+            param = layer.hdf5_data_param
+        else:
+            continue
+        src = Path(param.source)
         resolved = src if src.is_absolute() else base / src
         if check and not resolved.exists():
             raise UserError(
                 f"{resolved}: the data source of layer '{layer.name}' does not exist "
                 f"(expected the output of 'deadnet dataset --out {Path(dataset_dir)}')."
             )
-        layer.data_param.source = str(resolved)
+        param.source = str(resolved)
     return out
 
 

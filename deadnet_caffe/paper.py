@@ -71,6 +71,14 @@ POOL_STRIDE = 2
 WEIGHT_FILLER = "xavier"  # "Xavier initialization scheme [18]" (2.4); published
 PARAM_LR_MULT = (1, 2)  # weights, bias (published conv layers; used for fc as well)
 PARAM_DECAY_MULT = (1, 0)
+# Table 1's row names for the published layer names (conv_dX_Y = ConvX.Y, pool_dX_0 = MaxPool.X-1)
+TABLE1_NAMES = {
+    **{name: f"Conv{name[6]}.{name[8]}" for name, *_ in CONV_LAYERS},
+    **{name: f"MaxPool.{i}" for i, name in enumerate(POOL_LAYERS, start=1)},
+    "fc1": "fc.1",
+    "fc2": "fc.2",
+    "score": "score",
+}
 FCN_STRIDE_PX = POOL_STRIDE**4  # one fully-convolutional window every 2^4 = 16 px (4 pools)
 # Blob sides for a 220 px input (measured with BVLC Caffe, released-settings.md):
 BLOB_SIDES_PUBLISHED = (212, 106, 53, 27, 14)  # Caffe's default CEIL pooling

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import lmdb
 from google.protobuf import text_format
+from google.protobuf.message import DecodeError
 
 from deadnet_caffe import caffe_env, curves, logparse, netspec, runinfo
 from deadnet_caffe.errors import UserError
@@ -57,6 +58,7 @@ class TrainSettings:
     max_iter: int | None = None
     snapshot_interval: int | None = None
     test_interval: int | None = None
+    test_iter: int | None = None
     base_lr: float | None = None
     seed: int | None = None
     gpu: str | None = None
@@ -123,7 +125,7 @@ def check_dataset(dataset: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
         datum = caffe_pb2.Datum()
         try:
             datum.ParseFromString(first[1])
-        except Exception:  # protobuf raises its own DecodeError type
+        except DecodeError:
             raise UserError(f"{path} does not hold Caffe Datum records.") from None
         out[name] = (n, (datum.channels, datum.height, datum.width))
     return out
@@ -222,6 +224,9 @@ def derive(settings: TrainSettings, shapes: dict) -> tuple[object, dict[str, obj
         put("test_interval", settings.test_interval)
     elif solver.test_interval > solver.max_iter:
         put("test_interval", solver.max_iter)  # a short run is still tested at its end
+    if settings.test_iter is not None and list(solver.test_iter) != [settings.test_iter]:
+        derived["test_iter"] = {"solver_file": list(solver.test_iter), "run": settings.test_iter}
+        solver.test_iter[:] = [settings.test_iter] * len(solver.test_iter)
     if settings.base_lr is not None:
         put("base_lr", settings.base_lr)
     if settings.seed is not None:
@@ -276,7 +281,14 @@ def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
         prev = _previous_settings(run)
         settings.dataset = settings.dataset or prev["dataset"]
         settings.solver = settings.solver or prev["solver"]
-        for field in ("max_iter", "snapshot_interval", "test_interval", "base_lr", "seed"):
+        for field in (
+            "max_iter",
+            "snapshot_interval",
+            "test_interval",
+            "test_iter",
+            "base_lr",
+            "seed",
+        ):
             if getattr(settings, field) is None:
                 setattr(settings, field, prev.get(field))
     elif run.exists() and any(run.iterdir()):
@@ -285,6 +297,9 @@ def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
         )
     if not settings.dataset or not settings.solver:
         raise UserError("--dataset and --solver are needed unless --resume continues a run.")
+    # absolute, so that --resume works from any folder
+    settings.dataset = str(Path(settings.dataset).resolve())
+    settings.solver = str(Path(settings.solver).resolve())
     if settings.gpu is not None:
         device = 0 if settings.gpu == "all" else int(settings.gpu)
         if not caffe_env.gpu_available(device):
@@ -409,6 +424,8 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
                     if post:
                         bar.set_postfix(post, refresh=False)
             code = proc.wait()
+            if code == 0 and not stopped:
+                bar.update(max_iter - bar.n)  # Caffe logs the last iteration only on display
     finally:
         for s, h in old.items():
             signal.signal(s, h)

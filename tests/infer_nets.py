@@ -100,14 +100,13 @@ def make_weights(model: Path, weights: Path, seed: int = 0) -> Path:
     caffe.set_mode_cpu()
     caffe.set_random_seed(seed)
     net = caffe.Net(str(model), caffe.TEST)
-    for name, blobs in net.params.items():
-        if name.endswith("_batchnorm"):
-            blobs[0].data[...] = 0.0  # mean
-            blobs[1].data[...] = 1.0  # variance
-            blobs[2].data[...] = 1.0  # scale factor
-        elif name.endswith("_scale"):
-            blobs[0].data[...] = 1.0
-            blobs[1].data[...] = 0.0
+    for name, layer in zip(net._layer_names, net.layers, strict=True):
+        if layer.type == "BatchNorm":
+            p = net.params[name]
+            p[0].data[...], p[1].data[...], p[2].data[...] = 0.0, 1.0, 1.0  # mean, var, factor
+        elif layer.type == "Scale":
+            net.params[name][0].data[...] = 1.0
+            net.params[name][1].data[...] = 0.0
     net.save(str(weights))
     return weights
 

@@ -30,7 +30,7 @@ def net_files(tmp_path_factory):
 def test_heatmap_cli_real_8bit_odd_lzw_timelapse(tmp_path, net_files, real_frames_dir):
     model, weights = net_files
     src = sorted(real_frames_dir.glob("*.tif"))[:3]
-    stack8 = np.stack([(tifffile.imread(p)[:1019, :1021] >> 4).astype(np.uint8) for p in src])
+    stack8 = np.stack([(tifffile.imread(p)[:1019, :1021] >> 8).astype(np.uint8) for p in src])
     movie = tmp_path / "T98G_odd8.tif"
     tifffile.imwrite(movie, stack8, compression="lzw", photometric="minisblack")
     out = tmp_path / "hm"
@@ -120,7 +120,7 @@ def test_dense_mode_on_deadnet_geometry(tmp_path, net_files, rng):
     dense = DenseNet.from_deploy(fcn, net)
     assert dense.stride == 16
     frame = phase_like(rng, 220 + 16 * 4, 300)
-    prob, cy, cx = dense.probs(local_normalize(frame))
+    prob, _, _ = dense.probs(local_normalize(frame))
     assert prob.shape == (5, 6) and np.all((prob > 0) & (prob < 1))
     hm = dense_heatmap(frame, dense)
     assert hm.shape == frame.shape

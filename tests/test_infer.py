@@ -93,7 +93,7 @@ def test_8_and_16_bit_give_the_same_probabilities(net, rng):
 def test_readers_real_world_inputs(tmp_path, real_frames_dir):
     frames = [tifffile.imread(p) for p in sorted(real_frames_dir.glob("*.tif"))[:3]]
     assert frames[0].dtype == np.uint16
-    stack8 = np.stack([(f[:1019, :1021] >> 4).astype(np.uint8) for f in frames])
+    stack8 = np.stack([(f[:1019, :1021] >> 8).astype(np.uint8) for f in frames])
     tifffile.imwrite(tmp_path / "odd8.tif", stack8, compression="lzw", photometric="minisblack")
     got = read_image_stack(tmp_path / "odd8.tif")
     assert got.shape == (3, 1019, 1021) and got.dtype == np.uint8
@@ -110,7 +110,7 @@ def test_readers_real_world_inputs(tmp_path, real_frames_dir):
 def test_classify_cli_on_real_8bit_lzw_stack(tmp_path, net_files, net, real_frames_dir):
     model, weights = net_files
     src = sorted(real_frames_dir.glob("*.tif"))[:2]
-    stack8 = np.stack([(tifffile.imread(p)[:1019, :1021] >> 4).astype(np.uint8) for p in src])
+    stack8 = np.stack([(tifffile.imread(p)[:1019, :1021] >> 8).astype(np.uint8) for p in src])
     tifffile.imwrite(tmp_path / "odd8.tif", stack8, compression="lzw", photometric="minisblack")
     out = tmp_path / "cls"
     args = ["classify", str(tmp_path / "odd8.tif"), "--model", str(model)]
@@ -144,3 +144,12 @@ def test_classify_centre_and_bad_input(tmp_path, net_files, capsys):
     assert main(["classify", str(tmp_path / "a.tif"), "--model", str(model), "--weights",
                  str(wrong), "--out", str(out)]) == 2  # fmt: skip
     assert not out.exists()
+
+
+def test_reader_hyperstack_channels(tmp_path, rng):
+    stack = np.stack([np.stack([phase_like(rng, 230, 240), phase_like(rng, 230, 240)])] * 3)
+    tifffile.imwrite(tmp_path / "h.tif", stack, imagej=True, metadata={"axes": "TCYX"})
+    got = read_image_stack(tmp_path / "h.tif", channel=1)
+    np.testing.assert_array_equal(got, stack[:, 1])
+    with pytest.raises(UserError, match="2 channels"):
+        read_image_stack(tmp_path / "h.tif")

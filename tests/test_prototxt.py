@@ -283,6 +283,18 @@ def test_resolve_data_sources(tmp_path):
     assert net.layer[0].data_param.source == "train.lmdb"  # the original is untouched
     again = resolve_data_sources(out, tmp_path / "elsewhere", check=False)
     assert again == out  # absolute sources are kept
+    h5 = load_net_param_text(
+        'layer { name: "d" type: "HDF5Data" hdf5_data_param { source: "x.txt" } }'
+    )
+    h5 = resolve_data_sources(h5, tmp_path, check=False)
+    assert h5.layer[0].hdf5_data_param.source == str(tmp_path.resolve() / "x.txt")
+
+
+def load_net_param_text(text: str):
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, caffe_pb2.NetParameter())
 
 
 def test_resolve_solver_net():

@@ -13,4 +13,19 @@ annotator."
   concordance and export to ``votes.csv`` (:mod:`data_prep.votes`);
 - :mod:`.server`: a threaded stdlib HTTP server with a JSON API and the static page in
   ``static/``.
+
+Running it
+----------
+::
+
+    deadnet annotate add-annotator alice --db runs/annotations.sqlite   # prints alice's token
+    deadnet annotate serve --experiment runs/sim --db runs/annotations.sqlite --port 8080
+    deadnet annotate export --db runs/annotations.sqlite --out runs/votes.csv
+
+Each annotator opens ``http://HOST:PORT/`` and pastes their token once (kept in the
+browser's local storage). ``--db`` takes any SQLAlchemy URL: SQLite needs nothing more;
+for a team server use PostgreSQL (``--db postgresql+psycopg://user@dbhost/deadnet`` after
+``pip install psycopg``, which this project does not pin). The server listens on
+127.0.0.1 by default; to annotate over a network, put it behind an HTTPS reverse proxy,
+since tokens travel in request headers.
 """

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import (
@@ -37,6 +38,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -44,6 +46,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -88,6 +91,7 @@ presentations = Table(
     Column("overlap", Boolean, nullable=False),
     Column("presented_at", String(32), nullable=False),
     UniqueConstraint("annotator_id", "item_id", name="one_presentation_per_item"),
+    Index("presentations_by_item", "item_id"),
 )
 votes = Table(
     "votes",
@@ -100,12 +104,13 @@ votes = Table(
     Column("why", Text, nullable=False, default=""),
     Column("created_at", String(32), nullable=False),
     UniqueConstraint("annotator_id", "item_id", name="one_vote_per_item"),
+    Index("votes_by_item", "item_id"),
 )
 
 T = TypeVar("T")
 
 
-class Rejected(Exception):  # noqa: N818 (a refusal, not a program error)
+class Rejected(Exception):
     """A request the database refuses; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -120,7 +125,7 @@ class Annotator:
 
 
 def now_iso() -> str:
-    """The current UTC time, ISO 8601 with seconds and a ``Z``."""
+    """The current UTC time, ISO 8601 with microseconds and a ``Z``."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -129,10 +134,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def open_db(url: str) -> Engine:
+def open_db(url: str, create: bool = True) -> Engine:
     """An engine for ``url`` with the schema created if missing.
 
-    A plain path (no ``://``) is taken as an SQLite file.
+    A plain path (no ``://``) is taken as an SQLite file; with ``create=False`` that file
+    must exist already.
 
     Raises
     ------
@@ -146,6 +152,11 @@ def open_db(url: str) -> Engine:
     except (ArgumentError, ImportError) as err:
         raise UserError(f"{url}: cannot open the database ({err}).") from None
     if engine.dialect.name == "sqlite":
+        database = engine.url.database or ""
+        if database not in ("", ":memory:") and not Path(database).parent.is_dir():
+            raise UserError(f"{url}: the folder {Path(database).parent} does not exist.")
+        if not create and database not in ("", ":memory:") and not Path(database).is_file():
+            raise UserError(f"{url}: no such database file.")
         _configure_sqlite(engine)
     try:
         metadata.create_all(engine)
@@ -161,6 +172,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a commit survives a crash or restart of the server (not a power cut).
+        cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -208,6 +221,12 @@ def add_annotator(engine: Engine, name: str) -> str:
     except IntegrityError:
         raise UserError(f"{engine.url}: annotator {name!r} exists already.") from None
     return token
+
+
+def count_annotators(engine: Engine) -> int:
+    """Number of annotators in the database."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(annotators)).scalar_one())
 
 
 def annotator_for_token(engine: Engine, token: str) -> Annotator | None:
@@ -262,53 +281,66 @@ def sync_items(engine: Engine, pool: Iterable[tuple[str, str, float]]) -> int:
 # --- presentation and votes -----------------------------------------------------------
 
 
+# Statements built once; values are bound at execution (``bindparam``).
+_me = bindparam("annotator_id", type_=Integer)
+_item = bindparam("item_id", type_=String)
+_shown_to_me = exists().where(
+    and_(presentations.c.annotator_id == _me, presentations.c.item_id == items.c.id)
+)
+_random_item = select(items.c.id).order_by(func.random()).limit(1)
+_VOTED = (
+    select(func.count()).select_from(votes).where(votes.c.annotator_id == _me).scalar_subquery()
+)
+_PROGRESS = select(_VOTED, select(func.count()).select_from(items).scalar_subquery())
+_PENDING = (
+    select(presentations.c.item_id, presentations.c.overlap)
+    .where(
+        presentations.c.annotator_id == _me,
+        ~exists().where(
+            and_(votes.c.annotator_id == _me, votes.c.item_id == presentations.c.item_id)
+        ),
+    )
+    .order_by(presentations.c.id.desc())
+    .limit(1)
+)
+_N_SHOWN = (
+    select(func.count()).select_from(presentations).where(presentations.c.annotator_id == _me)
+)
+_DRAW_OVERLAP = _random_item.where(
+    exists().where(and_(votes.c.item_id == items.c.id, votes.c.annotator_id != _me)),
+    ~_shown_to_me,
+)
+_DRAW_UNSEEN = _random_item.where(~exists().where(presentations.c.item_id == items.c.id))
+_DRAW_NOT_MINE = _random_item.where(~_shown_to_me)
+_PRESENTED = select(presentations.c.overlap).where(
+    presentations.c.annotator_id == _me, presentations.c.item_id == _item
+)
+_ITEM_EXISTS = select(items.c.id).where(items.c.id == _item)
+
+
 def _progress(conn: Connection, annotator_id: int) -> dict[str, int]:
-    voted = conn.execute(
-        select(func.count()).select_from(votes).where(votes.c.annotator_id == annotator_id)
-    ).scalar_one()
-    total = conn.execute(select(func.count()).select_from(items)).scalar_one()
+    voted, total = conn.execute(_PROGRESS, {"annotator_id": annotator_id}).one()
     return {"voted": int(voted), "total": int(total)}
 
 
-def _pending(conn: Connection, annotator_id: int):
-    """The latest item presented to the annotator and not yet voted on, or None."""
-    voted = exists().where(
-        and_(votes.c.annotator_id == annotator_id, votes.c.item_id == presentations.c.item_id)
-    )
-    return conn.execute(
-        select(presentations.c.item_id, presentations.c.overlap)
-        .where(presentations.c.annotator_id == annotator_id, ~voted)
-        .order_by(presentations.c.id.desc())
-        .limit(1)
-    ).first()
+def progress(engine: Engine, annotator: Annotator) -> dict[str, int]:
+    """``{"voted", "total"}``: the annotator's votes and the pool size."""
+    with engine.connect() as conn:
+        return _progress(conn, annotator.id)
 
 
 def _draw(conn: Connection, annotator_id: int) -> tuple[str, bool] | None:
     """Draw the next item for the annotator by the presentation rule (module docstring)."""
-    shown_to_me = exists().where(
-        and_(presentations.c.annotator_id == annotator_id, presentations.c.item_id == items.c.id)
-    )
-    n_shown = conn.execute(
-        select(func.count())
-        .select_from(presentations)
-        .where(presentations.c.annotator_id == annotator_id)
-    ).scalar_one()
+    me = {"annotator_id": annotator_id}
+    n_shown = conn.execute(_N_SHOWN, me).scalar_one()
     if (n_shown + 1) % OVERLAP_EVERY_NTH == 0:
-        scored_by_other = exists().where(
-            and_(votes.c.item_id == items.c.id, votes.c.annotator_id != annotator_id)
-        )
-        row = conn.execute(
-            select(items.c.id).where(scored_by_other, ~shown_to_me).order_by(func.random()).limit(1)
-        ).first()
-        if row:
-            return row.id, True
-    shown_to_anyone = exists().where(presentations.c.item_id == items.c.id)
-    for condition in (~shown_to_anyone, ~shown_to_me):
-        row = conn.execute(
-            select(items.c.id).where(condition).order_by(func.random()).limit(1)
-        ).first()
-        if row:
-            return row.id, False
+        item_id = conn.execute(_DRAW_OVERLAP, me).scalar()
+        if item_id is not None:
+            return item_id, True
+    for statement in (_DRAW_UNSEEN, _DRAW_NOT_MINE):
+        item_id = conn.execute(statement, me).scalar()
+        if item_id is not None:
+            return item_id, False
     return None
 
 
@@ -323,19 +355,18 @@ def next_item(engine: Engine, annotator: Annotator) -> dict:
     """
 
     def work(conn: Connection) -> dict:
-        pending = _pending(conn, annotator.id)
+        pending = conn.execute(_PENDING, {"annotator_id": annotator.id}).first()
         if pending is None:
-            drawn = _draw(conn, annotator.id)
-            if drawn is not None:
+            pending = _draw(conn, annotator.id)
+            if pending is not None:
                 conn.execute(
                     insert(presentations).values(
                         annotator_id=annotator.id,
-                        item_id=drawn[0],
-                        overlap=drawn[1],
+                        item_id=pending[0],
+                        overlap=pending[1],
                         presented_at=now_iso(),
                     )
                 )
-            pending = drawn
         return {
             "item_id": pending[0] if pending else None,
             "overlap": bool(pending[1]) if pending else False,
@@ -363,38 +394,34 @@ def cast_vote(engine: Engine, annotator: Annotator, item_id: str, label: str, wh
         raise Rejected(400, f"label must be one of {', '.join(VOTE_LABELS)}")
     if len(why) > WHY_MAX_CHARS:
         raise Rejected(400, f"'why' is longer than {WHY_MAX_CHARS} characters")
+    key = {"annotator_id": annotator.id, "item_id": item_id}
 
     def work(conn: Connection) -> dict:
-        if conn.execute(select(items.c.id).where(items.c.id == item_id)).first() is None:
-            raise Rejected(404, "unknown item")
-        shown = conn.execute(
-            select(presentations.c.overlap).where(
-                presentations.c.annotator_id == annotator.id, presentations.c.item_id == item_id
-            )
-        ).first()
+        shown = conn.execute(_PRESENTED, key).first()
         if shown is None:
+            if conn.execute(_ITEM_EXISTS, key).first() is None:
+                raise Rejected(404, "unknown item")
             raise Rejected(409, "this item was not presented to you")
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(votes).values(
-                        annotator_id=annotator.id,
-                        item_id=item_id,
-                        label=label,
-                        overlap=shown.overlap,
-                        why=why,
-                        created_at=now_iso(),
-                    )
-                )
-        except IntegrityError:
-            raise Rejected(409, "you have voted on this item already") from None
+        conn.execute(
+            insert(votes).values(
+                annotator_id=annotator.id,
+                item_id=item_id,
+                label=label,
+                overlap=shown.overlap,
+                why=why,
+                created_at=now_iso(),
+            )
+        )
         return {"progress": _progress(conn, annotator.id)}
 
-    return _transaction(engine, work)
+    try:
+        return _transaction(engine, work)
+    except IntegrityError:  # the unique (annotator, item) constraint: a second vote
+        raise Rejected(409, "you have voted on this item already") from None
 
 
 def undo_last(engine: Engine, annotator: Annotator) -> dict:
-    """Delete the annotator's latest vote; its item becomes the pending one again.
+    """Delete the annotator's latest vote; its item is the next one presented again.
 
     Raises
     ------
@@ -412,7 +439,28 @@ def undo_last(engine: Engine, annotator: Annotator) -> dict:
         if row is None:
             raise Rejected(409, "nothing to undo")
         conn.execute(delete(votes).where(votes.c.id == row.id))
-        return {"item_id": row.item_id, "label": row.label, "progress": _progress(conn, annotator.id)}
+        # Present the item again, as the latest presentation (same overlap flag and order).
+        shown = conn.execute(
+            delete(presentations)
+            .where(
+                presentations.c.annotator_id == annotator.id,
+                presentations.c.item_id == row.item_id,
+            )
+            .returning(presentations.c.overlap)
+        ).scalar_one()
+        conn.execute(
+            insert(presentations).values(
+                annotator_id=annotator.id,
+                item_id=row.item_id,
+                overlap=shown,
+                presented_at=now_iso(),
+            )
+        )
+        return {
+            "item_id": row.item_id,
+            "label": row.label,
+            "progress": _progress(conn, annotator.id),
+        }
 
     return _transaction(engine, work)
 
@@ -427,9 +475,12 @@ def concordance(engine: Engine) -> dict:
     -------
     dict
         ``annotators``: ``[{"name", "healthy", "sick", "unsure", "total"}]``;
-        ``overlap``: ``{"items", "disagree", "disagree_fraction"}`` over items with votes from
-        two or more annotators (an item disagrees when its labels are not all equal; the
-        paper's 49 of 263, section 3.1); ``by_dose``: ``[{"dose_s", "healthy", "sick",
+        ``overlap``: ``{"items", "disagree", "disagree_fraction", "items_with_unsure"}``: as in
+        section 3.1 ("Out of 263 images with overlapping annotations, for which neither
+        annotator labeled it as 'unsure', there was disagreement on 49"), ``items`` counts
+        the items voted by two or more annotators with no "unsure" vote, ``disagree`` those
+        of them whose labels are not all equal; ``items_with_unsure`` the other overlapping
+        items; ``by_dose``: ``[{"dose_s", "healthy", "sick",
         "unsure"}]``; ``items``: pool size; ``votes``: total votes.
     """
     with engine.connect() as conn:
@@ -443,13 +494,12 @@ def concordance(engine: Engine) -> dict:
         )
         for name, label, n in rows:
             per_annotator[name][label] = int(n)
-        labels_of: dict[str, set[str]] = {}
-        voters_of: dict[str, int] = {}
+        labels_of: dict[str, list[str]] = {}
         for item_id, label in conn.execute(select(votes.c.item_id, votes.c.label)):
-            labels_of.setdefault(item_id, set()).add(label)
-            voters_of[item_id] = voters_of.get(item_id, 0) + 1
-        shared = [i for i, n in voters_of.items() if n >= 2]
-        disagree = sum(1 for i in shared if len(labels_of[i]) > 1)
+            labels_of.setdefault(item_id, []).append(label)
+        shared = [labels for labels in labels_of.values() if len(labels) >= 2]
+        decided = [labels for labels in shared if "unsure" not in labels]
+        disagree = sum(1 for labels in decided if len(set(labels)) > 1)
         by_dose: dict[float, dict[str, int]] = {}
         rows = conn.execute(
             select(items.c.dose_s, votes.c.label, func.count())
@@ -464,13 +514,14 @@ def concordance(engine: Engine) -> dict:
             {"name": k, **v, "total": sum(v.values())} for k, v in per_annotator.items()
         ],
         "overlap": {
-            "items": len(shared),
+            "items": len(decided),
             "disagree": disagree,
-            "disagree_fraction": disagree / len(shared) if shared else None,
+            "disagree_fraction": disagree / len(decided) if decided else None,
+            "items_with_unsure": len(shared) - len(decided),
         },
         "by_dose": [{"dose_s": d, **by_dose[d]} for d in sorted(by_dose)],
         "items": int(n_items),
-        "votes": sum(voters_of.values()),
+        "votes": sum(len(labels) for labels in labels_of.values()),
     }
 
 
@@ -479,7 +530,11 @@ def all_votes(engine: Engine) -> list[Vote]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(
-                votes.c.item_id, annotators.c.name, votes.c.label, votes.c.overlap, votes.c.created_at
+                votes.c.item_id,
+                annotators.c.name,
+                votes.c.label,
+                votes.c.overlap,
+                votes.c.created_at,
             )
             .select_from(votes.join(annotators))
             .order_by(votes.c.id)

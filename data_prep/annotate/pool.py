@@ -1,11 +1,11 @@
 """The pool of annotation items of a raw experiment, and their frames as 8-bit PNGs.
 
 An item is a 256 px crop of 10 consecutive frames (paper section 2.2), identified by
-:class:`data_prep.votes.Item`. Crops tile each frame without overlap (top-left aligned;
-the right and bottom remainders narrower than 256 px are left out) and the 10-frame windows
-tile the time-lapse without overlap. Only positions whose dose lies in Data Set B's range
-(0-80 s, :data:`deadnet_caffe.paper.DATASET_B_DOSE_RANGE_S`) are used; the upper limit is
-configurable.
+:class:`data_prep.votes.Item`. Crops tile each frame without overlap on a centred grid (the
+margins narrower than 256 px that are left out are split evenly between the two sides);
+the 10-frame windows tile the time-lapse without overlap from frame 0. Only positions whose
+dose lies in Data Set B's range (0-80 s, :data:`deadnet_caffe.paper.DATASET_B_DOSE_RANGE_S`)
+are used; the upper limit is configurable.
 """
 
 from __future__ import annotations
@@ -112,9 +112,17 @@ def read_frames(position: Position, t0: int, count: int) -> np.ndarray:
                 for t in range(t0, t0 + count):
                     frames.append(series.pages[_page_index(series, position, t)].asarray())
     except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
-        raise UserError(f"{position.path}: cannot read frames {t0}..{t0 + count - 1} ({err}).")
-    out = np.stack([f if f.ndim == 2 else f[..., 0] for f in frames])
-    return out
+        raise UserError(
+            f"{position.path}: cannot read frames {t0}..{t0 + count - 1} ({err})."
+        ) from None
+    return np.stack([f if f.ndim == 2 else f[..., 0] for f in frames])
+
+
+def _grid(size: int) -> range:
+    """Starts of the non-overlapping ``CROP_PX`` crops along an axis, centred."""
+    n = size // CROP_PX
+    offset = (size - n * CROP_PX) // 2
+    return range(offset, offset + n * CROP_PX, CROP_PX)
 
 
 def build_pool(
@@ -122,8 +130,9 @@ def build_pool(
 ) -> list[PoolItem]:
     """All items of the positions of ``experiment`` with dose in [0, ``max_dose_s``] s.
 
-    Items are non-overlapping ``CROP_PX`` crops x ``SEQUENCE_FRAMES`` consecutive frames
-    (paper section 2.2), listed position by position, then by t0, y0, x0.
+    Items are non-overlapping ``CROP_PX`` crops (a centred grid) x ``SEQUENCE_FRAMES``
+    consecutive frames (paper section 2.2), listed position by position, then by t0, y0, x0.
+    A 1344 x 1024 frame (section 2.2) gives 5 x 4 crops at x0 = 32, 288, ..., y0 = 0, ....
 
     Raises
     ------
@@ -136,9 +145,10 @@ def build_pool(
         if not DATASET_B_DOSE_RANGE_S[0] <= pos.dose_s <= max_dose_s:
             continue
         h, w = frame_shape(pos)
+        ys, xs = _grid(h), _grid(w)
         for t0 in range(0, pos.n_frames - SEQUENCE_FRAMES + 1, SEQUENCE_FRAMES):
-            for y0 in range(0, h - CROP_PX + 1, CROP_PX):
-                for x0 in range(0, w - CROP_PX + 1, CROP_PX):
+            for y0 in ys:
+                for x0 in xs:
                     items.append(PoolItem(Item(pos.key, t0, y0, x0), pos))
     if not items:
         raise UserError(

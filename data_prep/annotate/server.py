@@ -11,8 +11,10 @@ token's owner, never a name sent by the client):
 ``GET /api/next``           the item to annotate: ``{"item_id", "overlap", "frames",
                             "progress"}`` (``item_id`` null when all are done)
 ``GET /api/frame?item=&f=`` frame ``f`` (0-9) of a pool item, 8-bit PNG, contrast-stretched
-``POST /api/vote``          ``{"item_id", "label", "why"?}`` -> 201 ``{"progress"}``
-``POST /api/undo``          delete the caller's latest vote -> ``{"item_id", "label", ...}``
+``POST /api/vote``          ``{"item_id", "label", "why"?}`` -> 201 ``{"progress", "next"}``
+``POST /api/undo``          delete the caller's latest vote -> ``{"item_id", "label",
+                            "progress", "next"}``
+                            (``next``: what ``/api/next`` would answer, saving a request)
 ``GET /api/concordance``    counts, disagreement on overlaps, votes by dose
 ==========================  ==============================================================
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -33,7 +34,8 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy.engine import Engine
 
 from data_prep.annotate import db
-from data_prep.annotate.pool import FrameCache, PoolItem
+from data_prep.annotate.pool import FrameCache, PoolItem, build_pool
+from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import SEQUENCE_FRAMES
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -44,6 +46,8 @@ CONTENT_TYPES = {
 }
 PAGES = {"/": "index.html", "/index.html": "index.html", "/concordance": "concordance.html"}
 MAX_BODY_BYTES = 8192
+# Own scripts, styles and frames (blob: URLs) only; no framing (no clickjacked votes).
+CSP = "default-src 'self'; img-src 'self' blob:; frame-ancestors 'none'; form-action 'self'"
 VOTE_KEYS = {"item_id", "label", "why"}
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,17 @@ class AnnotationServer(ThreadingHTTPServer):
         self.engine = engine
         self.frames = FrameCache(pool)
         self.static = _load_static()
+        self._annotators: dict[str, db.Annotator] = {}  # token -> annotator (never deleted)
         super().__init__(address, Handler)
+
+    def annotator(self, token: str) -> db.Annotator | None:
+        """The owner of ``token`` (looked up once, then remembered), or None."""
+        found = self._annotators.get(token)
+        if found is None:
+            found = db.annotator_for_token(self.engine, token)
+            if found is not None:
+                self._annotators[token] = found
+        return found
 
     @property
     def url(self) -> str:
@@ -92,7 +106,7 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
     # --- replies ------------------------------------------------------------------
@@ -102,6 +116,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cache-Control", "private, max-age=3600" if cache else "no-store")
         self.end_headers()
         if self.command != "HEAD":
@@ -120,23 +136,23 @@ class Handler(BaseHTTPRequestHandler):
         scheme, _, token = auth.partition(" ")
         if scheme != "Bearer":
             return None
-        return db.annotator_for_token(self.server.engine, token.strip())
+        return self.server.annotator(token.strip())
 
-    def _body(self) -> dict | None:
+    def _read_body(self) -> bytes | None:
+        """The request body, or None (and the connection closed) when it is too long."""
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True
             return None
-        if length <= 0 or length > MAX_BODY_BYTES:
-            return None
-        try:
-            data = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return data if isinstance(data, dict) else None
+        return self.rfile.read(length)
 
     def do_HEAD(self) -> None:
-        self.do_GET()
+        if urlsplit(self.path).path.startswith("/api/"):  # GET /api/next has side effects
+            return self._error(405, "use GET")
+        return self.do_GET()
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -156,15 +172,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(401, "unknown or missing token")
         engine = self.server.engine
         if path == "/api/me":
-            nxt = db.next_item(engine, who)
-            return self._json(200, {"name": who.name, "progress": nxt["progress"]})
+            return self._json(200, {"name": who.name, "progress": db.progress(engine, who)})
         if path == "/api/next":
-            return self._json(200, {**db.next_item(engine, who), "frames": SEQUENCE_FRAMES})
+            return self._json(200, self._next(who))
         if path == "/api/concordance":
             return self._json(200, db.concordance(engine))
         if path == "/api/frame":
             return self._frame(parse_qs(url.query))
         return self._error(404, "not found")
+
+    def _next(self, who: db.Annotator) -> dict:
+        return {**db.next_item(self.server.engine, who), "frames": SEQUENCE_FRAMES}
 
     def _frame(self, query: dict[str, list[str]]) -> None:
         item_id = query.get("item", [""])[0]
@@ -173,9 +191,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(404, "unknown item")
         if not f.isdigit() or int(f) >= SEQUENCE_FRAMES:
             return self._error(400, f"f must be 0..{SEQUENCE_FRAMES - 1}")
-        return self._send(200, self.server.frames.frames(item_id)[int(f)], "image/png", cache=True)
+        try:
+            png = self.server.frames.frames(item_id)[int(f)]
+        except UserError as err:  # the experiment's TIFF changed or broke since the start
+            log.error("%s", err)
+            return self._error(500, "cannot read this item's frames")
+        return self._send(200, png, "image/png", cache=True)
 
     def do_POST(self) -> None:
+        raw = self._read_body()
+        if raw is None:
+            return self._error(413, f"body longer than {MAX_BODY_BYTES} bytes")
         path = urlsplit(self.path).path
         if path not in ("/api/vote", "/api/undo"):
             return self._error(404, "not found")
@@ -184,21 +210,30 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(401, "unknown or missing token")
         try:
             if path == "/api/undo":
-                return self._json(200, db.undo_last(self.server.engine, who))
-            body = self._body()
-            if body is None or not set(body) <= VOTE_KEYS or not {"item_id", "label"} <= set(body):
+                undone = db.undo_last(self.server.engine, who)
+                return self._json(200, {**undone, "next": self._next(who)})
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                body = None
+            if (
+                not isinstance(body, dict)
+                or not set(body) <= VOTE_KEYS
+                or not {"item_id", "label"} <= set(body)
+            ):
                 return self._error(400, "body must be JSON {item_id, label, why?}")
             item_id, label, why = body["item_id"], body["label"], body.get("why", "")
             if not all(isinstance(v, str) for v in (item_id, label, why)):
                 return self._error(400, "item_id, label and why must be strings")
-            return self._json(201, db.cast_vote(self.server.engine, who, item_id, label, why))
+            voted = db.cast_vote(self.server.engine, who, item_id, label, why)
+            return self._json(201, {**voted, "next": self._next(who)})
         except db.Rejected as err:
             return self._error(err.status, str(err))
 
 
 def serve_in_thread(server: AnnotationServer) -> threading.Thread:
     """Start ``server.serve_forever`` in a daemon thread (tests; stop with ``shutdown()``)."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     return thread
 
@@ -213,9 +248,10 @@ def make_server(
     UserError
         For a bad experiment, a database of another pool, or a database that cannot be opened.
     """
-    from data_prep.annotate.pool import build_pool
-
     pool = build_pool(experiment, max_dose_s)
     engine = db.open_db(db_url)
     db.sync_items(engine, ((p.id, p.item.position_key, p.dose_s) for p in pool))
-    return AnnotationServer((host, port), engine, pool)
+    try:
+        return AnnotationServer((host, port), engine, pool)
+    except OSError as err:
+        raise UserError(f"cannot listen on {host}:{port} ({err.strerror}).") from None

@@ -9,9 +9,9 @@ Photodamage (paper 2.1-2.2; shared/reference/phase-contrast-and-cells.md): a dos
 gives cell ``i`` the hit ``h_i = D / dose_ref * s_i``. The sensitivity
 ``s_i = floor + (1 - floor) exp(sigma z_i)`` has a floor (no cell survives 200 s, paper 2.1)
 and a long tail of sensitive cells; ``z_i`` mixes a per-cell and a spatially smooth regional
-term (so that at lower doses whole regions die while others persist, paper 2.2). Right after exposure the damage is ``min(prompt * h_i, prompt_max)``
-(the early, subtle signs). Then, with a stress load ``L`` cleared with time constant
-``load_decay``::
+term (so that at lower doses whole regions die while others persist, paper 2.2). Right after
+exposure the damage is ``min(prompt * h_i, prompt_max)`` (the early, subtle signs). Then,
+with a stress load ``L`` cleared with time constant ``load_decay``::
 
     dd/dt = rate * L * (1 + amplification * d) - repair * d,     dL/dt = -L / load_decay
 
@@ -22,7 +22,9 @@ Cells below commitment are repaired and recover. Any cell may, with probability
 experts called sick, paper 3.1).
 
 States (the ground truth): ``healthy`` (d < stressed_damage), ``stressed`` (not committed),
-``dying`` (committed, not dead), ``dead`` (until detachment).
+``dying`` (committed, not dead), ``dead`` (until detachment). The visible phenotype
+(:meth:`Population.stress`) ramps up from ``visible_damage`` (below ``stressed_damage``) to
+commitment, so a cell called stressed already shows some of it.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from data_prep.sim.params import Biology, Layout
 STATES = ("healthy", "stressed", "dying", "dead")
 HEALTHY, STRESSED, DYING, DEAD = range(4)
 MARGIN_PX = 200  # cells live in the frame plus this margin, so cells enter and leave the field
-N_HARMONICS = 4  # shape harmonics 2..5
+N_HARMONICS = 6  # shape harmonics 2..7
 _FLOAT_FIELDS = (
-    "x y heading R R0 nuc_r nuc_dx nuc_dy age cycle mitosis_left s load d t_commit dying "
-    "t_dead detach spont_t"
-).split()
+    *("x", "y", "heading", "R", "R0", "nuc_r", "nuc_dx", "nuc_dy", "age", "cycle"),
+    *("mitosis_left", "s", "load", "d", "t_commit", "dying", "t_dead", "detach", "spont_t"),
+)
 
 
 def smooth_field(
@@ -132,7 +134,11 @@ class Population:
             "shape_phase": rng.uniform(0, 2 * np.pi, (n, N_HARMONICS)),
         }
         amps = np.array([bio.elongation] + [bio.polygonality] * (N_HARMONICS - 1))
-        ints["shape_amp"] = np.abs(ints["shape_amp"]) * amps / np.sqrt(np.arange(1, 5))
+        ints["shape_amp"] = (
+            np.minimum(np.abs(ints["shape_amp"]), 2.0)
+            * amps
+            / np.sqrt(np.arange(1, N_HARMONICS + 1))
+        )
         self.next_id += n
         start = len(self.c["x"]) if self.c else 0
         for k, v in {**new, **ints}.items():
@@ -151,7 +157,7 @@ class Population:
     # -- dynamics -----------------------------------------------------------------------------
     def step(self) -> None:
         """Advance by one frame interval (8 min): damage, death, motion, division."""
-        bio, rng, c, dt = self.bio, self.rng, self.c, self.dt_h
+        bio, c, dt = self.bio, self.c, self.dt_h
         self.t_h += dt
         self.step_index += 1
         t = self.t_h
@@ -231,7 +237,7 @@ class Population:
     def stress(self) -> np.ndarray:
         """Visible stress in [0, 1] per cell: 0 healthy, 1 committed (for motion and looks)."""
         bio, c = self.bio, self.c
-        s = (c["d"] - bio.stressed_damage) / (bio.commit_damage - bio.stressed_damage)
+        s = (c["d"] - bio.visible_damage) / (bio.commit_damage - bio.visible_damage)
         s = np.clip(s, 0.0, 1.0)
         return np.where(np.isfinite(c["t_commit"]), 1.0, s)
 
@@ -247,7 +253,7 @@ class Population:
 
         Returns a dict of per-cell arrays: ``id``, ``seed``, ``x``, ``y``, ``R`` (spread radius),
         ``stress`` and ``roundness`` in [0, 1], ``dead`` (bool), ``mitosis`` (bool), ``state``,
-        ``d`` (damage), ``heading``, ``shape_amp``/``shape_phase`` (n, 4), ``nuc_*``.
+        ``d`` (damage), ``heading``, ``shape_amp``/``shape_phase`` (n, 6), ``nuc_*``.
         """
         c, t = self.c, self.t_h
         committed = np.isfinite(c["t_commit"])

@@ -29,6 +29,8 @@ import scipy.fft
 from data_prep.sim.biology import smooth_field
 from data_prep.sim.params import Optics
 
+_FOCUS_STEP_UM = 0.1  # well inside the 20x/0.75 depth of field (~1 um)
+
 
 def ring_overlap(shape: tuple[int, int], pixel_size_um: float, o: Optics) -> np.ndarray:
     """The phase ring's normalised autocorrelation ``O(k)`` on the FFT grid, (H, W) float32."""
@@ -92,12 +94,12 @@ class PhaseContrast:
         self._pupils: dict[int, np.ndarray] = {}
 
     def pupil(self, step: int) -> np.ndarray:
-        """(H, W) complex64 pupil at this step's focus (cached per 0.05 um of defocus)."""
-        key = int(round(self.focus_um[min(step, len(self.focus_um) - 1)] / 0.05))
+        """(H, W) complex64 pupil at this step's focus (quantised to 0.1 um, cached)."""
+        key = round(float(self.focus_um[min(step, len(self.focus_um) - 1)]) / _FOCUS_STEP_UM)
         if key not in self._pupils:
-            if len(self._pupils) > 8:
-                self._pupils.clear()
-            z = key * 0.05
+            if len(self._pupils) >= 3:  # the drift is slow: keep the most recent few
+                self._pupils.pop(next(iter(self._pupils)))
+            z = key * _FOCUS_STEP_UM
             phase = (np.pi * self.o.wavelength_um * z) * self.k2
             self._pupils[key] = self.base_pupil * (np.cos(phase) + 1j * np.sin(phase)).astype(
                 np.complex64

@@ -32,13 +32,13 @@ class Biology:
     # --- Cells (ref, "U2OS cells") ---
     radius_um: float = 22.0  # spread cell radius; 30-60 um across -> 100-200 px (ref)
     radius_cv: float = 0.18  # cell-to-cell variation of the radius (tuned)
-    polygonality: float = 0.16  # amplitude of 3rd-5th shape harmonics (tuned to look polygonal)
+    polygonality: float = 0.16  # amplitude of harmonics 3-7 (tuned to look polygonal)
     elongation: float = 0.3  # amplitude of the 2nd harmonic (tuned)
     nucleus_radius_um: float = 8.5  # nucleus 15-20 um across (ref)
     speed_um_per_min: float = 0.4  # migration 0.3-0.5 um/min (ref)
     persistence_h: float = 1.5  # direction persistence of the random walk (tuned)
     cycle_h: float = 27.0  # doubling 25-30 h (ref)
-    cycle_cv: float = 0.12
+    cycle_cv: float = 0.12  # cell-to-cell variation of the cycle length (tuned)
     mitosis_min: float = 50.0  # rounding 45-60 min (ref)
     initial_cells_per_crop: float = 1.6  # cells per 256 px crop at t=0; 1-6 per crop (paper 2.2)
     max_cells_per_crop: float = 5.0  # contact inhibition: no division beyond this density
@@ -58,8 +58,19 @@ class Biology:
     dying_h: float = 8.0  # median time from commitment to death (rounding, blebbing)
     detach_h: float = 8.0  # median time from death to detachment
     spontaneous_per_cell: float = 0.05  # at any dose: chance a cell is sick for other reasons
-    stressed_damage: float = 0.12  # damage from which a cell counts as stressed
+    stressed_damage: float = 0.2  # damage from which a cell counts as stressed (ground truth)
+    visible_damage: float = 0.1  # damage from which the stressed phenotype starts to show
     phenotype_gain: float = 1.0  # scales how visible the stressed phenotype is (tuned for A)
+    # --- Phenotype: how stress and death look (ref, "What photodamage looks like"; tuned) ---
+    spread_loss: float = 0.22  # loss of spreading: radius lost at full stress
+    outline_smoothing: float = 0.5  # share of the polygonal outline lost at full stress
+    aggregates_max: int = 14  # dark aggregates along the boundary at full stress
+    fibres_max: int = 5  # retraction fibres at full stress
+    mitotic_radius_um: float = 8.4  # rounded mitotic cell, ~17 um across (ref: 10-15 um tall)
+    dying_radius_um: float = 7.1  # rounded dying cell
+    dead_radius_um: float = 5.2  # shrunken dead cell
+    bleb_amplitude: float = 0.12  # outline bumps of dying cells (relative to the radius)
+    dead_condensation: float = 1.5  # refractive-index contrast of dead (condensed) cytoplasm
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "settings") -> Biology:
@@ -73,7 +84,7 @@ class Optics:
     wavelength_um: float = 0.55  # green transmitted light (ref)
     na: float = 0.75  # 20x/0.75 Plan Apo Ph2 (paper 2.1)
     ring_radius_na: float = 0.25  # Ph2 condenser annulus NA 0.2-0.3 (ref)
-    ring_width_na: float = 0.06  # a small fraction of the radius (ref); sets halo width
+    ring_width_na: float = 0.1  # a fraction of the radius (ref); sets halo and shade-off
     ring_transmission: float = 0.25  # amplitude transmission 0.15-0.3 (ref)
     n_medium: float = 1.335  # (ref)
     n_cytoplasm: float = 1.365  # 1.36-1.37 (ref)
@@ -81,8 +92,8 @@ class Optics:
     n_nucleolus: float = 1.39  # 1.38-1.40 (ref)
     n_granule: float = 1.42  # lipid droplets and dense granules (ref: "higher")
     n_vacuole: float = 1.338  # close to the medium (ref)
-    lamella_um: float = 0.2  # 0.1-1 um (ref)
-    body_um: float = 2.5  # 2-4 um (ref)
+    lamella_um: float = 0.35  # 0.1-1 um (ref)
+    body_um: float = 2.0  # 2-4 um (ref); low end: closer to the real frames
     nucleus_um: float = 5.0  # 4-6 um over the nucleus (ref)
     rounded_um: float = 12.0  # rounded mitotic or dying cell 10-15 um tall (ref)
     illumination_variation: float = 0.12  # smooth, 5-20 % across the field (ref)
@@ -90,9 +101,9 @@ class Optics:
     background_electrons: float = 3000.0  # "a few thousand electrons" (ref)
     read_noise_electrons: float = 8.0  # 5-10 e- (ref)
     electrons_per_adu: float = 4.5  # ORCA-ER full well ~18000 e- over 12 bits
-    offset_adu: float = 100.0
+    offset_adu: float = 100.0  # camera bias (typical CCD)
     adc_bits: int = 12  # 12-bit readout stored as 16-bit (ref)
-    debris_per_frame: float = 25.0  # out-of-focus specks and debris on the glass (ref)
+    debris_per_frame: float = 150.0  # out-of-focus specks and debris on the glass (ref)
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "settings") -> Optics:
@@ -117,7 +128,7 @@ class Layout:
     @property
     def n_steps(self) -> int:
         """Biology steps (8-min frames) in the time-lapse, including frame 0."""
-        return int(round(self.hours * 60.0 / self.frame_interval_min)) + 1
+        return round(self.hours * 60.0 / self.frame_interval_min) + 1
 
     @property
     def n_frames(self) -> int:

@@ -2,16 +2,19 @@
 
 Each cell of a :meth:`data_prep.sim.biology.Population.snapshot` becomes a thickness map
 (shared/reference/phase-contrast-and-cells.md, "U2OS cells"): a thin lamella inside a
-polygonal outline ``r_b(theta) = R (1 + sum_n a_n cos(n theta - p_n))``, n = 2..5, a thicker cell
+polygonal outline ``r_b(theta) = R (1 + sum_n a_n cos(n theta - p_n))``, n = 2..7, a thicker cell
 body, an oval nucleus with 2-5 nucleoli, perinuclear granules, a few vacuoles and a granular
 texture. The OPD is ``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into
 a phase-contrast image. The visible phenotype follows the cell's ``stress`` and ``roundness``
 (paper 3.2 and the reference, "What photodamage looks like"):
 
-- stress (early, subtle): loss of spreading (radius down 22%, body thicker), a less polygonal
-  outline, dark aggregates along the boundary, retraction fibres left where the edge was;
+- stress (early, subtle): loss of spreading (radius down ``spread_loss``, body thicker), a
+  less polygonal outline, up to ``aggregates_max`` dark aggregates along the boundary, up to
+  ``fibres_max`` retraction fibres left where the edge was;
 - roundness (mitosis, dying): a spherical cap ``rounded_um`` tall; dying cells bleb, and
-  dead cells shrink and condense (higher refractive index) until they detach.
+  dead cells shrink and condense (``dead_condensation``) until they detach.
+
+The phenotype parameters are in :class:`data_prep.sim.params.Biology`.
 
 Only pixels inside a cell's bounding box are touched, so the cost is proportional to the
 covered area. Static per-cell features (granule and nucleolus positions, texture offset) come
@@ -23,7 +26,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_prep.sim.params import Optics
+from data_prep.sim.params import Biology, Optics
 
 _TEXTURE_SIDE = 1024
 _N_ANGLES = 720
@@ -47,7 +50,9 @@ def debris_map(rng: np.random.Generator, shape: tuple[int, int], n: float) -> np
     small = cv2.GaussianBlur(out, (0, 0), 1.0)
     big = np.zeros_like(out)
     _splat(big, ys[sizes > 1], xs[sizes > 1], 3 * amps[sizes > 1])
-    return small + cv2.GaussianBlur(big, (0, 0), 3.0)
+    mottle = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), 4.0)
+    mottle *= 0.0008 / max(float(mottle.std()), 1e-9)  # faint film on the glass
+    return small + cv2.GaussianBlur(big, (0, 0), 3.0) + mottle
 
 
 def _stamp(img: np.ndarray, y: float, x: float, sigma: float, amp: float) -> None:
@@ -86,6 +91,8 @@ class CellRenderer:
     ----------
     optics : Optics
         Refractive indices and thicknesses.
+    bio : Biology
+        The phenotype parameters (how stress, rounding and death look).
     shape : (H, W)
         Frame size in pixels.
     pixel_size_um : float
@@ -96,11 +103,12 @@ class CellRenderer:
     def __init__(
         self,
         optics: Optics,
+        bio: Biology,
         shape: tuple[int, int],
         pixel_size_um: float,
         rng: np.random.Generator,
     ):
-        self.o, self.shape, self.px = optics, shape, pixel_size_um
+        self.o, self.bio, self.shape, self.px = optics, bio, shape, pixel_size_um
         self.texture = texture_tile(rng)
 
     def render(self, snap: dict[str, np.ndarray], step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,21 +137,23 @@ class CellRenderer:
         dn_c = o.n_cytoplasm - o.n_medium
         for i in range(len(snap["id"])):
             self._cell(snap, i, step, opd, thick, labels, points, dn_c)
-        opd += cv2.GaussianBlur(points, (0, 0), 0.9)
+        opd += cv2.GaussianBlur(points, (0, 0), 1.1)
         return opd, labels
 
     def _cell(self, s, i, step, opd, thick, labels, points, dn_c) -> None:
-        o, px = self.o, self.px
+        o, b = self.o, self.bio
         h, w = self.shape
         stress, rnd, dead = float(s["stress"][i]), float(s["roundness"][i]), bool(s["dead"][i])
         mitosis = bool(s["mitosis"][i])
         R = float(s["R"][i])
-        r_spread = R * (1 - 0.22 * stress)
-        r_round = 26.0 if mitosis else (16.0 if dead else 22.0)
+        r_spread = R * (1 - b.spread_loss * stress)
+        r_round = (
+            b.mitotic_radius_um if mitosis else (b.dead_radius_um if dead else b.dying_radius_um)
+        ) / self.px
         reff = (1 - rnd) * r_spread + rnd * r_round
         cx, cy = float(s["x"][i]), float(s["y"][i])
-        amp = s["shape_amp"][i] * (1 - 0.5 * stress) * (1 - rnd)
-        bleb = 0.12 * rnd if (rnd > 0 and not mitosis and not dead) else 0.0
+        amp = s["shape_amp"][i] * (1 - b.outline_smoothing * stress) * (1 - rnd)
+        bleb = b.bleb_amplitude * rnd if (rnd > 0 and not mitosis and not dead) else 0.0
         reach = reff * (1 + amp.sum() + bleb) + 4
         x0, x1 = max(0, int(cx - reach)), min(w, int(cx + reach) + 1)
         y0, y1 = max(0, int(cy - reach)), min(h, int(cy + reach) + 1)
@@ -164,6 +174,7 @@ class CellRenderer:
         ang = np.linspace(0, 2 * np.pi, _N_ANGLES, endpoint=False)
         ns = np.arange(2, 2 + len(amp))[:, None]
         table = 1.0 + (amp[:, None] * np.cos(ns * ang - s["shape_phase"][i][:, None])).sum(0)
+        table = np.maximum(table, 0.35)  # never a negative or vanishing radius
         if bleb:
             brng = np.random.default_rng([int(s["seed"][i]), step])
             for c in brng.uniform(0, 2 * np.pi, 6):
@@ -178,15 +189,15 @@ class CellRenderer:
         body_r = 0.55 * reff
         body = np.clip(1 - (r / body_r) ** 2, 0, None) ** 1.5
         t_spread = edge * (o.lamella_um * (1 + stress) + o.body_um * (1 + 0.6 * stress) * body)
-        nr = float(s["nuc_r"][i]) * (1 - 0.15 * stress)
+        nr = min(float(s["nuc_r"][i]) * (1 - 0.15 * stress), 0.5 * reff)  # daughters: smaller
         ncx = cx + float(s["nuc_dx"][i]) * reff
         ncy = cy + float(s["nuc_dy"][i]) * reff
         q2 = ((dx + (cx - ncx)) / (1.15 * nr)) ** 2 + ((dy + (cy - ncy)) / (0.9 * nr)) ** 2
-        nuc = np.sqrt(np.clip(1 - q2, 0, None)) * (1 - rnd)
+        nuc = np.where(inside, np.sqrt(np.clip(1 - q2, 0, None)) * (1 - rnd), 0)
         cap = np.sqrt(np.clip(1 - rho * rho, 0, None)) * o.rounded_um * (0.8 if dead else 1.0)
         t = (1 - rnd) * t_spread + rnd * cap
         t = np.where(inside, t, 0).astype(np.float32)
-        dn = dn_c * (1.5 if dead else 1.0)  # condensed cytoplasm
+        dn = dn_c * (b.dead_condensation if dead else 1.0)  # condensed cytoplasm
         cell_opd = dn * t + (o.n_nucleus - o.n_cytoplasm) * (o.nucleus_um - o.body_um) * nuc
         # granular texture, moving with the cell
         tx, ty = (int(s["seed"][i]) % 300), (int(s["seed"][i]) // 300 % 300)
@@ -217,22 +228,23 @@ class CellRenderer:
         """Granules (perinuclear), boundary aggregates and retraction fibres as impulses."""
         o = self.o
         dn_g = (o.n_granule - o.n_cytoplasm) * 0.8  # um OPD of a ~0.8 um granule
-        n = int(crng.integers(15, 45))
+        n = int(crng.integers(30, 90))
         a = crng.uniform(0, 2 * np.pi, n)
-        rr = crng.uniform(0.12, 0.6, n) * reff
-        amps = dn_g * crng.uniform(0.5, 1.5, n) * (1 - 0.5 * rnd)
+        rr = np.sqrt(crng.uniform(0.01, 0.6, n)) * reff
+        amps = dn_g * crng.exponential(1.2, n) * (1 - 0.5 * rnd)
         ys, xs, vals = [cy + rr * np.sin(a)], [cx + rr * np.cos(a)], [amps]
-        n_agg = int(round(14 * stress * (1 - rnd)))
+        n_max, f_max = self.bio.aggregates_max, self.bio.fibres_max
+        n_agg = round(n_max * stress * (1 - rnd))
         if n_agg:
-            a = crng.uniform(0, 2 * np.pi, 18)[:n_agg]
-            rr = crng.uniform(0.82, 0.97, 18)[:n_agg] * reff
+            a = crng.uniform(0, 2 * np.pi, n_max)[:n_agg]
+            rr = crng.uniform(0.82, 0.97, n_max)[:n_agg] * reff
             ys.append(cy + rr * np.sin(a))
             xs.append(cx + rr * np.cos(a))
-            vals.append(2.2 * dn_g * crng.uniform(0.7, 1.3, 18)[:n_agg])
-        n_fib = int(round(5 * stress))
-        if n_fib and R > reff:
-            a = heading + np.pi + crng.normal(0, 0.9, 8)[:n_fib]
-            length = crng.uniform(0.15, 0.45, 8)[:n_fib] * R
+            vals.append(2.2 * dn_g * crng.uniform(0.7, 1.3, n_max)[:n_agg])
+        n_fib = round(f_max * stress)
+        if n_fib and reff < R:
+            a = heading + np.pi + crng.normal(0, 0.9, f_max)[:n_fib]
+            length = crng.uniform(0.15, 0.45, f_max)[:n_fib] * R
             for ai, li in zip(a, length, strict=True):
                 t = np.arange(0.0, li, 1.0)
                 ys.append(cy + (0.9 * reff + t) * np.sin(ai))

@@ -17,6 +17,8 @@ column points there):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from data_prep.sim.biology import DEAD, DYING, HEALTHY, STATES
@@ -56,6 +58,13 @@ def sick_mask(labels: np.ndarray, ids: np.ndarray, states: np.ndarray) -> np.nda
     return lut[labels]
 
 
+@functools.lru_cache(maxsize=2)
+def _coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index of every pixel, flattened (for centroids by bincount)."""
+    h, w = shape
+    return np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h)
+
+
 def cell_rows(
     labels: np.ndarray, snap: dict[str, np.ndarray], frame: int, step: int, time_h: float
 ) -> list[list]:
@@ -63,9 +72,9 @@ def cell_rows(
     n = int(max(int(labels.max()), int(snap["id"].max(initial=0)))) + 1
     flat = labels.ravel()
     area = np.bincount(flat, minlength=n)
-    h, w = labels.shape
-    sum_y = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n)
-    sum_x = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n)
+    ys, xs = _coords(labels.shape)
+    sum_y = np.bincount(flat, weights=ys, minlength=n)
+    sum_x = np.bincount(flat, weights=xs, minlength=n)
     rows = []
     for i in np.argsort(snap["id"]):
         cid = int(snap["id"][i])

@@ -17,6 +17,7 @@ from deadnet_caffe.infer import (
     DeployNet,
     add_net_arguments,
     classify_stack,
+    image_files,
     image_summary,
     read_image_stack,
 )
@@ -40,7 +41,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    stacks = [(str(path), read_image_stack(path)) for path in args.inputs]
+    files = [f for path in args.inputs for f in (image_files(path) if path.is_dir() else [path])]
+    stacks = [(str(path), read_image_stack(path)) for path in files]
     net = DeployNet(args.model, args.weights, args.gpu)
     results = []
     for source, frames in stacks:

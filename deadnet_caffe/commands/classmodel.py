@@ -23,6 +23,7 @@ from deadnet_caffe.paper import (
     CLASSMODEL_LAMBDA1,
     CLASSMODEL_LAMBDA2,
     LABELS,
+    NET_INPUT_PX,
 )
 from deadnet_caffe.runinfo import atomic_dir, write_settings
 
@@ -81,6 +82,13 @@ def _inits(args) -> dict[int, np.ndarray] | None:
     return None
 
 
+def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndarray:
+    """The starting image of a panel: zeros, or the opposing class's image."""
+    if start == "zeros" or inits is None:
+        return np.zeros((NET_INPUT_PX, NET_INPUT_PX), np.float32)
+    return inits[1 - cls]
+
+
 def _figure(path: Path, panels: dict) -> None:
     import matplotlib
 
@@ -128,11 +136,21 @@ def run(args) -> int:
             },
         )
         summary = {
-            f"{LABELS[c]}_from_{s}": {"score_start": float(sc[0]), "score_end": float(sc[-1])}
-            for (c, s), (_, sc) in panels.items()
+            f"{LABELS[c]}_from_{s}": {
+                "score_start": float(sc[0]),
+                "score_end": float(sc[-1]),
+                "unchanged": bool(np.array_equal(img, _start(inits, c, s))),
+            }
+            for (c, s), (img, sc) in panels.items()
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(json.dumps(summary, indent=1))
+    for key, v in summary.items():
+        if v["unchanged"]:
+            print(
+                f"warning: {key}: dS_c/dI was zero at the start image, so the class model never "
+                "moved (e.g. a zero image into a net whose biases are all zero)."
+            )
     print(f"wrote {args.out}")
     return 0

@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resamples", type=int, default=paper.BOOTSTRAP_RESAMPLES, help="bootstrap resamples"
     )
     parser.add_argument("--gallery", type=int, default=8, help="crops per class per gallery")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             resamples=args.resamples,
             gallery=args.gallery,
-        )
+        ),
+        progress=not args.no_progress,
     )
     print(
         f"deadnet evaluate: accuracy {doc['accuracy']:.3f} "

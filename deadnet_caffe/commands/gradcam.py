@@ -24,7 +24,6 @@ from deadnet_caffe.gradcam import (
     figure_stitched,
     read_lmdb_crops,
     stitch_frame,
-    upsample_cam,
 )
 from deadnet_caffe.infer import (
     DeployNet,
@@ -117,7 +116,7 @@ def run(args) -> int:
         "all_zero_eq3": int(zero_avg.sum()),
     }
     with atomic_dir(args.out) as tmp:
-        up_own, up_avg = upsample_cam(own), upsample_cam(avg)
+        up_own, up_avg = gc.upsample(own), gc.upsample(avg)
         titles = [
             f"{n}: {LABELS[int(c)]}, P(sick) {p:.2f}"
             for n, c, p in zip(names, labels, p_sick, strict=True)

@@ -10,10 +10,8 @@ convolutional net once per frame with local normalisation (faster, approximate).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-
-import numpy as np
-from tqdm import tqdm
 
 from data_prep.experiment import read_manifest
 from deadnet_caffe.errors import UserError
@@ -21,10 +19,9 @@ from deadnet_caffe.heatmap import (
     DenseNet,
     dense_heatmap,
     exact_heatmap,
+    heatmap_timelapse,
     plot_fractions,
-    sick_fraction,
     write_fraction_table,
-    write_stack_outputs,
 )
 from deadnet_caffe.infer import DeployNet, add_net_arguments, read_image_stack
 from deadnet_caffe.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
@@ -40,7 +37,12 @@ def add_arguments(p) -> None:
     src.add_argument("inputs", nargs="*", type=Path, help="TIFF stacks, images or folders")
     src.add_argument("--experiment", type=Path, help="experiment folder with manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--mode", choices=("exact", "dense"), default="exact", help="see --help text")
+    p.add_argument(
+        "--mode",
+        choices=("exact", "dense"),
+        default="exact",
+        help="exact: every window normalised as in training; dense: one fully convolutional pass",
+    )
     p.add_argument("--stride", type=int, default=CROP_STRIDE_PX, help="window step (exact mode)")
     p.add_argument(
         "--dense-model",
@@ -58,50 +60,48 @@ def add_arguments(p) -> None:
     add_net_arguments(p)
 
 
-def _sources(args) -> list[tuple[str, Path, float]]:
+def _sources(args) -> list[tuple[str, Path, int | None, float]]:
     if bool(args.inputs) == bool(args.experiment):
         raise UserError("give either input files or --experiment, not both or neither.")
     if args.experiment:
         return [
-            (pos.key.replace("/", "_"), pos.path, pos.frame_interval_min)
+            (pos.key.replace("/", "_"), pos.path, pos.channel, pos.frame_interval_min)
             for pos in read_manifest(args.experiment)
         ]
-    return [(path.stem, path, args.frame_interval_min) for path in args.inputs]
+    for path in args.inputs:
+        if not path.exists():
+            raise UserError(f"{path}: no such file or folder.")
+    return [(path.stem, path, None, args.frame_interval_min) for path in args.inputs]
 
 
 def run(args) -> int:
     if args.stride < 1 or args.every < 1:
         raise UserError("--stride and --every must be at least 1.")
     sources = _sources(args)
-    stacks = [(name, read_image_stack(path)[:: args.every], dt) for name, path, dt in sources]
     net = DeployNet(args.model, args.weights, args.gpu)
-    dense = DenseNet.from_deploy(args.dense_model, net) if args.mode == "dense" else None
+    if args.mode == "dense":
+        dense = DenseNet.from_deploy(args.dense_model, net)
+        heat = partial(dense_heatmap, dense=dense)
+    else:
+        heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
     rows = []
     with atomic_dir(args.out) as tmp:
-        for name, frames, dt in stacks:
-            probs = np.empty(frames.shape, dtype=np.float32)
-            for t in tqdm(range(len(frames)), desc=name, unit="frame", leave=False):
-                probs[t] = (
-                    exact_heatmap(frames[t], net.p_sick, args.stride, args.batch)
-                    if dense is None
-                    else dense_heatmap(frames[t], dense)
-                )
+        for name, path, channel, dt in sources:
+            frames = read_image_stack(path, channel)[:: args.every]
             ids = [t * args.every for t in range(len(frames))]
-            write_stack_outputs(tmp, name, frames, probs, ids)
-            for t, frac, mean in zip(
-                ids, sick_fraction(probs), probs.mean(axis=(1, 2)), strict=True
-            ):
+            frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat)
+            for t, f, m in zip(ids, frac, mean, strict=True):
                 rows.append(
                     {
                         "position": name,
                         "frame": t,
                         "time_min": t * dt,
-                        "sick_fraction": float(frac),
-                        "mean_p_sick": float(mean),
+                        "sick_fraction": float(f),
+                        "mean_p_sick": float(m),
                     }
                 )
         write_fraction_table(tmp / "sick_fraction.csv", rows)
         plot_fractions(tmp / "sick_fraction.png", rows)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
-    print(f"wrote {args.out} ({len(stacks)} time-lapse(s), {len(rows)} frames)")
+    print(f"wrote {args.out} ({len(sources)} time-lapse(s), {len(rows)} frames)")
     return 0

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ov.add_argument("--max-iter", type=_positive, help="solver max_iter")
     ov.add_argument("--snapshot-interval", type=_positive, help="solver snapshot")
     ov.add_argument("--test-interval", type=_positive, help="solver test_interval")
+    ov.add_argument("--test-iter", type=_positive, help="solver test_iter (batches per test pass)")
     ov.add_argument(
         "--base-lr", type=float, help="solver base_lr (a stated derivative of the paper's 0.0003)"
     )
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         max_iter=args.max_iter,
         snapshot_interval=args.snapshot_interval,
         test_interval=args.test_interval,
+        test_iter=args.test_iter,
         base_lr=args.base_lr,
         seed=args.seed,
         gpu=args.gpu,

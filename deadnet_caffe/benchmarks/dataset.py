@@ -1,0 +1,134 @@
+"""Data Set A build speed and memory: augmented crops per second end to end (read TIFF, TPS
+warp, blur, 8 rotations/mirrors, 54 crops, normalisation, Datum, LMDB) and peak RSS, against
+a naive baseline measured in the same run (dense TPS evaluation at every pixel and
+protobuf-Python Datums, one process). Crops per CPU-second are reported too: on a shared,
+loaded machine they show what 2 free cores would do. Each side runs in its own child
+process so that its peak RSS (its own plus its workers') is measured alone. Targets on
+2 cores: >= 1000 crops/s, <= 2 GB."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+NAME = "dataset"
+
+
+def _experiment(root: Path, n_positions: int) -> Path:
+    import tifffile
+
+    from data_prep.experiment import Position, write_manifest
+    from deadnet_caffe.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    positions = []
+    for i in range(n_positions):
+        path = root / f"p{i}.tif"
+        img = rng.integers(1000, 3000, size=(1, FRAME_HEIGHT_PX, FRAME_WIDTH_PX), dtype=np.uint16)
+        tifffile.imwrite(path, img, photometric="minisblack")
+        dose = 0.0 if i % 2 == 0 else 200.0
+        positions.append(
+            Position("B", f"W{i}", "p1", dose, 8.0, 0.3225, 1, path, dead_at_end=dose > 0)
+        )
+    write_manifest(root, positions)
+    return root
+
+
+def _fast(experiment: Path, out: Path) -> dict:
+    from data_prep.build import BuildConfig, build
+
+    cfg = BuildConfig(dataset="A", experiment=experiment, out=out, workers=2, test_fraction=0.25)
+    t0 = time.perf_counter()
+    card = build(cfg)
+    seconds = time.perf_counter() - t0
+    return {"crops": card["counts"]["train"]["crops"] + card["counts"]["test"]["crops"],
+            "seconds": seconds}  # fmt: skip
+
+
+def _naive(experiment: Path, out: Path, n_images: int) -> dict:
+    import lmdb
+
+    from data_prep import augment, readers, tps, writers
+    from data_prep.experiment import read_manifest
+    from data_prep.normalize import encode_z, variance_normalize
+    from deadnet_caffe.paper import AUG_A
+
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    env = lmdb.open(str(out / "naive.lmdb"), map_size=1 << 36)
+    t0 = time.perf_counter()
+    n = 0
+    for p in read_manifest(experiment)[:n_images]:
+        image = readers.Stack(p.path).read(0)
+        h, w = image.shape
+        warped = tps.warp(image, *tps.dense_maps(tps.random_tps(h, w, rng), h, w))
+        for sigma in augment.blur_sigmas(rng, AUG_A["b"]):
+            for k in range(8):
+                view = augment.blur(np.ascontiguousarray(augment.dihedral(warped, k)), sigma)
+                for y, x in augment.crop_grid(*view.shape):
+                    z = variance_normalize(view[y : y + 256, x : x + 256])
+                    raw = writers.datum_bytes_protobuf(encode_z(z), 0)
+                    with env.begin(write=True) as txn:
+                        txn.put(b"%09d" % n, raw)
+                    n += 1
+    env.close()
+    return {"crops": n, "seconds": time.perf_counter() - t0}
+
+
+def _child(mode: str, experiment: str, out: str, n_images: int) -> None:
+    res = (
+        _fast(Path(experiment), Path(out))
+        if mode == "fast"
+        else _naive(Path(experiment), Path(out), n_images)
+    )
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    res["peak_rss_mb"] = round((own + 2 * kids) / 1024, 1)  # main + at most 2 workers
+    cpu = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    res["cpu_s"] = sum(r.ru_utime + r.ru_stime for r in cpu)
+    print(json.dumps(res))
+
+
+def _measure(mode: str, experiment: Path, out: Path, n_images: int) -> dict:
+    cmd = [sys.executable, "-m", __name__, mode, str(experiment), str(out), str(n_images)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["crops_per_s"] = round(res["crops"] / res["seconds"], 1)
+    res["crops_per_cpu_s"] = round(res["crops"] / res["cpu_s"], 1)
+    return res
+
+
+def run(out_dir: Path, quick: bool) -> dict:
+    work = Path(out_dir) / "dataset_bench"
+    shutil.rmtree(work, ignore_errors=True)
+    n_positions = 4 if quick else 8
+    experiment = _experiment(work / "experiment", n_positions)
+    fast = _measure("fast", experiment, work / "fast", n_positions)
+    naive = _measure("naive", experiment, work / "naive", 1)
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "positions_1344x1024": n_positions,
+        "fast_crops": fast["crops"],
+        "fast_crops_per_s": fast["crops_per_s"],
+        "fast_peak_rss_mb": fast["peak_rss_mb"],
+        "fast_crops_per_cpu_s": fast["crops_per_cpu_s"],
+        "naive_crops": naive["crops"],
+        "naive_crops_per_cpu_s": naive["crops_per_cpu_s"],
+        "naive_crops_per_s": naive["crops_per_s"],
+        "naive_peak_rss_mb": naive["peak_rss_mb"],
+        "speedup": round(fast["crops_per_s"] / naive["crops_per_s"], 1),
+        "note": "crops/s depend on the load of the shared machine; crops per CPU-second do not",
+        "targets": ">= 1000 crops/s, <= 2048 MB peak RSS on 2 cores",
+    }
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

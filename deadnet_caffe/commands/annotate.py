@@ -1,0 +1,85 @@
+"""The expert annotation web app for Data Set B (paper section 2.2): serve 256 px x 10-frame
+crops of a raw experiment at random to annotators who vote Healthy, Sick or Unsure (every
+5th item from those already scored by another annotator), create annotators, and export the
+votes as votes.csv for `deadnet dataset B`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from argparse import ArgumentDefaultsHelpFormatter
+from pathlib import Path
+
+from data_prep.annotate import db
+from data_prep.annotate.server import make_server
+from data_prep.votes import write_votes
+from deadnet_caffe.errors import UserError
+from deadnet_caffe.paper import DATASET_B_DOSE_RANGE_S
+from deadnet_caffe.runinfo import write_settings
+
+NAME = "annotate"
+HELP = "run the Data Set B annotation web app, add annotators, export votes"
+
+DB_HELP = "SQLAlchemy URL (sqlite:///path.sqlite, postgresql+psycopg://...) or an SQLite path"
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help, description=help, formatter_class=ArgumentDefaultsHelpFormatter
+        )
+
+    serve = action("serve", "serve the annotation page (Ctrl-C stops it)")
+    serve.add_argument("--experiment", type=Path, required=True, help="raw experiment folder")
+    serve.add_argument("--db", required=True, help=DB_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--port", type=int, default=8080, help="port to listen on (0: any free port)"
+    )
+    serve.add_argument(
+        "--max-dose-s",
+        type=float,
+        default=DATASET_B_DOSE_RANGE_S[1],
+        help="only positions with at most this dose (s of 395 nm light) are annotated",
+    )
+    add = action("add-annotator", "create an annotator and print its secret token")
+    add.add_argument("name", help="annotator name (as it appears in votes.csv)")
+    add.add_argument("--db", required=True, help=DB_HELP)
+    export = action("export", "write every vote as votes.csv (the data_prep.votes schema)")
+    export.add_argument("--db", required=True, help=DB_HELP)
+    export.add_argument("--out", type=Path, required=True, help="votes CSV to write")
+
+
+def run(args) -> int:
+    if args.action == "add-annotator":
+        token = db.add_annotator(db.open_db(args.db), args.name)
+        print(f"annotator {args.name.strip()!r} created; secret token (shown only once):")
+        print(token)
+        return 0
+    if args.action == "export":
+        if not args.out.parent.is_dir():
+            raise UserError(f"{args.out.parent}: output folder does not exist.")
+        engine = db.open_db(args.db, create=False)
+        votes = db.all_votes(engine)
+        write_votes(args.out, votes)
+        settings = {"command": "annotate export", "db": str(engine.url), "votes": len(votes)}
+        write_settings(args.out.parent, settings, name=f"{args.out.stem}.settings.json")
+        print(f"{len(votes)} votes written to {args.out}")
+        return 0
+    if not 0 <= args.port < 65536:
+        raise UserError(f"--port {args.port} is not a port number (0 picks a free one).")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    server = make_server(args.experiment, args.db, args.host, args.port, args.max_dose_s)
+    if db.count_annotators(server.engine) == 0:
+        print(
+            "no annotators yet: create them with "
+            f"`deadnet annotate add-annotator NAME --db {args.db}`"
+        )
+    print(f"annotation app on {server.url} (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,47 @@
+"""The speed benchmark's net is the published DeadNet net (benchmarks/caffe_speed.py)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from deadnet_caffe import paper
+from deadnet_caffe.benchmarks import caffe_speed
+from deadnet_caffe.caffe_env import import_caffe
+
+caffe = import_caffe()
+
+
+def test_netspec_has_published_layers_and_blob_sizes(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text(caffe_speed.deadnet_netspec(batch=1))
+    net = caffe.Net(str(path), caffe.TRAIN)
+    sides = [net.blobs[name].data.shape[2] for name, *_ in paper.CONV_LAYERS[::2]]
+    assert tuple(sides) == paper.BLOB_SIDES_PUBLISHED[:4]  # 212, 106, 53, 27
+    side = paper.BLOB_SIDES_PUBLISHED[4]
+    assert net.blobs[paper.POOL_LAYERS[-1]].data.shape == (1, 128, side, side)
+    assert net.blobs["score"].data.shape == (1, 2)
+    kinds = [layer.type for layer in net.layers]
+    assert kinds.count("Convolution") == 8
+    assert kinds.count("BatchNorm") == kinds.count("Scale") == 8
+    assert kinds.count("Pooling") == 4 and kinds.count("Dropout") == 2
+    for name, num_output, kernel, _pad in paper.CONV_LAYERS:
+        assert net.params[name][0].data.shape[0] == num_output
+        assert net.params[name][0].data.shape[2:] == (kernel, kernel)
+
+
+@pytest.mark.slow
+def test_quick_run_reports_times_ratio_and_profile(tmp_path):
+    res = caffe_speed.run(tmp_path, quick=True)
+    assert res["batch"] == 2 and res["caffe_s_per_iter"] > 0
+    assert set(res["caffe_s_by_layer_type"]) >= {"Convolution", "BatchNorm", "ReLU", "Pooling"}
+    if res["torch_s_per_iter"] is None:
+        assert "pip install" in res["note"]
+    else:
+        assert res["caffe_over_torch_ratio"] == pytest.approx(
+            res["caffe_s_per_iter"] / res["torch_s_per_iter"], rel=0.02
+        )
+    with open(tmp_path / "caffe_speed_layers.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["layer"] for r in rows][:2] == ["conv_d1_1", "bn_d1_1"]

@@ -1,0 +1,159 @@
+"""deadnet evaluate: both BatchNorm modes against Caffe's own nets, reports, metadata, votes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import caffe_tiny
+import numpy as np
+import pytest
+
+from deadnet_caffe.cli import main
+from deadnet_caffe.train import TrainSettings, train
+
+N_TEST = 16  # two batches of 8
+POSITIONS = [f"plate1/A{i % 4 + 1}/p1" for i in range(N_TEST)]
+DOSES = [0.0, 0.0, 20.0, 80.0]  # per well A1..A4
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    keys = [f"{p}/{i:05d}" for i, p in enumerate(POSITIONS)]
+    ds = caffe_tiny.write_dataset(tmp / "ds", 64, N_TEST, test_keys=keys)
+    with open(ds / "test_index.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["key", "position", "dose_s"])
+        for i, k in enumerate(keys):
+            w.writerow([k, POSITIONS[i], DOSES[i % 4]])
+    solver = caffe_tiny.write_solver(tmp / "net", max_iter=30)
+    train(TrainSettings(dataset=str(ds), solver=str(solver), run=str(tmp / "run"), seed=2),
+          progress=False)  # fmt: skip
+    return tmp / "run", ds, tmp
+
+
+def _caffe_probs(net, score: str, n_batches: int) -> tuple[np.ndarray, list[float]]:
+    probs, acc = [], []
+    for _ in range(n_batches):
+        net.forward()
+        s = net.blobs[score].data.astype(np.float64)
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        probs.append(e[:, 1] / e.sum(axis=1))
+        acc.append(float(net.blobs["accuracy"].data))
+    return np.concatenate(probs), acc
+
+
+def test_evaluate_matches_caffe_and_writes_reports(run, capsys):
+    import caffe
+
+    run_dir, ds, tmp = run
+    votes = tmp / "votes.csv"
+    with open(votes, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["item_id", "annotator", "label", "overlap", "created_at"])
+        for i, label in enumerate(["healthy", "healthy", "sick", "unsure", "healthy"]):
+            w.writerow([f"plate1/A1/p1@t{i}y0x0", "ann", label, 0, "2026-01-01T00:00:00Z"])
+        w.writerow(["plate1/A3/p1@t0y0x0", "ann", "sick", 0, "2026-01-01T00:00:00Z"])
+    rc = main(["evaluate", "--weights", str(run_dir / "latest.caffemodel"), "--dataset",
+               str(ds), "--votes", str(votes), "--resamples", "20000"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    out = run_dir / "evaluation"
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["primary_mode"] == "published_val"
+    assert doc["ci_low"] <= doc["accuracy"] <= doc["ci_high"]
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # LMDB order (sorted keys), as Caffe's Data layer reads it
+    assert [r["key"] for r in rows] == sorted(f"{p}/{i:05d}" for i, p in enumerate(POSITIONS))
+
+    # published val mode == Caffe's own val net (Data layer, centre crop, batch statistics)
+    net = caffe.Net(str(run_dir / "train_val.prototxt"), str(run_dir / "latest.caffemodel"),
+                    caffe.TEST)  # fmt: skip
+    want, acc = _caffe_probs(net, "score", N_TEST // 8)
+    got = np.array([float(r["p_sick_published_val"]) for r in rows])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    val = doc["modes"]["published_val"]
+    assert val["accuracy_all_crops"]["estimate"] == pytest.approx(np.mean(acc))
+
+    # global-statistics mode == the deploy net (running averages), one crop at a time
+    deploy = tmp / "deploy.prototxt"
+    deploy.write_text(caffe_tiny.deploy())
+    dnet = caffe.Net(str(deploy), str(run_dir / "latest.caffemodel"), caffe.TEST)
+    gnet = caffe.Net(str(run_dir / "train_val.prototxt"), str(run_dir / "latest.caffemodel"),
+                     caffe.TEST)  # fmt: skip
+    want_g = []
+    for _ in range(N_TEST // 8):
+        gnet.forward()
+        for crop in gnet.blobs["data"].data:
+            dnet.blobs["data"].data[0] = crop
+            want_g.append(float(dnet.forward()["prob"][0, 1]))
+    got_g = np.array([float(r["p_sick_global_stats"]) for r in rows])
+    np.testing.assert_allclose(got_g, want_g, atol=1e-5)
+
+    # counts, per dose / position, unexposed check and annotators, from the predictions
+    pred = np.array([int(r["pred_published_val"]) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    cm = np.array(val["confusion_matrix"]["counts"])
+    assert cm.sum() == N_TEST and np.trace(cm) == (pred == labels).sum()
+    assert set(val["per_dose"]) == {"0.0", "20.0", "80.0"} and val["per_dose"]["0.0"]["n"] == 8
+    assert set(val["per_position"]) == set(POSITIONS)
+    unexp = val["unexposed"]
+    dose0 = np.array([float(r["dose_s"]) == 0 for r in rows])
+    assert unexp["n"] == 8
+    assert unexp["fraction_healthy"] == pytest.approx(np.mean(pred[dose0] == 0))
+    assert unexp["annotators"]["n"] == 4 and unexp["annotators"]["fraction_healthy"] == 0.75
+    report = (out / "report.md").read_text()
+    assert "published val mode" in report and "global-statistics mode" in report
+    for name in ("figure3c_misclassified.png", "figure3d_correct.png", "settings.json"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_evaluate_without_metadata_degrades(run, tmp_path):
+    run_dir, ds, _ = run
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "test.lmdb").symlink_to(ds / "test.lmdb")
+    out = tmp_path / "ev"
+    rc = main(["evaluate", "--weights", str(run_dir / "latest.caffemodel"), "--dataset",
+               str(bare), "--out", str(out), "--resamples", "2000"])  # fmt: skip
+    assert rc == 0
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["metadata_source"] == "none"
+    assert doc["modes"]["global_stats"]["per_dose"] == {}
+    assert doc["modes"]["global_stats"]["unexposed"]["available"] is False
+
+
+def test_bad_input_writes_nothing(run, tmp_path, capsys):
+    run_dir, ds, _ = run
+    out = tmp_path / "ev"
+    rc = main(["evaluate", "--weights", str(tmp_path / "none.caffemodel"), "--dataset",
+               str(ds), "--out", str(out)])  # fmt: skip
+    assert rc == 2 and not out.exists()
+    assert "none.caffemodel does not exist" in capsys.readouterr().err
+    rc = main(["evaluate", "--weights", str(run_dir / "latest.caffemodel"), "--dataset",
+               str(tmp_path), "--out", str(out)])  # fmt: skip
+    assert rc == 2 and not out.exists()
+
+
+def test_last_short_batch_wraps_like_caffe(run, tmp_path):
+    """12 records at batch 8: the second batch is records 8-11 plus 0-3, as Caffe reads it."""
+    import caffe
+
+    run_dir, _, _ = run
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 8, 12, seed=9)
+    net_txt = caffe_tiny.train_val(dropout=False)
+    for split in ("train.lmdb", "test.lmdb"):
+        net_txt = net_txt.replace(f'"{split}"', f'"{ds / split}"')
+    (tmp_path / "tv.prototxt").write_text(net_txt)
+    out = tmp_path / "ev"
+    rc = main(["evaluate", "--weights", str(run_dir / "latest.caffemodel"), "--dataset",
+               str(ds), "--net", str(tmp_path / "tv.prototxt"), "--out", str(out),
+               "--resamples", "2000"])  # fmt: skip
+    assert rc == 0
+    with open(out / "predictions.csv", newline="") as fh:
+        got = np.array([float(r["p_sick_published_val"]) for r in csv.DictReader(fh)])
+    net = caffe.Net(str(tmp_path / "tv.prototxt"), str(run_dir / "latest.caffemodel"), caffe.TEST)
+    want, _ = _caffe_probs(net, "score", 2)
+    assert got.shape == (12,)
+    np.testing.assert_allclose(got, want[:12], atol=1e-5)

@@ -1,0 +1,182 @@
+"""The simulator (issue 4): biology, optics, ground truth, output format, votes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import tifffile
+
+from data_prep.experiment import read_manifest
+from data_prep.sim.biology import DEAD, DYING, Population
+from data_prep.sim.optics import PhaseContrast
+from data_prep.sim.params import PRESETS, Biology, Layout, Optics
+from data_prep.sim.render import CellRenderer
+from data_prep.sim.truth import SICK_NONE, crop_sick_fraction, sick_mask
+from data_prep.sim.votes import TARGET_DISAGREEMENT, disagreement, simulate_votes
+from data_prep.votes import Item, read_votes
+from deadnet_caffe import paper
+from deadnet_caffe.cli import main
+
+LAYOUT = Layout(hours=18.0)
+DEAD_BOUND_DOSE0 = 0.10  # at most 10% of cells dying or dead at the end without light
+DEAD_BOUND_DOSE200 = 0.95  # at least 95% at 200 s (paper 2.1: mass death)
+VOTE_BAND = (0.14, 0.23)  # around the paper's 49 / 263 = 18.6% (section 3.1)
+
+
+def _run(dose: float, seed: int, layout: Layout = LAYOUT) -> list[np.ndarray]:
+    pop = Population(Biology(), layout, dose, np.random.default_rng(seed))
+    states = [pop.states()]
+    for _ in range(layout.n_steps - 1):
+        pop.step()
+        states.append(pop.states())
+    return states
+
+
+def _dying_fraction(states: np.ndarray) -> float:
+    return float(np.isin(states, (DYING, DEAD)).mean()) if states.size else 1.0
+
+
+def test_dead_fraction_at_end_bounds():
+    for seed in (1, 2):
+        assert _dying_fraction(_run(0.0, seed)[-1]) < DEAD_BOUND_DOSE0
+        assert _dying_fraction(_run(200.0, seed)[-1]) > DEAD_BOUND_DOSE200
+
+
+def test_onset_is_monotone_in_dose():
+    """Onset: first step at which 20% of the cells are sick (dying/dead); later at lower dose."""
+
+    def onset(dose):
+        fr = [_dying_fraction(s) for s in _run(dose, 3)]
+        hit = [i for i, f in enumerate(fr) if f >= 0.2]
+        return hit[0] if hit else np.inf
+
+    onsets = [onset(d) for d in (20.0, 80.0, 120.0, 200.0)]
+    assert all(a >= b for a, b in itertools.pairwise(onsets)), onsets
+    assert onsets[-1] < onsets[1] and np.isfinite(onsets[-1])
+
+
+def test_edge_profile_of_a_flat_cell_shows_the_bright_halo():
+    """A flat disc (3 um body) images dark inside with a bright halo just outside its edge."""
+    o = Optics(focus_drift_um=0.0)
+    shape, px = (256, 256), paper.PIXEL_SIZE_UM
+    yy, xx = np.mgrid[0:256, 0:256]
+    r = np.hypot(yy - 128, xx - 128)
+    opd = np.where(r < 50, (o.n_cytoplasm - o.n_medium) * o.body_um, 0.0).astype(np.float32)
+    pc = PhaseContrast(o, shape, px, np.random.default_rng(0), n_steps=1)
+    img = pc.intensity(opd, 0)
+    profile = img[128, 128:]  # centre to the right border
+    far = float(np.median(img[r > 110]))
+    assert profile[:40].mean() < 0.8 * far  # positive phase contrast: the cell is dark
+    assert profile[50:58].max() > 1.15 * far  # bright halo within ~2.5 um outside the edge
+    assert abs(profile[100:120].mean() / far - 1) < 0.1  # back to background further out
+
+
+def test_label_images_match_the_rendered_cells():
+    lay = replace(LAYOUT, width=512, height=384)
+    pop = Population(Biology(), lay, 0.0, np.random.default_rng(4))
+    snap = pop.snapshot()
+    renderer = CellRenderer(
+        Optics(), Biology(), (384, 512), lay.pixel_size_um, np.random.default_rng(5)
+    )
+    opd, labels = renderer.render(snap, 0)
+    ids = np.unique(labels[labels > 0])
+    assert ids.size >= 3
+    assert np.median(opd[labels > 0]) > 0.005  # cells delay the light (um)
+    assert np.percentile(np.abs(opd[labels == 0]), 90) < 0.002  # background does not
+    for cid in ids:
+        i = int(np.flatnonzero(snap["id"] == cid)[0])
+        ys, xs = np.nonzero(labels == cid)
+        inside = 0 <= snap["x"][i] < 512 and 0 <= snap["y"][i] < 384
+        if inside and ys.size > 2000:  # an unoccluded cell: its label is centred on it
+            assert labels[int(snap["y"][i]), int(snap["x"][i])] in (cid, *ids)
+            assert np.hypot(xs.mean() - snap["x"][i], ys.mean() - snap["y"][i]) < snap["R"][i]
+
+
+def test_sick_mask_and_crop_fractions_known_answer():
+    labels = np.zeros((4, 4), np.uint16)
+    labels[0, :2] = 3
+    labels[1, :2] = 7
+    mask = sick_mask(labels, np.array([3, 7]), np.array([0, 2]))
+    assert mask[0, 0] == 0 and mask[1, 0] == 1 and mask[3, 3] == SICK_NONE
+    frac = crop_sick_fraction(mask, 2)
+    assert frac[0, 0] == 0.5 and np.isnan(frac[1, 1])
+
+
+def _simulate(out, seed=1, extra=()):
+    argv = ["simulate", "--preset", "tiny", "--seed", str(seed), "--out", str(out), "--quiet"]
+    return main([*argv, "--size", "384", "256", "--hours", "2", "--render-every", "5", *extra])
+
+
+def test_output_round_trips_and_is_deterministic(tmp_path):
+    assert _simulate(tmp_path / "a") == 0
+    assert _simulate(tmp_path / "b") == 0
+    positions = read_manifest(tmp_path / "a")
+    assert [(p.well, p.position, p.dose_s) for p in positions] == [
+        ("A1", "p1", 0.0),
+        ("A1", "p2", 0.0),
+        ("A2", "p1", 200.0),
+        ("A2", "p2", 200.0),
+    ]
+    for p in positions:
+        assert p.n_frames == 4 and p.frame_interval_min == 40.0
+        assert p.pixel_size_um == pytest.approx(paper.PIXEL_SIZE_UM)
+        with tifffile.TiffFile(p.path) as tf:
+            assert tf.is_imagej and tf.series[0].axes == "TYX"
+            stack = tf.asarray()
+            assert stack.shape == (4, 256, 384) and stack.dtype == np.uint16
+            assert tf.imagej_metadata["finterval"] == pytest.approx(40 * 60.0)
+            num, den = tf.pages[0].tags["XResolution"].value
+            assert num / den == pytest.approx(1 / paper.PIXEL_SIZE_UM, rel=1e-4)
+        labels = tifffile.imread(p.ground_truth / "labels.tif")
+        assert labels.shape == (4, 256, 384)
+        assert stack.std() > 0 and stack.max() < 2**12  # 12-bit counts in 16 bits
+    for rel in ("images/A2_p1.tif", "ground_truth/A2_p1/cells.csv", "manifest.csv"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+def test_bad_settings_file_exits_2_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "s.json"
+    bad.write_text('{"biology": {"no_such_rate": 1}}')
+    assert _simulate(tmp_path / "out", extra=("--settings", str(bad))) == 2
+    assert "no_such_rate" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_vote_disagreement_lies_in_band(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1500  # like the paper's ~1300 annotated items
+    truth = np.concatenate([np.zeros(n // 2), rng.uniform(0, 1, n // 4), np.ones(n - 3 * n // 4)])
+    items = [Item("sim/A1/p1", 0, 256 * (i % 4), 256 * (i // 4)) for i in range(n)]
+    votes, _ = simulate_votes(items, truth, rng)
+    from data_prep.votes import write_votes
+
+    back = read_votes(write_votes(tmp_path / "votes.csv", votes))
+    d = disagreement(back)
+    assert VOTE_BAND[0] <= d <= VOTE_BAND[1]
+    assert abs(d - TARGET_DISAGREEMENT) < 0.03
+    assert {v.label for v in back} == {"healthy", "sick", "unsure"}
+    assert len({v.annotator for v in back}) == 4
+    overlap = sum(v.overlap for v in back) / len(back)
+    assert 0.15 < overlap < 0.25  # every 5th item is from the already-scored pool
+
+
+def test_presets_have_a_healthy_and_a_mass_death_well():
+    for lay in PRESETS.values():
+        assert 0.0 in lay.doses_s and max(lay.doses_s) >= 200.0
+        assert (lay.width, lay.height) == (paper.FRAME_WIDTH_PX, paper.FRAME_HEIGHT_PX)
+
+
+def test_a_frame_is_the_same_whatever_is_rendered_around_it():
+    """Biology steps every 8 min and each step has its own noise stream (streamed rendering)."""
+    from data_prep.sim.experiment import PositionSim
+    from data_prep.sim.params import Settings
+
+    lay = replace(PRESETS["tiny"], width=256, height=256, hours=1.0)
+    every3 = [img for _, img, _, _ in PositionSim(Settings(replace(lay, render_every=3)), 0, 0, 80)]
+    every6 = [img for _, img, _, _ in PositionSim(Settings(replace(lay, render_every=6)), 0, 0, 80)]
+    assert len(every3) == 3 and len(every6) == 2
+    np.testing.assert_array_equal(every3[2], every6[1])  # step 6
+    assert not np.array_equal(every3[0], every3[1])

@@ -1,0 +1,201 @@
+"""deadnet train: a real Caffe solver on tiny LMDBs; run folder, loss, resume, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import caffe_tiny
+import numpy as np
+import pytest
+
+from deadnet_caffe import paper
+from deadnet_caffe.cli import main
+from deadnet_caffe.logparse import parse_log
+from deadnet_caffe.train import TrainSettings, snapshots, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _weights(caffemodel: Path, net: Path) -> dict[str, list[np.ndarray]]:
+    import caffe
+
+    n = caffe.Net(str(net), str(caffemodel), caffe.TEST)
+    return {k: [b.data.copy() for b in v] for k, v in n.params.items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 60-iteration run of the tiny net (shared by the tests that only read it)."""
+    tmp = tmp_path_factory.mktemp("train")
+    ds = caffe_tiny.write_dataset(tmp / "ds", 64, 16)
+    solver = caffe_tiny.write_solver(tmp / "net")
+    published = solver.read_text()
+    run = tmp / "run"
+    rc = main(["train", "--dataset", str(ds), "--solver", str(solver), "--run", str(run),
+               "--seed", "3", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert solver.read_text() == published  # the published files stay untouched
+    return run, ds
+
+
+def test_run_folder_holds_everything(trained):
+    run, ds = trained
+    names = {p.name for p in run.iterdir()}
+    assert {"solver.prototxt", "train_val.prototxt", "settings.json", "caffe.log", "curves.csv",
+            "figure3a_loss.png", "figure3b_accuracy.png", "latest.caffemodel"} <= names  # fmt: skip
+    assert "published_iter_60.caffemodel" in names and "published_iter_60.solverstate" in names
+    assert os.readlink(run / "latest.caffemodel") == "published_iter_60.caffemodel"
+    solver = (run / "solver.prototxt").read_text()
+    assert "solver_mode: CPU" in solver and "random_seed: 3" in solver
+    net = (run / "train_val.prototxt").read_text()
+    assert f'source: "{(ds / "train.lmdb").resolve()}"' in net
+    assert f'source: "{(ds / "test.lmdb").resolve()}"' in net
+
+
+def test_training_lowers_the_loss(trained):
+    log = parse_log(trained[0] / "caffe.log")
+    iters = sorted(log.train_loss)
+    first = np.mean([log.train_loss[i] for i in iters[:10]])
+    last = np.mean([log.train_loss[i] for i in iters[-10:]])
+    assert last < 0.5 * first
+    assert log.test[60]["accuracy"] >= 0.9  # stripes are easy; chance is 0.5
+
+
+def test_log_parser_reads_the_real_log(trained):
+    """Known answers: display 1 -> one loss per iteration; lr follows Caffe's 'inv' policy."""
+    log = parse_log(trained[0] / "caffe.log")
+    assert sorted(log.train_loss) == list(range(61))
+    assert sorted(log.test) == [0, 20, 40, 60]  # test_interval 20, plus iteration 0
+    assert set(log.test[0]) == {"accuracy", "loss"}
+    assert log.max_iter == 60 and log.sessions == 1
+    for it, lr in log.lr.items():
+        expected = 0.01 * (1 + paper.LR_GAMMA * it) ** -paper.LR_POWER
+        assert lr == pytest.approx(expected, rel=1e-5)
+    rows = (trained[0] / "curves.csv").read_text().splitlines()
+    assert rows[0] == "iteration,train_loss,lr,test_loss,test_accuracy"
+    assert len(rows) == 62
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    """Stop at 10, resume to 20: same iteration and bit-identical weights as 0 -> 20.
+
+    Caffe's solverstate holds the weights, the momentum history and the iteration, but not
+    its random-number stream or the Data layer's read position. So bit-identity after a
+    resume holds for nets whose later iterations use neither: here the LMDB holds exactly one
+    batch, crop_size equals the stored side and there is no Dropout. With random crops or
+    Dropout only the iteration and the restored weights are the same (checked below).
+    """
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 8, 8)
+    solver = caffe_tiny.write_solver(tmp_path / "net", batch=8, dropout=False,
+                                     crop=caffe_tiny.SIDE)  # fmt: skip
+    common = dict(dataset=str(ds), solver=str(solver), seed=7, snapshot_interval=10)
+    train(TrainSettings(run=str(tmp_path / "whole"), max_iter=20, **common), progress=False)
+    train(TrainSettings(run=str(tmp_path / "part"), max_iter=10, **common), progress=False)
+    res = train(TrainSettings(run=str(tmp_path / "part"), max_iter=20, resume=True,
+                              dataset=None, solver=None), progress=False)  # fmt: skip
+    assert res.iteration == 20
+    assert [i for i, _ in snapshots(tmp_path / "part")] == [10, 20]
+    assert (
+        "Resuming from published_iter_10.solverstate" in (tmp_path / "part/caffe.log").read_text()
+    )
+    deploy = tmp_path / "net" / "deploy.prototxt"
+    deploy.write_text(caffe_tiny.deploy(crop=caffe_tiny.SIDE))
+    for it in (10, 20):
+        a = _weights(tmp_path / f"whole/published_iter_{it}.caffemodel", deploy)
+        b = _weights(tmp_path / f"part/published_iter_{it}.caffemodel", deploy)
+        for layer in a:
+            for x, y in zip(a[layer], b[layer], strict=True):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_snapshots_and_resume_continues(tmp_path):
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 64, 16)
+    solver = caffe_tiny.write_solver(tmp_path / "net")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "deadnet_caffe.cli", "train", "--dataset", str(ds),
+           "--solver", str(solver), "--run", str(run), "--max-iter", "10000000",
+           "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    log = run / "caffe.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait for training to be under way
+        if log.is_file() and "Iteration 2000," in log.read_text(errors="replace"):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    states = snapshots(run)
+    stopped_at = states[-1][0]
+    assert stopped_at >= 2000 and f"iteration {stopped_at}" in err
+    assert "Optimization stopped early." in log.read_text()
+    assert os.readlink(run / "latest.caffemodel") == f"published_iter_{stopped_at}.caffemodel"
+    rc = main(["train", "--run", str(run), "--resume", "--max-iter", str(stopped_at + 30),
+               "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert snapshots(run)[-1][0] == stopped_at + 30
+    parsed = parse_log(log)
+    assert parsed.sessions == 2 and parsed.max_iter == stopped_at + 30
+    assert f"Resuming from published_iter_{stopped_at}.solverstate" in log.read_text()
+    # display 10: the resumed session logs the next multiple of 10 after the stop
+    assert min(i for i in parsed.train_loss if i > stopped_at) == (stopped_at // 10 + 1) * 10
+
+
+def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys):
+    solver = caffe_tiny.write_solver(tmp_path / "net")
+    run = tmp_path / "run"
+    rc = main(["train", "--dataset", str(tmp_path / "nope"), "--solver", str(solver),
+               "--run", str(run)])  # fmt: skip
+    assert rc == 2 and not run.exists()
+    assert "nope/train.lmdb is not an LMDB" in capsys.readouterr().err
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 8, 8)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "train_val.prototxt").write_text(caffe_tiny.train_val(crop=caffe_tiny.SIDE + 4))
+    (big / "solver.prototxt").write_text(solver.read_text())
+    rc = main(["train", "--dataset", str(ds), "--solver", str(big / "solver.prototxt"),
+               "--run", str(run)])  # fmt: skip
+    assert rc == 2 and not run.exists()
+    assert "smaller than the crop_size 20" in capsys.readouterr().err
+    run.mkdir()
+    (run / "x").write_text("")
+    rc = main(["train", "--dataset", str(ds), "--solver", str(solver), "--run", str(run)])
+    assert rc == 2 and "pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_published_net_few_iterations_give_a_loadable_caffemodel(tmp_path):
+    """Two iterations of prototxt/dataset_a (batch 20, 220 px crops of 256 px records)."""
+    import caffe
+
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 20, 20, side=paper.CROP_PX)
+    run = tmp_path / "run"
+    rc = main(["train", "--dataset", str(ds), "--solver",
+               str(ROOT / "prototxt/dataset_a/solver.prototxt"), "--run", str(run),
+               "--max-iter", "2", "--test-iter", "1", "--seed", "1", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    latest = run / "latest.caffemodel"
+    assert os.readlink(latest) == "deadnet_a_iter_2.caffemodel"
+    assert (run / "deadnet_a_iter_2.solverstate").is_file()
+    net = caffe.Net(str(ROOT / "prototxt/deploy.prototxt"), str(latest), caffe.TEST)
+    assert net.params["conv_d1_1"][0].data.shape == (16, 1, 9, 9)
+    assert net.params["score"][0].data.shape == (2, 512)
+    assert np.isfinite(net.params["fc1"][0].data).all()
+    assert parse_log(run / "caffe.log").max_iter == 2
+
+
+def test_figures_redraws_from_the_log(trained, tmp_path, capsys):
+    run = trained[0]
+    before = (run / "curves.csv").read_text()
+    (run / "figure3a_loss.png").unlink()
+    (run / "curves.csv").unlink()
+    assert main(["figures", "--run", str(run)]) == 0
+    assert (run / "curves.csv").read_text() == before
+    assert (run / "figure3a_loss.png").stat().st_size > 0
+    assert main(["figures", "--run", str(tmp_path)]) == 2
+    assert "caffe.log does not exist" in capsys.readouterr().err
