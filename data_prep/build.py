@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import queue
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -126,9 +127,7 @@ def _records(z: np.ndarray, label: int, rng: np.random.Generator) -> list[tuple[
     """(key, Datum bytes) for each (n, H, W) normalised crop; keys shuffle the LMDB."""
     keys = rng.integers(0, 2**63, size=len(z), dtype=np.int64)
     v = encode_z(z)
-    return [
-        (b"%016x" % int(k), writers.datum_bytes(v[i], label)) for i, k in enumerate(keys.tolist())
-    ]
+    return [(b"%016x" % k, writers.datum_bytes(v[i], label)) for i, k in enumerate(keys.tolist())]
 
 
 def _run_a(task: Task, cfg: BuildConfig, rng: np.random.Generator):
@@ -174,58 +173,89 @@ def run_task(task: Task, cfg: BuildConfig):
     """Yield batches of (key, Datum bytes) for one task; deterministic in (seed, index)."""
     rng = np.random.default_rng([cfg.seed, task.index])
     runner = _run_a if cfg.dataset == "A" else _run_b
+    n = 0
     for batch in runner(task, cfg, rng):
-        yield [(b"%s_%s" % (k, task.part.encode()), r) for k, r in batch]
+        # random prefix (shuffles the LMDB) + task and record number (unique keys)
+        yield [(b"%s_%08d_%05d" % (k, task.index, n + i), r) for i, (k, r) in enumerate(batch)]
+        n += len(batch)
 
 
-def _worker(tasks, results, cfg: BuildConfig) -> None:
+def _worker(tasks, results, cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]]) -> None:
+    """Run tasks and write their records straight into the shared LMDBs; report progress."""
+    sinks: dict[str, writers.LmdbWriter] = {}
     try:
         while (task := tasks.get()) is not None:
+            if task.part not in sinks:
+                path, map_size = lmdbs[task.part]
+                sinks[task.part] = writers.LmdbWriter(path, map_size, shared=True)
             for batch in run_task(task, cfg):
-                results.put((task.part, batch))
-            results.put((task.part, None))
+                sinks[task.part].write(batch)
+                results.put(("crops", len(batch)))
+            results.put(("task", 1))
     except UserError as err:
         results.put(("error", str(err)))
     except Exception as err:  # report, never hang the parent
         results.put(("error", f"{type(err).__name__}: {err}"))
+    finally:
+        for sink in sinks.values():
+            sink.close()
 
 
-def _execute(tasks: list[Task], cfg: BuildConfig, sinks: dict, total: int) -> None:
-    """Run ``tasks`` (in worker processes if cfg.workers > 1) and write every batch."""
+def _execute(
+    tasks: list[Task], cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]], total: int
+) -> None:
+    """Run ``tasks`` and write every record into ``lmdbs`` (part -> (path, map size)).
+
+    With ``cfg.workers > 1`` the workers write to the LMDBs themselves (no records travel
+    between processes); otherwise everything runs in this process.
+    """
     bar = tqdm(total=total, unit="crop", desc=f"Data Set {cfg.dataset}", smoothing=0.05)
-
-    def write(part: str, batch: list[tuple[bytes, bytes]]) -> None:
-        sinks[part].write(batch)
-        bar.update(len(batch))
-
     try:
         if cfg.workers <= 1:
-            for task in tasks:
-                for batch in run_task(task, cfg):
-                    write(task.part, batch)
+            sinks = {part: writers.LmdbWriter(*lmdbs[part]) for part in lmdbs}
+            try:
+                for task in tasks:
+                    for batch in run_task(task, cfg):
+                        sinks[task.part].write(batch)
+                        bar.update(len(batch))
+            finally:
+                for sink in sinks.values():
+                    sink.close()
             return
+        for part in lmdbs:  # create both databases before the workers open them
+            writers.LmdbWriter(*lmdbs[part], shared=True).close()
         ctx = mp.get_context("fork")
         task_q = ctx.Queue()
-        result_q = ctx.Queue(maxsize=4 * cfg.workers)
+        result_q = ctx.Queue()
         for task in tasks:
             task_q.put(task)
         for _ in range(cfg.workers):
             task_q.put(None)
         procs = [
-            ctx.Process(target=_worker, args=(task_q, result_q, cfg)) for _ in range(cfg.workers)
+            ctx.Process(target=_worker, args=(task_q, result_q, cfg, lmdbs))
+            for _ in range(cfg.workers)
         ]
         for p in procs:
             p.start()
         try:
             done = 0
             while done < len(tasks):
-                part, batch = result_q.get()
-                if part == "error":
-                    raise UserError(batch)
-                if batch is None:
+                try:
+                    kind, value = result_q.get(timeout=10)
+                except queue.Empty:
+                    dead = [p for p in procs if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise UserError(
+                            f"{cfg.out}: a worker process died (exit code {dead[0].exitcode}; "
+                            "out of memory?); nothing was written."
+                        ) from None
+                    continue
+                if kind == "error":
+                    raise UserError(value)
+                if kind == "task":
                     done += 1
                 else:
-                    write(part, batch)
+                    bar.update(value)
         finally:
             for p in procs:
                 if p.is_alive():
@@ -233,21 +263,6 @@ def _execute(tasks: list[Task], cfg: BuildConfig, sinks: dict, total: int) -> No
                 p.join()
     finally:
         bar.close()
-
-
-class _Sink:
-    """LMDB for one part, with keyed records (keys already random)."""
-
-    def __init__(self, path: Path) -> None:
-        self.writer = writers.LmdbWriter(path, np.random.default_rng(0))
-        self.count = 0
-
-    def write(self, batch: list[tuple[bytes, bytes]]) -> None:
-        self.writer.write_keyed(batch)
-        self.count += len(batch)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 # ---------------------------------------------------------------- planning
@@ -371,6 +386,9 @@ def _check_images(
 ) -> dict[str, int]:
     """Check every image that will be read; return crops per full frame for each position."""
     by_key = {p.key: p for p in positions}
+    for p in positions:  # every file of the manifest is readable, even those not used
+        if p.key not in frames:
+            readers.check_stack(p, [])
     grid = {}
     for key in sorted(frames):
         stack = readers.check_stack(by_key[key], sorted(set(frames[key])))
@@ -389,6 +407,13 @@ def _check_images(
         ):
             cfg.extras.setdefault("non_paper_frame_sizes", {})[key] = [stack.height, stack.width]
     return grid
+
+
+def _map_size(n_crops: int) -> int:
+    """LMDB map for ``n_crops`` 256 px float crops: each takes 65 overflow pages of 4 kB, plus
+    the tree; sized with a margin (the file is sparse, unused map costs no disk)."""
+    per_crop = 4096 * (-(-(4 * paper.CROP_PX**2 + 64) // 4096) + 1)
+    return int(1.25 * n_crops * per_crop) + (64 << 20)
 
 
 def _remove_stale(out: Path) -> None:
@@ -412,12 +437,14 @@ def build(cfg: BuildConfig) -> dict:
     total = sum(crops_task)
     _remove_stale(cfg.out)
     with atomic_dir(cfg.out) as tmp:
-        sinks = {part: _Sink(tmp / f"{part}.lmdb") for part in ("train", "test")}
-        try:
-            _execute(tasks, cfg, sinks, total)
-        finally:
-            for s in sinks.values():
-                s.close()
+        lmdbs = {
+            part: (
+                tmp / f"{part}.lmdb",
+                _map_size(sum(n for t, n in zip(tasks, crops_task, strict=True) if t.part == part)),
+            )
+            for part in ("train", "test")
+        }
+        _execute(tasks, cfg, lmdbs, total)
         card = _card(cfg, positions, tasks, crops_task, labels, parts, frames, extra)
         if "hdf5" in cfg.formats:
             for part in ("train", "test"):

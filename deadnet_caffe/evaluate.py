@@ -42,6 +42,7 @@ MODE_LABELS = {
     "global_stats": "global-statistics mode (BatchNorm running averages, as deploy)",
 }
 INDEX_NAME = "test_index.csv"
+CARD_NAME = "dataset.json"
 JSON_NAME = "evaluation.json"
 REPORT_NAME = "report.md"
 PREDICTIONS_NAME = "predictions.csv"
@@ -129,7 +130,45 @@ def read_records(dataset: Path) -> TestRecords:
             if dose not in (None, ""):
                 rec.dose[i] = float(dose)
         rec.metadata_source = str(index)
+    elif (dataset / CARD_NAME).is_file():
+        _metadata_from_card(dataset / CARD_NAME, rec)
     return rec
+
+
+def _metadata_from_card(card_path: Path, rec: TestRecords) -> None:
+    """Doses (and positions) of Data Set A records implied by the data set card alone.
+
+    Data Set A labels whole positions (paper section 2.2), so a test record's label names
+    the set of test positions it can come from; where those share one dose (or are one
+    position), every record of that label gets it. Data Set B labels crops, so nothing
+    follows from its card.
+    """
+    try:
+        card = json.loads(card_path.read_text())
+        positions = card["positions"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{card_path} is not a data set card (no 'positions').") from None
+    if card.get("dataset") != "A":
+        return
+    names = {v: int(k) for k, v in card.get("labels", {"0": "healthy", "1": "sick"}).items()}
+    test = {k: p for k, p in positions.items() if p.get("part") == "test"}
+    inferred = []
+    for name, label in names.items():
+        mine = [k for k, p in test.items() if p.get("label") == name]
+        doses = {float(test[k]["dose_s"]) for k in mine}
+        mask = rec.labels == label
+        if len(doses) == 1:
+            rec.dose[mask] = doses.pop()
+            inferred.append(f"{name}: dose")
+        if len(mine) == 1:
+            for i in np.flatnonzero(mask):
+                rec.position[i] = mine[0]
+            inferred.append(f"{name}: position")
+    if inferred:
+        rec.metadata_source = (
+            f"{card_path} (Data Set A: implied by the label where one dose / position per "
+            f"class; {'; '.join(inferred)})"
+        )
 
 
 def transform_of(net_param) -> Transform:
@@ -364,6 +403,7 @@ class EvalSettings:
     seed: int = 0
     resamples: int = paper.BOOTSTRAP_RESAMPLES
     gallery: int = 8
+    gpu: int | None = None
 
 
 def default_net(weights: Path) -> Path:
@@ -384,7 +424,7 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
     if not weights.is_file():
         raise UserError(f"{weights} does not exist.")
     net_path = Path(s.net) if s.net else default_net(weights)
-    caffe = caffe_env.set_device(None)
+    caffe = caffe_env.set_device(s.gpu)
     net_param = netspec.load_net_param(net_path)
     transform = transform_of(net_param)
     rec = read_records(dataset)

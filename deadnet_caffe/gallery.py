@@ -44,7 +44,9 @@ def draw(
 ) -> Path:
     """Draw rows of (H, W) crops, one row per class, into ``path``."""
     n = max(1, *(len(v) for v in crops.values()))
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 0.8, 3.8), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        2, n, figsize=(1.6 * n + 0.8, 4.2), dpi=100, squeeze=False, layout="constrained"
+    )
     for c in (0, 1):
         for j in range(n):
             ax = axes[c][j]
@@ -61,7 +63,6 @@ def draw(
                     ax.axis("on")
                     ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -207,6 +207,14 @@ def crop_to_input(window: np.ndarray) -> np.ndarray:
     return z[..., off_y : off_y + NET_INPUT_PX, off_x : off_x + NET_INPUT_PX]
 
 
+def centre_input(frame: np.ndarray) -> np.ndarray:
+    """Net input of a frame's centre window: (H, W) -> (220, 220) float32 (see crop_to_input)."""
+    h, w = frame.shape
+    size = window_size(h, w)
+    y, x = (h - size) // 2, (w - size) // 2
+    return crop_to_input(frame[y : y + size, x : x + size])
+
+
 def window_inputs(frame: np.ndarray, grid: Grid, batch: int) -> Iterator[np.ndarray]:
     """Yield net inputs, (b, 220, 220) float32 with b <= batch, in :meth:`Grid.offsets` order."""
     offsets = grid.offsets()

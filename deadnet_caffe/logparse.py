@@ -86,6 +86,8 @@ class LineParser:
     def __init__(self) -> None:
         self.log = CaffeLog()
         self._testing: int | None = None  # iteration of the test pass being read
+        self.last_loss: float | None = None  # the newest train loss and lr, for progress bars
+        self.last_lr: float | None = None
 
     def feed(self, line: str) -> None:
         """Take one line of the log."""
@@ -103,10 +105,10 @@ class LineParser:
         # only a solver line of the training loop ends the pass.
         if m := _LR.search(line):
             self._testing = None
-            self.log.lr[int(m.group(1))] = float(m.group(2))
+            self.log.lr[int(m.group(1))] = self.last_lr = float(m.group(2))
         elif m := _TRAIN_LOSS.search(line):
             self._testing = None
-            self.log.train_loss[int(m.group(1))] = float(m.group(2))
+            self.log.train_loss[int(m.group(1))] = self.last_loss = float(m.group(2))
         elif m := _MAX_ITER.search(line):
             self.log.max_iter = int(m.group(1))
         elif _START.search(line):

@@ -13,7 +13,9 @@ Paper section 2.4 trains the published nets with Caffe; this runner keeps that p
 - a progress bar (iteration, loss, learning rate, ETA) read live from the log;
 - SIGINT / SIGTERM: Caffe is asked to stop (its ``-sigint_effect stop``), which makes it
   write a snapshot at the current iteration (``snapshot_after_train``) and exit cleanly;
-  ``resume=True`` continues from the newest solverstate.
+  ``resume=True`` continues from the newest solverstate. Caffe 1.0's tool has no
+  ``-sigterm_effect`` flag, so a SIGTERM to this process is passed on to Caffe as SIGINT.
+  Caffe runs in its own session, so a terminal's Ctrl-C reaches it only through us.
 """
 
 from __future__ import annotations
@@ -394,9 +396,10 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     tail: list[str] = []
+    shown: tuple = (None, None)  # the loss and lr on the progress bar
     try:
         with (
-            open(run / curves.LOG_NAME, "a") as log,
+            open(run / curves.LOG_NAME, "a", buffering=1) as log,
             tqdm(
                 total=max_iter,
                 initial=start,
@@ -414,15 +417,9 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
                 it = parser.log.last_iteration
                 if it is not None and it > bar.n:
                     bar.update(it - bar.n)
-                    loss = parser.log.train_loss.get(it)
-                    lr = parser.log.lr.get(it)
-                    post = {}
-                    if loss is not None:
-                        post["loss"] = f"{loss:.4g}"
-                    if lr is not None:
-                        post["lr"] = f"{lr:.3g}"
-                    if post:
-                        bar.set_postfix(post, refresh=False)
+                if (parser.last_loss, parser.last_lr) != shown:
+                    shown = (parser.last_loss, parser.last_lr)
+                    bar.set_postfix(loss=shown[0], lr=shown[1], refresh=False)
             code = proc.wait()
             if code == 0 and not stopped:
                 bar.update(max_iter - bar.n)  # Caffe logs the last iteration only on display

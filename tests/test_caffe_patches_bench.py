@@ -39,9 +39,10 @@ def test_quick_run_reports_times_ratio_and_profile(tmp_path):
     if res["torch_s_per_iter"] is None:
         assert "pip install" in res["note"]
     else:
-        assert res["caffe_over_torch_ratio"] == pytest.approx(
-            res["caffe_s_per_iter"] / res["torch_s_per_iter"], rel=0.02
-        )
+        for suffix in ("", "_1thread"):
+            assert res[f"caffe_over_torch_ratio{suffix}"] == pytest.approx(
+                res[f"caffe_s_per_iter{suffix}"] / res[f"torch_s_per_iter{suffix}"], rel=0.02
+            )
     with open(tmp_path / "caffe_speed_layers.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["layer"] for r in rows][:2] == ["conv_d1_1", "bn_d1_1"]

@@ -157,3 +157,46 @@ def test_last_short_batch_wraps_like_caffe(run, tmp_path):
     want, _ = _caffe_probs(net, "score", 2)
     assert got.shape == (12,)
     np.testing.assert_allclose(got, want[:12], atol=1e-5)
+
+
+def test_gallery_picks_most_confident_first():
+    from deadnet_caffe.gallery import pick
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.9, 0.6, 0.1, 0.2, 0.95, 0.45])
+    wrong = pick(labels, probs, 8, wrong=True)
+    assert wrong[0].tolist() == [0, 1] and wrong[1].tolist() == [3, 5]
+    right = pick(labels, probs, 1, wrong=False)
+    assert right[0].tolist() == [2] and right[1].tolist() == [4]
+
+
+def test_data_set_a_card_implies_doses_by_label(run, tmp_path):
+    """Without test_index.csv, Data Set A's card gives each class's dose (one per class)."""
+    run_dir, ds, _ = run
+    card = {
+        "dataset": "A",
+        "labels": {"0": "healthy", "1": "sick"},
+        "positions": {
+            "P/W0/p1": {"part": "test", "label": "healthy", "dose_s": 0.0},
+            "P/W1/p1": {"part": "test", "label": "healthy", "dose_s": 0.0},
+            "P/W2/p1": {"part": "train", "label": "sick", "dose_s": 100.0},
+            "P/W5/p1": {"part": "test", "label": "sick", "dose_s": 200.0},
+        },
+    }
+    for name, dataset in (("a", "A"), ("b", "B")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "test.lmdb").symlink_to(ds / "test.lmdb")
+        (folder / "dataset.json").write_text(json.dumps({**card, "dataset": dataset}))
+        rc = main(["evaluate", "--weights", str(run_dir / "latest.caffemodel"), "--dataset",
+                   str(folder), "--out", str(tmp_path / f"ev_{name}"), "--resamples", "2000",
+                   "--no-progress"])  # fmt: skip
+        assert rc == 0
+    doc = json.loads((tmp_path / "ev_a" / "evaluation.json").read_text())
+    mode = doc["modes"]["published_val"]
+    assert {k: v["n"] for k, v in mode["per_dose"].items()} == {"0.0": 8, "200.0": 8}
+    assert {k: v["n"] for k, v in mode["per_position"].items()} == {"P/W5/p1": 8}
+    assert mode["unexposed"]["n"] == 8
+    assert "healthy: dose; sick: dose; sick: position" in doc["metadata_source"]
+    doc_b = json.loads((tmp_path / "ev_b" / "evaluation.json").read_text())
+    assert doc_b["metadata_source"] == "none" and doc_b["modes"]["published_val"]["per_dose"] == {}

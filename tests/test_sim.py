@@ -112,7 +112,7 @@ def _simulate(out, seed=1, extra=()):
 
 def test_output_round_trips_and_is_deterministic(tmp_path):
     assert _simulate(tmp_path / "a") == 0
-    assert _simulate(tmp_path / "b") == 0
+    assert _simulate(tmp_path / "b", extra=("--jobs", "2")) == 0  # same bytes in parallel
     positions = read_manifest(tmp_path / "a")
     assert [(p.well, p.position, p.dose_s) for p in positions] == [
         ("A1", "p1", 0.0),
@@ -180,3 +180,40 @@ def test_a_frame_is_the_same_whatever_is_rendered_around_it():
     assert len(every3) == 3 and len(every6) == 2
     np.testing.assert_array_equal(every3[2], every6[1])  # step 6
     assert not np.array_equal(every3[0], every3[1])
+
+
+def test_vote_items_are_10_frame_crops_of_low_dose_positions(tmp_path):
+    from data_prep.experiment import Position
+    from data_prep.sim.experiment import vote_items
+
+    def pos(well, dose):
+        return Position("sim", well, "p1", dose, 8.0, 0.3225, 25, tmp_path / f"{well}.tif")
+
+    tiles = [np.full((2, 3), 0.5, np.float32)] * 25  # 25 frames of a 768 x 512 px frame
+    items, truth = vote_items([pos("A1", 0.0), pos("A2", 80.0), pos("A3", 200.0)], [tiles] * 3)
+    assert len(items) == 2 * 2 * 6  # 2 positions x 2 whole 10-frame windows x 6 crops
+    assert {i.position_key for i in items} == {"sim/A1/p1", "sim/A2/p1"}
+    assert {i.t0 for i in items} == {0, 10}
+    assert {(i.y0, i.x0) for i in items} == {(y, x) for y in (0, 256) for x in (0, 256, 512)}
+    assert np.allclose(truth, 0.5)
+
+
+def test_simulated_frame_statistics_are_in_the_range_of_a_real_frame(real_frames_dir):
+    """docs/simulator.md's comparison: histogram tails, spectrum slope, halo at cell edges."""
+    from data_prep.sim.compare import cell_mask, compare
+    from data_prep.sim.experiment import PositionSim
+    from data_prep.sim.params import Settings
+
+    real = tifffile.imread(sorted(real_frames_dir.glob("*.tif"))[0])
+    lay = replace(PRESETS["tiny"], hours=0.0)
+    _, sim, _, _ = next(iter(PositionSim(Settings(lay, seed=1), 0, 0, 0.0)))
+    stats = compare(real, 6.5 / 15.0, sim, paper.PIXEL_SIZE_UM)
+    for name, img, px in (("real", real, 6.5 / 15.0), ("sim", sim, paper.PIXEL_SIZE_UM)):
+        s = stats[name]
+        # a background peak with heavy tails both ways (a Gaussian gives -1.7 / 1.7 IQR):
+        # dark nuclei and granules, bright halos
+        assert s["histogram"]["p1"] < -2.5 and s["histogram"]["p99"] > 2.5
+        assert -3.0 < s["spectrum_slope"] < -1.3
+        assert 0.1 < cell_mask(img, px).mean() < 0.6
+        _, profile = s["edge"]
+        assert np.nanmax(profile) > 1.05  # a bright halo near the cell boundary

@@ -199,3 +199,35 @@ def test_figures_redraws_from_the_log(trained, tmp_path, capsys):
     assert (run / "figure3a_loss.png").stat().st_size > 0
     assert main(["figures", "--run", str(tmp_path)]) == 2
     assert "caffe.log does not exist" in capsys.readouterr().err
+
+
+def test_caffe_cpu_is_deterministic_given_random_seed(tmp_path):
+    """Random crops and Dropout included: two runs of one seed give identical weights."""
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 64, 16)
+    solver = caffe_tiny.write_solver(tmp_path / "net")
+    for name in ("a", "b"):
+        train(TrainSettings(dataset=str(ds), solver=str(solver), run=str(tmp_path / name),
+                            max_iter=20, seed=11), progress=False)  # fmt: skip
+    deploy = tmp_path / "net" / "deploy.prototxt"
+    a = _weights(tmp_path / "a/published_iter_20.caffemodel", deploy)
+    b = _weights(tmp_path / "b/published_iter_20.caffemodel", deploy)
+    for layer in a:
+        for x, y in zip(a[layer], b[layer], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_caffe_failure_is_quoted_and_leaves_no_run(tmp_path, capsys):
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 8, 8)
+    solver = caffe_tiny.write_solver(tmp_path / "net")
+    net = tmp_path / "net" / "train_val.prototxt"
+    net.write_text(net.read_text().replace('bottom: "pool1"', 'bottom: "nowhere"'))
+    run = tmp_path / "run"
+    rc = main(["train", "--dataset", str(ds), "--solver", str(solver), "--run", str(run),
+               "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and not run.exists()
+    assert "Unknown bottom blob 'nowhere'" in err and "the run folder was removed" in err
+    rc = main(["train", "--dataset", str(ds), "--solver", str(solver), "--run", str(run),
+               "--gpu", "99"])  # fmt: skip
+    assert rc == 2 and not run.exists()
+    assert "--gpu 99 was asked for" in capsys.readouterr().err

@@ -20,6 +20,7 @@ time-lapse; the biology runs every 8 min but only every ``render_every``-th fram
 from __future__ import annotations
 
 import csv
+import dataclasses
 import multiprocessing
 import queue
 import threading
@@ -130,11 +131,12 @@ class _StackWriter:
     def put(self, frame: np.ndarray) -> None:
         self.queue.put(frame)
 
-    def close(self) -> None:
+    def close(self, check: bool = True) -> None:
+        """Finish the file; with ``check``, raise what went wrong in the writer thread."""
         if not self.ended:
             self.queue.put(None)
         self.thread.join()
-        if self.error is not None:
+        if check and self.error is not None:
             raise self.error
 
 
@@ -185,9 +187,12 @@ def simulate_position(args: tuple) -> tuple[Position, list[np.ndarray]]:
                 table.writerows(cell_rows(labels, snap, frame, step, t_h))
                 tiles.append(crop_sick_fraction(sick, paper.CROP_PX))
                 last.update(labels=labels, snap=snap)
-    finally:
+    except BaseException:
         for wr in writers:
-            wr.close()
+            wr.close(check=False)  # the first error is the one to report
+        raise
+    for wr in writers:
+        wr.close()
     position = Position(
         plate=lay.plate,
         well=well_name(well),
@@ -275,14 +280,11 @@ def simulate_experiment(
             votes, scale = simulate_votes(items, truth, np.random.default_rng([settings.seed, 7]))
             write_votes(tmp / VOTES_NAME, votes)
         write_settings(tmp, {**settings.to_dict(), "vote_noise_scale": scale, "jobs": jobs})
-    root = out
     return [
-        Position(
-            **{
-                **p.__dict__,
-                "path": root / p.path.relative_to(tmp),
-                "ground_truth": root / p.ground_truth.relative_to(tmp),
-            }
+        dataclasses.replace(
+            p,
+            path=out / p.path.relative_to(tmp),
+            ground_truth=out / p.ground_truth.relative_to(tmp),
         )
         for p in positions
     ]

@@ -16,6 +16,7 @@ overlaps itself. Averaging over the annulus gives the ring's normalised autocorr
 
 The finite ring width is what makes the bright halo around dense objects and the shade-off
 inside large flat ones; the last factor is the defocus ``z`` of a slowly drifting focus.
+The phase map is padded by mirroring before the FFT, so that halos do not wrap around.
 The intensity is divided by the background ``a^2`` and multiplied by a smooth uneven
 illumination; the camera adds shot noise (Gaussian, the signal is thousands of electrons),
 read noise, gain, offset and ``adc_bits`` quantisation, and stores the counts as uint16.
@@ -30,6 +31,7 @@ from data_prep.sim.biology import smooth_field
 from data_prep.sim.params import Optics
 
 _FOCUS_STEP_UM = 0.1  # well inside the 20x/0.75 depth of field (~1 um)
+_PAD_PX = 32  # mirrored margin around the field for the FFT (the halo is a few um)
 
 
 def ring_overlap(shape: tuple[int, int], pixel_size_um: float, o: Optics) -> np.ndarray:
@@ -71,10 +73,16 @@ class PhaseContrast:
         workers: int = 1,
     ):
         self.o, self.shape, self.workers = o, shape, workers
-        ky = scipy.fft.fftfreq(shape[0], pixel_size_um)[:, None]
-        kx = scipy.fft.fftfreq(shape[1], pixel_size_um)[None, :]
+        # the field is padded by mirroring (like more cells beyond the border) so that the
+        # periodic FFT does not wrap halos from one border onto the other
+        fft_shape = tuple(scipy.fft.next_fast_len(n + 2 * _PAD_PX) for n in shape)
+        self.pad = [
+            ((f - n) // 2, f - n - (f - n) // 2) for f, n in zip(fft_shape, shape, strict=True)
+        ]
+        ky = scipy.fft.fftfreq(fft_shape[0], pixel_size_um)[:, None]
+        kx = scipy.fft.fftfreq(fft_shape[1], pixel_size_um)[None, :]
         self.k2 = (kx * kx + ky * ky).astype(np.float32)
-        ring = ring_overlap(shape, pixel_size_um, o)
+        ring = ring_overlap(fft_shape, pixel_size_um, o)
         a = o.ring_transmission * np.exp(-0.5j * np.pi)
         cutoff = self.k2 <= (o.na / o.wavelength_um) ** 2
         self.base_pupil = (cutoff * (1 - (1 - a) * ring)).astype(np.complex64)
@@ -109,12 +117,15 @@ class PhaseContrast:
     def intensity(self, opd: np.ndarray, step: int) -> np.ndarray:
         """Noise-free phase-contrast intensity relative to the background, (H, W) float32."""
         phi = (2 * np.pi / self.o.wavelength_um) * opd.astype(np.float32)
+        phi = np.pad(phi, self.pad, mode="symmetric")
         field = np.empty(phi.shape, np.complex64)
         field.real = np.cos(phi)
         field.imag = np.sin(phi)
         spec = scipy.fft.fft2(field, workers=self.workers, overwrite_x=True)
         spec *= self.pupil(step)
         img = scipy.fft.ifft2(spec, workers=self.workers, overwrite_x=True)
+        (t, _), (left, _) = self.pad
+        img = img[t : t + self.shape[0], left : left + self.shape[1]]
         out = img.real * img.real + img.imag * img.imag
         return out / np.float32(self.background)
 

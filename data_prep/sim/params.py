@@ -57,12 +57,13 @@ class Biology:
     commit_damage: float = 0.5  # damage at which a cell is committed to die
     dying_h: float = 8.0  # median time from commitment to death (rounding, blebbing)
     detach_h: float = 8.0  # median time from death to detachment
-    spontaneous_per_cell: float = 0.05  # at any dose: chance a cell is sick for other reasons
+    spontaneous_per_cell: float = 0.05  # chance per 24 h that a cell is sick for other reasons
     stressed_damage: float = 0.2  # damage from which a cell counts as stressed (ground truth)
     visible_damage: float = 0.1  # damage from which the stressed phenotype starts to show
     phenotype_gain: float = 1.0  # scales how visible the stressed phenotype is (tuned for A)
     # --- Phenotype: how stress and death look (ref, "What photodamage looks like"; tuned) ---
     spread_loss: float = 0.22  # loss of spreading: radius lost at full stress
+    thickening: float = 0.35  # ... and the cell thickens by this much (volume is kept)
     outline_smoothing: float = 0.5  # share of the polygonal outline lost at full stress
     aggregates_max: int = 14  # dark aggregates along the boundary at full stress
     fibres_max: int = 5  # retraction fibres at full stress
@@ -93,6 +94,7 @@ class Optics:
     n_granule: float = 1.42  # lipid droplets and dense granules (ref: "higher")
     n_vacuole: float = 1.338  # close to the medium (ref)
     lamella_um: float = 0.35  # 0.1-1 um (ref)
+    edge_rim_um: float = 0.5  # thicker rim along the edge, ~1 um wide (tuned to the real frames)
     body_um: float = 2.0  # 2-4 um (ref); low end: closer to the real frames
     nucleus_um: float = 5.0  # 4-6 um over the nucleus (ref)
     rounded_um: float = 12.0  # rounded mitotic or dying cell 10-15 um tall (ref)

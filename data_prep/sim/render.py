@@ -188,7 +188,9 @@ class CellRenderer:
         edge = np.clip((1 - rho) * reff / 2.5, 0, 1)
         body_r = 0.55 * reff
         body = np.clip(1 - (r / body_r) ** 2, 0, None) ** 1.5
-        t_spread = edge * (o.lamella_um * (1 + stress) + o.body_um * (1 + 0.6 * stress) * body)
+        thicker = 1 + b.thickening * stress
+        rim = np.exp(-(((1 - rho) * reff / 3.0) ** 2))  # the thicker cortical rim at the edge
+        t_spread = edge * thicker * (o.lamella_um + o.edge_rim_um * rim + o.body_um * body)
         nr = min(float(s["nuc_r"][i]) * (1 - 0.15 * stress), 0.5 * reff)  # daughters: smaller
         ncx = cx + float(s["nuc_dx"][i]) * reff
         ncy = cy + float(s["nuc_dy"][i]) * reff

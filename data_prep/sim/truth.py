@@ -59,7 +59,7 @@ def sick_mask(labels: np.ndarray, ids: np.ndarray, states: np.ndarray) -> np.nda
 
 
 @functools.lru_cache(maxsize=2)
-def _coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def pixel_coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Row and column index of every pixel, flattened (for centroids by bincount)."""
     h, w = shape
     return np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h)
@@ -72,7 +72,7 @@ def cell_rows(
     n = int(max(int(labels.max()), int(snap["id"].max(initial=0)))) + 1
     flat = labels.ravel()
     area = np.bincount(flat, minlength=n)
-    ys, xs = _coords(labels.shape)
+    ys, xs = pixel_coords(labels.shape)
     sum_y = np.bincount(flat, weights=ys, minlength=n)
     sum_x = np.bincount(flat, weights=xs, minlength=n)
     rows = []

@@ -4,8 +4,11 @@ One training iteration (forward, backward and the Nesterov update) of the publis
 (paper Table 1 and the released prototxts: batch 20, 1 x 220 x 220 input, eight
 conv-BatchNorm-Scale-ReLU blocks, four max-poolings, three fully connected layers) is timed
 in pycaffe and in PyTorch on the same machine in the same run; the result is the ratio
-``caffe_over_torch_ratio`` (goal: 1.0 or less). A per-layer profile of the Caffe net
-(forward and backward of each layer, summed per layer type) says where the time goes.
+``caffe_over_torch_ratio`` (goal: 1.0 or less), with each framework's default threading,
+and ``caffe_over_torch_ratio_1thread`` with one thread each. A per-layer profile of the
+Caffe net (forward and backward of each layer, summed per layer type; the rows are written
+to ``caffe_speed_layers.csv``) says where the time goes. docs/cpu-speed.md explains the
+figures and the project's patches (third_party/caffe/patches/0002-0004).
 
 The net is built here from :mod:`deadnet_caffe.paper`, with an ``Input`` layer in place of
 the LMDB ``Data`` layer, so that no data set is needed and both frameworks see the same
@@ -15,12 +18,15 @@ figures are still reported and the ratio is ``None`` with a note saying why.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import importlib.util
 import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +41,7 @@ NAME = "caffe_speed"
 _ITERS = 5
 _ITERS_QUICK = 2
 _QUICK_BATCH = 2
-_QUICK_SIDE = 76  # smallest side > 9 whose blobs stay even-ish: 68, 34, 17, 9, 5
+_QUICK_SIDE = 76  # --quick: blobs 68, 34, 17, 9 and 5 pixels wide
 
 
 def deadnet_netspec(batch: int = paper.BATCH_SIZE, side: int = paper.NET_INPUT_PX) -> str:
@@ -142,16 +148,40 @@ def _batch(batch: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def caffe_iteration_seconds(batch: int, side: int, iters: int) -> tuple[float, dict]:
+@contextlib.contextmanager
+def caffe_threads(n: int | None) -> Iterator[None]:
+    """Run Caffe's BLAS (OpenBLAS) and its OpenMP loops on ``n`` threads within the block.
+
+    ``None`` leaves the thread counts alone (OpenBLAS and OpenMP default to all cores, or
+    to ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``).
+    """
+    if n is None:
+        yield
+        return
+    blas, omp = ctypes.CDLL("libopenblas.so.0"), ctypes.CDLL("libgomp.so.1")
+    old_blas, old_omp = blas.openblas_get_num_threads(), omp.omp_get_max_threads()
+    blas.openblas_set_num_threads(n)
+    omp.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        blas.openblas_set_num_threads(old_blas)
+        omp.omp_set_num_threads(old_omp)
+
+
+def caffe_iteration_seconds(
+    batch: int, side: int, iters: int, threads: tuple[int | None, ...] = (None,)
+) -> tuple[dict, dict]:
     """Best seconds per solver iteration and a per-layer-type profile, both in pycaffe.
 
     Returns
     -------
-    seconds : float
-        Best of ``iters`` timed ``solver.step(1)`` calls (forward, backward, update).
+    seconds : dict
+        ``{threads: s}``: best of ``iters`` timed ``solver.step(1)`` calls (forward,
+        backward, update) for each thread count in ``threads`` (see :func:`caffe_threads`).
     profile : dict
         ``{"by_layer": [(name, type, forward_s, backward_s), ...], "by_type": {type: s}}``,
-        the best of ``iters`` timings of each layer's forward and backward on its own.
+        from :func:`layer_profile` with the default thread counts.
     """
     caffe = import_caffe()
     caffe.set_mode_cpu()
@@ -165,48 +195,64 @@ def caffe_iteration_seconds(batch: int, side: int, iters: int) -> tuple[float, d
     net = solver.net
     net.blobs["data"].data[...] = x
     net.blobs["label"].data[...] = y
-    solver.step(1)  # warm-up: allocates buffers
+    seconds = {}
+    for n in threads:
+        with caffe_threads(n):
+            solver.step(1)  # warm-up: allocates buffers, starts thread pools
+            seconds[n] = _best_of(iters, lambda: solver.step(1))
+    return seconds, layer_profile(net, iters)
+
+
+def _best_of(iters: int, step) -> float:
     best = float("inf")
     for _ in range(iters):
         t0 = time.perf_counter()
-        solver.step(1)
+        step()
         best = min(best, time.perf_counter() - t0)
-    return best, layer_profile(net, iters)
+    return best
 
 
 def layer_profile(net, reps: int) -> dict:
     """Per-layer forward and backward seconds of a pycaffe net (best of ``reps`` each).
 
-    In-place layers are timed on the blob values the full forward left behind, which is
-    what their timing depends on (the amount of data), not their values.
+    Each repetition is one ordinary forward pass and one backward pass, run layer by
+    layer (``net._forward(i, i)`` upwards, ``net._backward(i, i)`` downwards, as
+    ``Net::Forward`` and ``Net::Backward`` do), so that in-place layers see the values
+    of a real iteration rather than their own output fed back to them.
     """
-    net.forward()
-    rows = []
-    for i, (name, layer) in enumerate(zip(net._layer_names, net.layers, strict=True)):
-        if layer.type == "Input":
-            continue
-        fwd = bwd = float("inf")
-        for _ in range(reps):
+    names, layers = list(net._layer_names), list(net.layers)
+    fwd = [float("inf")] * len(layers)
+    bwd = [float("inf")] * len(layers)
+    for _ in range(reps):
+        for i in range(len(layers)):
             t0 = time.perf_counter()
             net._forward(i, i)
-            t1 = time.perf_counter()
+            fwd[i] = min(fwd[i], time.perf_counter() - t0)
+        for i in reversed(range(len(layers))):
+            t0 = time.perf_counter()
             net._backward(i, i)
-            t2 = time.perf_counter()
-            fwd, bwd = min(fwd, t1 - t0), min(bwd, t2 - t1)
-        rows.append((name, layer.type, fwd, bwd))
+            bwd[i] = min(bwd[i], time.perf_counter() - t0)
+    rows = [
+        (names[i], layer.type, fwd[i], bwd[i])
+        for i, layer in enumerate(layers)
+        if layer.type != "Input"
+    ]
     by_type: dict[str, float] = defaultdict(float)
-    for _, kind, fwd, bwd in rows:
-        by_type[kind] += fwd + bwd
+    for _, kind, f, b in rows:
+        by_type[kind] += f + b
     return {"by_layer": rows, "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]))}
 
 
-def torch_iteration_seconds(batch: int, side: int, iters: int) -> float:
+def torch_iteration_seconds(
+    batch: int, side: int, iters: int, threads: tuple[int | None, ...] = (None,)
+) -> dict:
     """Best seconds per training iteration of the same net in PyTorch (CPU, train mode).
 
     Same layers, shapes and update rule as :func:`deadnet_netspec` and the published
     solver: BatchNorm with batch statistics and affine scale/shift (Caffe's BatchNorm +
     Scale), ceiling max-pooling, dropout 0.5, cross-entropy, SGD with Nesterov momentum 0.9
-    and weight decay. PyTorch uses its own thread pool (all cores by default).
+    and weight decay. Returns ``{threads: s}`` like :func:`caffe_iteration_seconds`;
+    ``None`` is PyTorch's own default (all cores).
     """
     import torch
     from torch import nn
@@ -247,20 +293,29 @@ def torch_iteration_seconds(batch: int, side: int, iters: int) -> float:
         loss_fn(model(xt), yt).backward()
         opt.step()
 
-    step()
-    best = float("inf")
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    seconds = {}
+    default_threads = torch.get_num_threads()
+    for n in threads:
+        torch.set_num_threads(n or default_threads)
+        try:
+            step()
+            seconds[n] = _best_of(iters, step)
+        finally:
+            torch.set_num_threads(default_threads)
+    return seconds
 
 
 def run(out_dir: Path, quick: bool) -> dict:
-    """Time both frameworks; write the per-layer profile to ``out_dir/caffe_speed_layers.csv``."""
+    """Time both frameworks; write the per-layer profile to ``out_dir/caffe_speed_layers.csv``.
+
+    Ratios are reported twice: with each framework's default threading (all cores), the
+    figure of issue 6, and with one thread each, which a machine shared with other jobs
+    disturbs much less (busy cores hurt spinning thread pools more than single threads).
+    """
     batch, side = (_QUICK_BATCH, _QUICK_SIDE) if quick else (paper.BATCH_SIZE, paper.NET_INPUT_PX)
     iters = _ITERS_QUICK if quick else _ITERS
-    caffe_s, profile = caffe_iteration_seconds(batch, side, iters)
+    threads = (None, 1)
+    caffe_s, profile = caffe_iteration_seconds(batch, side, iters, threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "caffe_speed_layers.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -270,10 +325,12 @@ def run(out_dir: Path, quick: bool) -> dict:
     res: dict = {
         "batch": batch,
         "input_side": side,
-        "caffe_s_per_iter": round(caffe_s, 4),
+        "cores": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice"),
+        "caffe_s_per_iter": round(caffe_s[None], 4),
+        "caffe_s_per_iter_1thread": round(caffe_s[1], 4),
         "caffe_s_by_layer_type": {k: round(v, 4) for k, v in profile["by_type"].items()},
-        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default (all cores)"),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
     }
     if importlib.util.find_spec("torch") is None:
         res["torch_s_per_iter"] = None
@@ -284,7 +341,9 @@ def run(out_dir: Path, quick: bool) -> dict:
         )
         print(f"  NOTE: {res['note']}", flush=True)
         return res
-    torch_s = torch_iteration_seconds(batch, side, iters)
-    res["torch_s_per_iter"] = round(torch_s, 4)
-    res["caffe_over_torch_ratio"] = round(caffe_s / torch_s, 3)
+    torch_s = torch_iteration_seconds(batch, side, iters, threads)
+    res["torch_s_per_iter"] = round(torch_s[None], 4)
+    res["torch_s_per_iter_1thread"] = round(torch_s[1], 4)
+    res["caffe_over_torch_ratio"] = round(caffe_s[None] / torch_s[None], 3)
+    res["caffe_over_torch_ratio_1thread"] = round(caffe_s[1] / torch_s[1], 3)
     return res

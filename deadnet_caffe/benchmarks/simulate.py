@@ -8,7 +8,8 @@ One stage position is simulated and written (image TIFF, labels, sick mask, cell
 - ``peak_mem_2T_over_T_ratio``: peak traced memory for 2 T frames over T frames (streaming:
   about 1, memory does not grow with the length of the time-lapse);
 - ``streamed_over_unstreamed_mem_ratio``: the streamed writer's peak memory for 2 T frames
-  over a naive writer that stacks all frames in memory and then writes them (the baseline).
+  over a naive writer that does the same work but keeps all frames (image, labels, sick
+  mask) in memory and writes them at the end (the baseline).
 
 Memory is measured with ``tracemalloc`` (numpy reports its buffers to it).
 """
@@ -27,6 +28,7 @@ import tifffile
 from data_prep.sim.biology import Population
 from data_prep.sim.experiment import PositionSim, simulate_position
 from data_prep.sim.params import PRESETS, Settings
+from data_prep.sim.truth import cell_rows, pixel_coords, sick_mask
 
 NAME = "simulate"
 
@@ -46,7 +48,8 @@ def _settings(quick: bool, frames: int) -> Settings:
 
 
 def _peak(fn) -> tuple[float, float]:
-    """(seconds, peak MB traced) of ``fn()``."""
+    """(seconds, peak MB traced) of ``fn()``, from a cold start (no cached coordinates)."""
+    pixel_coords.cache_clear()
     tracemalloc.start()
     tracemalloc.reset_peak()
     t0 = time.perf_counter()
@@ -69,8 +72,16 @@ def run(out_dir: Path, quick: bool) -> dict:
         s2 = _settings(quick, 2 * t)
 
         def unstreamed() -> None:
-            stack = np.stack([img for _, img, _, _ in PositionSim(s2, 0, 0, 80.0)])
-            tifffile.imwrite(root / "naive.tif", stack, imagej=True)
+            """The same work, but every frame kept in memory until the end, then written."""
+            images, labels, sick, rows = [], [], [], []
+            for frame, (step, img, lab, snap) in enumerate(PositionSim(s2, 0, 0, 80.0)):
+                images.append(img)
+                labels.append(lab)
+                sick.append(sick_mask(lab, snap["id"], snap["state"]))
+                rows += cell_rows(lab, snap, frame, step, step * 8 / 60.0)
+            tifffile.imwrite(root / "naive.tif", np.stack(images), imagej=True)
+            tifffile.imwrite(root / "naive_labels.tif", np.stack(labels), compression="zlib")
+            tifffile.imwrite(root / "naive_sick.tif", np.stack(sick), compression="zlib")
 
         _, naive_peak = _peak(unstreamed)
         pop = Population(s2.biology, s2.layout, 80.0, np.random.default_rng(0))

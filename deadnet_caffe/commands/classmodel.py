@@ -16,7 +16,7 @@ import numpy as np
 from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import read_lmdb_crops
-from deadnet_caffe.infer import DeployNet, Grid, add_net_arguments, crop_to_input, read_image_stack
+from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input, read_image_stack
 from deadnet_caffe.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
@@ -67,10 +67,7 @@ def _inits(args) -> dict[int, np.ndarray] | None:
     if args.init_image:
         out = {}
         for c, path in enumerate(args.init_image):
-            frame = read_image_stack(path)[0]
-            g = Grid.over(*frame.shape)
-            y, x = (frame.shape[0] - g.window) // 2, (frame.shape[1] - g.window) // 2
-            out[c] = crop_to_input(frame[y : y + g.window, x : x + g.window])
+            out[c] = centre_input(read_image_stack(path)[0])
         return out
     if args.dataset:
         for split in ("test.lmdb", "train.lmdb"):

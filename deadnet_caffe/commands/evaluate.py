@@ -19,20 +19,28 @@ NAME = "evaluate"
 HELP = "test accuracy with bootstrap BCa intervals, confusion matrix, galleries"
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="trained .caffemodel")
     parser.add_argument("--dataset", required=True, help="folder with test.lmdb")
     parser.add_argument(
         "--net",
-        help="train/val prototxt (default: the one beside --weights, else Data Set A's)",
+        help="train/val prototxt; if absent, the one beside --weights, else Data Set A's",
     )
-    parser.add_argument("--out", help="output folder (default: WEIGHTS' folder/evaluation)")
+    parser.add_argument("--out", help="output folder; if absent, WEIGHTS' folder/evaluation")
     parser.add_argument("--votes", help="votes.csv: annotators' fraction on unexposed cells")
     parser.add_argument("--seed", type=int, default=0, help="seed of the virtual batches")
     parser.add_argument(
-        "--resamples", type=int, default=paper.BOOTSTRAP_RESAMPLES, help="bootstrap resamples"
+        "--resamples", type=_positive, default=paper.BOOTSTRAP_RESAMPLES, help="bootstrap resamples"
     )
-    parser.add_argument("--gallery", type=int, default=8, help="crops per class per gallery")
+    parser.add_argument("--gallery", type=_positive, default=8, help="crops per class per gallery")
+    parser.add_argument("--gpu", type=int, help="GPU device to run on; the CPU if absent")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             resamples=args.resamples,
             gallery=args.gallery,
+            gpu=args.gpu,
         ),
         progress=not args.no_progress,
     )

@@ -27,9 +27,8 @@ from deadnet_caffe.gradcam import (
 )
 from deadnet_caffe.infer import (
     DeployNet,
-    Grid,
     add_net_arguments,
-    crop_to_input,
+    centre_input,
     read_image_stack,
 )
 from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS
@@ -72,11 +71,7 @@ def _examples(args, net):
     if args.images:
         z, names = [], []
         for path in args.images:
-            frames = read_image_stack(path)[:1]
-            h, w = frames.shape[1:]
-            g = Grid.over(h, w)
-            y, x = (h - g.window) // 2, (w - g.window) // 2
-            z.append(crop_to_input(frames[0, y : y + g.window, x : x + g.window]))
+            z.append(centre_input(read_image_stack(path)[0]))
             names.append(path.name)
         z = np.stack(z)
         labels = (net.p_sick(z) >= 0.5).astype(np.int64)  # predicted class
