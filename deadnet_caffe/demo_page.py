@@ -1,0 +1,222 @@
+"""The demo's results: ``summary.json`` (machine-readable) and ``index.html`` (a results page
+with the analogues of the paper's Figures 3-6 and the phototoxicity report)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from deadnet_caffe import paper
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def summarise(cfg, steps: dict[str, dict], total_s: float) -> dict:
+    """Collect the headline figures of a finished demo run.
+
+    Keys: ``test_accuracy``, ``ci_low``, ``ci_high`` (published-val mode, section 2.5 BCa),
+    ``heatmap_auroc`` (pooled over positions with ground truth; Data Set A only),
+    ``step_seconds`` (time of the run that made each step; a reused step keeps its time),
+    ``total_seconds`` of this invocation, and what was reduced or derived and why.
+    """
+    out = Path(cfg.out)
+    ev = _load(out / "evaluation" / "evaluation.json")
+    rep = _load(out / "report" / "summary.json")
+    card = _load(out / f"dataset_{cfg.dataset}" / "dataset.json")
+    summary = {
+        "dataset": cfg.dataset,
+        "test_accuracy": ev.get("accuracy"),
+        "ci_low": ev.get("ci_low"),
+        "ci_high": ev.get("ci_high"),
+        "interval_method": ev.get("interval_method"),
+        "evaluation_mode": ev.get("primary_mode_label"),
+        "accuracy_global_stats": ev.get("modes", {}).get("global_stats", {}).get("accuracy"),
+        "heatmap_auroc": rep.get("validation", {}).get("heatmap_auroc_pooled"),
+        "gradcam_energy_in_sick": rep.get("validation", {}).get("gradcam_energy_in_sick_mean"),
+        "pointing_game_hit_rate": rep.get("validation", {}).get("pointing_game_hit_rate"),
+        "highest_safe_dose": rep.get("highest_safe_dose"),
+        "step_seconds": {k: v["seconds"] for k, v in steps.items()},
+        "steps_reused": [k for k, v in steps.items() if v.get("cached")],
+        "total_seconds": round(total_s, 1),
+        "solver": {
+            "file": f"prototxt/dataset_{cfg.dataset.lower()}/solver.prototxt",
+            "changes": {
+                "base_lr": [paper.BASE_LR, cfg.base_lr],
+                "max_iter": [paper.MAX_ITER, cfg.max_iter],
+                "solver_mode": ["GPU", "CPU"],
+            },
+            "why": (
+                "the published base_lr needs tens of thousands of iterations; the demo's CPU "
+                "budget is a few hundred, so base_lr is 10x higher. The net is as published."
+            ),
+        },
+        "augmentation": card.get("augmentation", {}).get("train"),
+        "train_crops": card.get("counts", {}).get("train", {}).get("crops"),
+        "test_crops": card.get("counts", {}).get("test", {}).get("crops"),
+        "paper": {"accuracy_A": paper.PAPER_ACCURACY_A, "accuracy_B": paper.PAPER_ACCURACY_B},
+    }
+    if cfg.dataset == "B":
+        conc = card.get("concordance", {})
+        summary["concordance"] = conc
+        summary["accuracy_ceiling"] = conc.get("ceiling")
+    return summary
+
+
+def _figure(src: str, caption: str, width: int = 100) -> str:
+    return (
+        f'<figure><img src="{html.escape(src)}" style="max-width:{width}%">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def write_page(cfg, summary: dict) -> Path:
+    """Write ``index.html`` next to the step folders; links are relative, so the folder can
+    be copied or zipped and read anywhere."""
+    out = Path(cfg.out)
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.0f} s</td>"
+        f"<td>{'reused' if k in summary['steps_reused'] else 'ran'}</td></tr>"
+        for k, v in summary["step_seconds"].items()
+    )
+    acc = (
+        f"<b>{_pct(summary['test_accuracy'])}</b> (95% BCa interval "
+        f"{_pct(summary['ci_low'])} to {_pct(summary['ci_high'])}; "
+        f"{html.escape(str(summary['interval_method']))})"
+    )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>DeadNet demo: Data Set {cfg.dataset}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+        "figure{margin:1.5em 0}figcaption{color:#444;font-size:90%}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}</style>",
+        "</head><body>",
+        f"<h1>DeadNet on simulated Data Set {cfg.dataset}</h1>",
+        "<p>The whole DeadNet pipeline on the simulated phase-contrast phototoxicity "
+        "experiment that this toolkit generates (paper section 2.1 layout, 1344 x 1024 16-bit "
+        "frames), trained on two CPU cores. Settings: <code>settings.json</code>; figures: "
+        "<code>summary.json</code>.</p>",
+        "<h2>Performance (Figure 3)</h2>",
+        f"<p>Test accuracy, {html.escape(str(summary['evaluation_mode']))}: {acc}. "
+        f"With BatchNorm's running averages (deploy net): "
+        f"{_pct(summary['accuracy_global_stats'])}. The paper reports "
+        f"{_pct(paper.PAPER_ACCURACY_A)} on its Data Set A after ~500k GPU iterations.</p>",
+        f"<p>Training: the published net and solver, with base_lr "
+        f"{summary['solver']['changes']['base_lr'][1]} instead of "
+        f"{summary['solver']['changes']['base_lr'][0]} and "
+        f"{summary['solver']['changes']['max_iter'][1]} iterations: "
+        f"{html.escape(summary['solver']['why'])} Augmentation: "
+        f"{html.escape(str(summary['augmentation']))}; {summary['train_crops']} training and "
+        f"{summary['test_crops']} test crops.</p>",
+        _figure(
+            "train/figure3a_loss.png",
+            "Figure 3a analogue: training and validation loss "
+            "against iteration (Caffe's own log, parsed).",
+            49,
+        ),
+        _figure(
+            "train/figure3b_accuracy.png",
+            "Figure 3b analogue: validation accuracy against iteration.",
+            49,
+        ),
+        _figure(
+            "evaluation/figure3c_misclassified.png",
+            "Figure 3c analogue: misclassified test crops per class, with P(sick).",
+        ),
+        _figure(
+            "evaluation/figure3d_correct.png",
+            "Figure 3d analogue: correctly classified test crops per class.",
+        ),
+        "<p>Details: <a href='evaluation/report.md'>evaluation report</a> (confusion matrix, "
+        "per dose and position, unexposed-cells check).</p>",
+    ]
+    if cfg.dataset == "B":
+        parts.append(
+            f"<p>Annotator concordance: accuracy ceiling implied "
+            f"{_pct(summary.get('accuracy_ceiling'))} (paper: 77.1% ceiling, 75.7% reached)."
+            "</p>"
+        )
+    if (out / "heatmap").is_dir():
+        gifs = sorted((out / "heatmap").glob("*.gif"))
+        frames = sorted((out / "heatmap").glob("*/overlay_t*.png"))
+        pick = frames[:: max(1, len(frames) // 4)][:4] if frames else []
+        auroc = summary["heatmap_auroc"]
+        parts += [
+            "<h2>Heat maps (Figure 4)</h2>",
+            "<p>The classifier as a sliding window (256 px windows, stride 128, each window "
+            "normalised as in training) over a held-out time-lapse of a lower dose, upsampled "
+            "bilinearly; bright red = P(sick) high. Against the simulator's ground truth, the "
+            f"heat maps of the whole experiment reach an AUROC of "
+            f"<b>{'n/a' if auroc is None else f'{auroc:.3f}'}</b> (pixels of cells, pooled "
+            "over positions).</p>",
+        ]
+        parts += [
+            _figure(
+                str(p.relative_to(out)),
+                f"Frame {p.stem.split('_t')[-1]} of the held-out time-lapse.",
+                49,
+            )
+            for p in pick
+        ]
+        if gifs:
+            parts.append(_figure(str(gifs[0].relative_to(out)), "The whole time-lapse."))
+        parts.append(
+            _figure(
+                "heatmap/sick_fraction.png",
+                "Fraction of the area called sick (P >= 0.5) per frame.",
+            )
+        )
+    if (out / "gradcam").is_dir():
+        parts += [
+            "<h2>Grad-CAM (Figure 5)</h2>",
+            _figure(
+                "gradcam/gradcam_examples.png",
+                "Grad-CAM at conv_d4_2 (eq. 1-2) on test "
+                "crops of each class, with per-image weights and with the class-averaged "
+                "weights of eq. 3.",
+            ),
+            _figure(
+                "gradcam/whole_frame.png",
+                "Whole-frame Grad-CAM stitched from overlapping "
+                "crops: per-crop weights (seams) against class-averaged weights (eq. 3).",
+            ),
+        ]
+    if (out / "classmodel").is_dir():
+        parts += [
+            "<h2>Class models (Figure 6)</h2>",
+            _figure(
+                "classmodel/classmodel.png",
+                "Class model visualisation (eq. 4: "
+                "epsilon 10, lambda1 0.01, lambda2 0.001, 500 iterations), from zeros and "
+                "from an image of the opposing class.",
+            ),
+        ]
+    if (out / "report").is_dir():
+        safe = summary.get("highest_safe_dose") or {}
+        parts += [
+            "<h2>Phototoxicity report (beyond the paper)</h2>",
+            f"<p>Highest dose that looks safe: {html.escape(json.dumps(safe))}. "
+            "Full report: <a href='report/report.md'>report.md</a>.</p>",
+            _figure(
+                "report/fraction_over_time.png",
+                "Fraction of the area predicted sick over time, per dose.",
+            ),
+            _figure(
+                "report/dose_response.png",
+                "Dose response: late sick fraction per position against dose.",
+            ),
+        ]
+    parts += [
+        "<h2>Steps</h2><table><tr><th>step</th><th>time</th><th></th></tr>",
+        rows,
+        "</table></body></html>",
+    ]
+    page = out / "index.html"
+    page.write_text("\n".join(parts) + "\n")
+    return page
