@@ -10,6 +10,10 @@ from deadnet_caffe.errors import UserError
 
 # Caffe logs every net it builds at INFO level; keep the console for our own progress.
 os.environ.setdefault("GLOG_minloglevel", "2")
+# The project's OpenMP layer patches (third_party/caffe/patches/0002, 0003): idle OpenMP
+# workers spin by default, which on a machine with more jobs than cores made two threads
+# 4x slower than one (docs/cpu-speed.md). Passive waiting costs nothing on an idle machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 def import_caffe():

@@ -97,7 +97,7 @@ class DemoConfig:
     test_interval: int = 60
     warps: int = 1  # Data Set A: w = 1 instead of 3
     blurs: int = 1  # b = 1 instead of 2 (A) / 3 (B)
-    early_frames: tuple[int, int] = (0, 3)
+    early_frames: tuple[int, int] = (2, 3)  # frames 2-4: 96-192 min after exposure
     report_every: int = 11
     classmodel_iterations: int = 500
     gradcam_per_class: int = 100
