@@ -19,6 +19,7 @@ sets get crop + variance normalisation only (B test items give their 10 frames).
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing as mp
 import queue
@@ -27,6 +28,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import lmdb
 import numpy as np
 from tqdm import tqdm
 
@@ -445,6 +447,7 @@ def build(cfg: BuildConfig) -> dict:
             for part in ("train", "test")
         }
         _execute(tasks, cfg, lmdbs, total)
+        _write_test_index(tmp / "test.lmdb", tmp / "test_index.csv", tasks, positions)
         card = _card(cfg, positions, tasks, crops_task, labels, parts, frames, extra)
         if "hdf5" in cfg.formats:
             for part in ("train", "test"):
@@ -456,6 +459,20 @@ def build(cfg: BuildConfig) -> dict:
         (tmp / "dataset.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
         write_settings(tmp, _settings(cfg))
     return card
+
+
+def _write_test_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
+    """``test_index.csv``: per test record its LMDB key, position, dose, frame and label, for
+    evaluation per dose and per position (the key's middle field is the task index)."""
+    dose = {p.key: p.dose_s for p in positions}
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn, path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["key", "position", "dose_s", "frame", "label"])
+        for key in txn.cursor().iternext(values=False):
+            task = tasks[int(key.split(b"_")[1])]
+            w.writerow([key.decode(), task.key, f"{dose[task.key]:g}", task.t, task.label])
+    env.close()
 
 
 def _settings(cfg: BuildConfig) -> dict:

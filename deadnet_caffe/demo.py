@@ -92,9 +92,9 @@ class DemoConfig:
     dataset: str = "A"  # "A" or "B"
     preset: str = "demo"
     seed: int = 0
-    max_iter: int = 360
+    max_iter: int = 540
     base_lr: float = DEMO_BASE_LR
-    test_interval: int = 60
+    test_interval: int = 90
     warps: int = 1  # Data Set A: w = 1 instead of 3
     blurs: int = 1  # b = 1 instead of 2 (A) / 3 (B)
     early_frames: tuple[int, int] = (2, 3)  # frames 2-4: 96-192 min after exposure

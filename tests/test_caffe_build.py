@@ -74,7 +74,8 @@ layer { name: "data" type: "Input" top: "data"
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 3 kernel_size: 3 pad: 1
-          weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }
+          weight_filler { type: "gaussian" std: 0.5 }
+          bias_filler { type: "constant" value: 0.1 } } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv"
         batch_norm_param { use_global_stats: false } }
 layer { name: "scale" type: "Scale" bottom: "conv" top: "conv"

@@ -4,6 +4,7 @@ sentence, exit status 2 and no output."""
 
 from __future__ import annotations
 
+import csv
 import json
 import textwrap
 from pathlib import Path
@@ -111,6 +112,12 @@ def test_dataset_a_outputs_card_split_and_caffe_reads_it(built_a, tmp_path):
     rows = (built_a / "split.csv").read_text().splitlines()[1:]
     parts = {r.split(",")[0]: r.split(",")[6] for r in rows}
     assert sorted(parts.values()).count("test") == 2
+    # test_index.csv: one row per test record, naming its (test) position and dose.
+    with (built_a / "test_index.csv").open(newline="") as fh:
+        index = list(csv.DictReader(fh))
+    assert len(index) == 2 * 3
+    assert {r["position"] for r in index} == {k for k, part in parts.items() if part == "test"}
+    assert {(r["dose_s"], r["label"]) for r in index} <= {("0", "0"), ("200", "1")}
     data, label = _read_with_caffe(tmp_path, built_a / "train.lmdb", 24)
     assert sorted(label.tolist()) == [0.0] * 12 + [1.0] * 12
     assert label.tolist() != sorted(label.tolist())  # records are shuffled

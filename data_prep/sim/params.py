@@ -40,7 +40,7 @@ class Biology:
     cycle_h: float = 27.0  # doubling 25-30 h (ref)
     cycle_cv: float = 0.12  # cell-to-cell variation of the cycle length (tuned)
     mitosis_min: float = 50.0  # rounding 45-60 min (ref)
-    initial_cells_per_crop: float = 1.6  # cells per 256 px crop at t=0; 1-6 per crop (paper 2.2)
+    initial_cells_per_crop: float = 3.0  # cells per 256 px crop at t=0; 1-6 per crop (paper 2.2)
     max_cells_per_crop: float = 5.0  # contact inhibition: no division beyond this density
     # --- Photodamage (tuned; paper 2.1-2.2 and ref "What photodamage looks like") ---
     dose_ref_s: float = 123.0  # the hit h = dose / dose_ref * sensitivity; median death ~80 s
