@@ -8,6 +8,7 @@ reused on a rerun; a step that fails leaves no such stamp, so a rerun redoes it.
 
 from __future__ import annotations
 
+import csv
 import json
 import shlex
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_prep.experiment import Position, read_manifest
 from deadnet_caffe.demo_page import summarise, write_page
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import BATCH_SIZE
@@ -104,19 +106,15 @@ class DemoConfig:
     jobs: int = 2
 
 
-def _heldout_position(experiment: Path, split_csv: Path) -> Path:
-    """The TIFF of a position the net never saw: the one whose dose is nearest 80 s among
+def _heldout_position(experiment: Path, split_csv: Path) -> Position:
+    """The position the net never saw: the one whose dose is nearest 80 s among
     positions outside the training split (the paper's Figure 4 shows a lower-dose movie)."""
-    import csv
-
-    from data_prep.experiment import read_manifest
-
     with split_csv.open(newline="") as fh:
         trained = {row["key"] for row in csv.DictReader(fh) if row["part"] == "train"}
     unseen = [p for p in read_manifest(experiment) if p.key not in trained]
     if not unseen:
         raise UserError(f"{split_csv}: every position was used for training; none is held out.")
-    return min(unseen, key=lambda p: (abs(p.dose_s - 80.0), p.key)).path
+    return min(unseen, key=lambda p: (abs(p.dose_s - 80.0), p.key))
 
 
 def _test_iter(dataset: Path) -> int:
@@ -240,7 +238,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
             "heatmap",
             "sliding-window heat maps of a held-out time-lapse",
             out / "heatmap",
-            ["heatmap", *net, "--out", str(out / "heatmap"), str(heldout)],
+            [
+                "heatmap",
+                *net,
+                "--out",
+                str(out / "heatmap"),
+                "--frame-interval-min",
+                f"{heldout.frame_interval_min:g}",
+                str(heldout.path),
+            ],
         )
         step(
             "gradcam",
@@ -256,7 +262,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
                 "--per-class",
                 str(cfg.gradcam_per_class),
                 "--frame",
-                str(heldout),
+                str(heldout.path),
             ],
         )
         step(
