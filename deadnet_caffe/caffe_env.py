@@ -14,6 +14,11 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 # workers spin by default, which on a machine with more jobs than cores made two threads
 # 4x slower than one (docs/cpu-speed.md). Passive waiting costs nothing on an idle machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# MKL, the default CPU BLAS (third_party/caffe/build.sh): bit-identical results from run to
+# run whatever the arrays' alignment, so that a resumed training run repeats an uninterrupted
+# one. Patch 0004 sets the same default on `import caffe`; this also covers the caffe tool
+# when it is started before pycaffe was imported.
+os.environ.setdefault("MKL_CBWR", "AUTO")
 
 
 def import_caffe():

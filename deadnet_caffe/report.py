@@ -32,12 +32,14 @@ from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
 from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, read_image_stack
 from deadnet_caffe.paper import NET_INPUT_PX
 from deadnet_caffe.validate import (
+    SICK_HEALTHY,
     SICK_NONE,
     SICK_SICK,
     auroc,
     cam_energy_inside,
     heatmap_auroc,
     pointing_hit,
+    read_fate_masks,
     read_sick_masks,
 )
 
@@ -45,13 +47,15 @@ SICK_CLASS = 1
 PIXELS_PER_POSITION = 200_000  # cell pixels kept per position for the pooled AUROC
 
 
-def pooled_auroc(results: list[PositionResult]) -> float:
+def pooled_auroc(results: list[PositionResult], attr: str = "pixels") -> float:
     """AUROC of P(sick) over the cell pixels of all positions with ground truth together.
 
     Positions often hold one class only (all healthy at dose 0, all sick at high doses), so
     their own AUROC is undefined; pooling compares sick and healthy cells across positions.
+    ``attr`` is ``"pixels"`` (sick = any damage) or ``"fate_pixels"`` (sick = dying or
+    dead; stressed cells left out).
     """
-    pix = [r.pixels for r in results if r.pixels is not None]
+    pix = [getattr(r, attr) for r in results if getattr(r, attr) is not None]
     if not pix:
         return float("nan")
     return auroc(np.concatenate([p for p, _ in pix]), np.concatenate([y for _, y in pix]))
@@ -70,6 +74,7 @@ class PositionResult:
     pointing: list[bool] = field(default_factory=list)
     cam_all_zero: int = 0
     pixels: tuple[np.ndarray, np.ndarray] | None = None  # subsampled (P(sick), is sick) of cells
+    fate_pixels: tuple[np.ndarray, np.ndarray] | None = None  # (P(sick), is dying or dead)
 
     def late(self, n_late: int) -> float:
         """Mean sick fraction over the last ``n_late`` analysed frames."""
@@ -132,9 +137,18 @@ def analyse_position(
         cell = masks[ids] != SICK_NONE
         step = max(1, int(cell.sum()) // PIXELS_PER_POSITION)
         res.pixels = (probs[cell][::step], (masks[ids][cell] == SICK_SICK)[::step])
+        fate = read_fate_masks(pos.ground_truth, ids)
+        if fate is not None and fate.shape == probs.shape:
+            known = (fate == SICK_HEALTHY) | (fate == SICK_SICK)
+            step = max(1, int(known.sum()) // PIXELS_PER_POSITION)
+            res.fate_pixels = (probs[known][::step], (fate[known] == SICK_SICK)[::step])
         if gc is not None and gradcam_crops > 0:
+            # The analysed frame with the most sick-cell pixels: late frames of high doses
+            # hold only the scattered remains of dead cells, where the maps (rightly) look
+            # at the empty area the dead cells left (paper 3.2, Figure 5).
+            t_cam = max(ids, key=lambda t: int((masks[t] == SICK_SICK).sum()))
             res.cam_energy, res.pointing, res.cam_all_zero = _gradcam_checks(
-                gc, frames[ids[-1]], masks[ids[-1]], gradcam_crops
+                gc, frames[t_cam], masks[t_cam], gradcam_crops
             )
     return res
 
@@ -263,6 +277,7 @@ def write_report(
     valid = [r for r in results if np.isfinite(r.auroc)]
     truth = [r for r in results if r.pixels is not None]
     pooled = pooled_auroc(results)
+    fate = pooled_auroc(results, "fate_pixels")
     energy = [e for r in results for e in r.cam_energy]
     hits = [h for r in results for h in r.pointing]
     zero = sum(r.cam_all_zero for r in results)
@@ -273,6 +288,7 @@ def write_report(
         "highest_safe_dose": safe,
         "validation": {
             "heatmap_auroc_pooled": pooled if np.isfinite(pooled) else None,
+            "heatmap_auroc_fate_pooled": fate if np.isfinite(fate) else None,
             "heatmap_auroc_mean": float(np.mean([r.auroc for r in valid])) if valid else None,
             "positions_with_truth": len(truth),
             "gradcam_energy_in_sick_mean": float(np.mean(energy)) if energy else None,
@@ -334,7 +350,13 @@ def write_report(
         if np.isfinite(pooled):
             md.append(
                 f"- Heat-map AUROC (P(sick) per cell pixel vs sick cells, {len(truth)} positions "
-                f"pooled): {pooled:.3f}."
+                f"pooled): {pooled:.3f} with sick = any damage (stressed, dying or dead)."
+            )
+        if np.isfinite(fate):
+            md.append(
+                f"- Heat-map AUROC by fate (dying or dead cells against healthy ones; stressed "
+                f"cells, which mostly recover, left out; pooled): {fate:.3f}. Data Set A's "
+                "sick label is a fate: positions where every cell ends dead or dying."
             )
         if valid:
             md.append(
@@ -344,8 +366,9 @@ def write_report(
         if hits:
             md.append(
                 f"- Grad-CAM (conv_d4_2, class sick, eq. 1 weights) on {len(hits)} sick crops of "
-                f"the last frame: {100 * v['gradcam_energy_in_sick_mean']:.1f}% of the energy on "
-                f"sick cells; pointing game hit rate {100 * v['pointing_game_hit_rate']:.1f}%."
+                "each position's analysed frame with the most sick cells: "
+                f"{100 * v['gradcam_energy_in_sick_mean']:.1f}% of the energy on sick cells; "
+                f"pointing game hit rate {100 * v['pointing_game_hit_rate']:.1f}%."
             )
         if zero:
             md.append(f"- {zero} sick crops had an all-zero Grad-CAM map (not scored).")

@@ -5,7 +5,12 @@ uint8, 0 on healthy cells, 1 on sick (stressed, dying, dead) cells, 255 off cell
 (:mod:`data_prep.sim.truth`), one page per frame of the position's TIFF. Scores use the
 cell pixels only.
 
-- Heat-map AUROC: P(sick) per pixel against sick / healthy cell pixels (Mann-Whitney U).
+- Heat-map AUROC: P(sick) per pixel against sick / healthy cell pixels (Mann-Whitney U),
+  twice: against any damage (stressed, dying or dead cells are sick), and against fate
+  (dying or dead cells, which are committed to die, against healthy ones; stressed cells,
+  which mostly recover, are left out). The second matches what Data Set A's sick label
+  means (section 2.2: positions where every cell ends dead or dying), and needs the
+  per-cell states (``labels.tif`` and ``cells.csv`` beside ``sick.tif``).
 - Grad-CAM energy: the share of a sick crop's (non-negative) Grad-CAM map that lies on
   sick-cell pixels.
 - Pointing game (Zhang et al. 2016): a hit when the map's maximum lies within
@@ -21,6 +26,13 @@ import numpy as np
 from deadnet_caffe.errors import UserError
 
 SICK_HEALTHY, SICK_SICK, SICK_NONE = 0, 1, 255  # data_prep.sim.truth's values
+FATE_STRESSED = 2  # read_fate_masks: a stressed cell, neither healthy nor committed
+_FATE_OF_STATE = {
+    "healthy": SICK_HEALTHY,
+    "stressed": FATE_STRESSED,
+    "dying": SICK_SICK,
+    "dead": SICK_SICK,
+}
 POINTING_TOLERANCE_PX = 15  # Zhang et al. 2016's pointing-game tolerance
 MAX_AUROC_PIXELS = 2_000_000  # pixels ranked per AUROC (an even subsample beyond this)
 
@@ -39,6 +51,46 @@ def read_sick_masks(ground_truth: Path | None) -> np.ndarray | None:
     except (ValueError, OSError, tifffile.TiffFileError) as err:
         raise UserError(f"{path}: cannot read the ground-truth masks ({err}).") from None
     return masks[None] if masks.ndim == 2 else masks
+
+
+def read_fate_masks(ground_truth: Path | None, frames: list[int]) -> np.ndarray | None:
+    """(len(frames), H, W) uint8 fate masks of a position, or None without per-cell truth.
+
+    Values: ``SICK_HEALTHY`` (0) on healthy cells, ``SICK_SICK`` (1) on dying or dead cells
+    (committed to die), ``FATE_STRESSED`` (2) on stressed cells, ``SICK_NONE`` (255) off
+    cells; from ``labels.tif`` (cell id per pixel) and ``cells.csv`` (state per cell and
+    frame) of :mod:`data_prep.sim.truth`.
+    """
+    import csv
+
+    import tifffile
+
+    if ground_truth is None:
+        return None
+    gt = Path(ground_truth)
+    labels_path, cells_path = gt / "labels.tif", gt / "cells.csv"
+    if not (labels_path.is_file() and cells_path.is_file()):
+        return None
+    wanted = set(frames)
+    state: dict[tuple[int, int], int] = {}
+    try:
+        with cells_path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                t = int(row["frame"])
+                if t in wanted:
+                    state[t, int(row["id"])] = _FATE_OF_STATE[row["state"]]
+        labels = tifffile.imread(labels_path, key=list(frames))
+    except (KeyError, ValueError, OSError, tifffile.TiffFileError) as err:
+        raise UserError(f"{gt}: cannot read the per-cell ground truth ({err}).") from None
+    labels = labels.reshape(len(frames), *labels.shape[-2:])
+    out = np.full(labels.shape, SICK_NONE, dtype=np.uint8)
+    for i, t in enumerate(frames):
+        lut = np.full(int(labels[i].max()) + 1, SICK_NONE, dtype=np.uint8)
+        for (ft, cell), fate in state.items():
+            if ft == t and cell < lut.size:
+                lut[cell] = fate
+        out[i] = lut[labels[i]]
+    return out
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:

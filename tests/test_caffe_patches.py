@@ -1,7 +1,8 @@
 """The project's CPU speed patches to Caffe keep results bit-identical (issue 6 item 5).
 
 third_party/caffe/patches/0002-* (OpenMP element-wise layers), 0003-* (parallel im2col and
-col2im) and 0004-* (OpenBLAS kernel choice) must not change what Caffe computes. Each test
+col2im), 0004-* (BLAS defaults: MKL reproducibility, OpenBLAS kernels) and 0005-* (cache-blocked
+convolution forward pass) must not change what Caffe computes. Each test
 runs a real pycaffe layer on small inputs and compares with numpy:
 
 - exactly (``assert_array_equal``), where numpy can repeat the unpatched code's float32
@@ -256,31 +257,94 @@ def _conv_ref(x, w, b, pad, stride, dil):
 
 
 CONV_CASES = {
-    # name: (input shape, num_output, (kh, kw), pad, stride, dilation)
-    "published_3x3": ((2, 8, 64, 64), 4, (3, 3), (1, 1), (1, 1), (1, 1)),
-    "published_9x9": ((2, 1, 60, 60), 4, (9, 9), (0, 0), (1, 1), (1, 1)),
-    "stride_2_rect": ((2, 3, 33, 37), 5, (3, 2), (1, 0), (2, 2), (1, 1)),
-    "dilated": ((1, 2, 30, 30), 3, (3, 3), (2, 2), (1, 1), (2, 2)),
-    "wide_pad": ((1, 2, 12, 12), 2, (3, 3), (4, 3), (1, 1), (1, 1)),
+    # name: (input shape, num_output, (kh, kw), pad, stride, dilation, group)
+    "published_3x3": ((2, 8, 64, 64), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "published_9x9": ((2, 1, 60, 60), 4, (9, 9), (0, 0), (1, 1), (1, 1), 1),
+    "stride_2_rect": ((2, 3, 33, 37), 5, (3, 2), (1, 0), (2, 2), (1, 1), 1),
+    "dilated": ((1, 2, 30, 30), 3, (3, 3), (2, 2), (1, 1), (2, 2), 1),
+    "wide_pad": ((1, 2, 12, 12), 2, (3, 3), (4, 3), (1, 1), (1, 1), 1),
+    # Patch 0005's blocked forward path: column matrix above 1 MB, <= 32 outputs per group.
+    "blocked_9x9": ((2, 1, 70, 70), 4, (9, 9), (0, 0), (1, 1), (1, 1), 1),
+    "blocked_9x9_odd": ((2, 1, 69, 75), 3, (9, 9), (0, 0), (1, 1), (1, 1), 1),
+    "blocked_3x3": ((2, 16, 48, 48), 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "blocked_3x3_odd": ((2, 16, 45, 77), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "blocked_3x3_32": ((1, 16, 50, 44), 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "blocked_stride_2": ((2, 16, 97, 95), 6, (3, 3), (1, 1), (2, 2), (1, 1), 1),
+    "blocked_dilated": ((1, 16, 50, 50), 4, (3, 3), (2, 2), (1, 1), (2, 2), 1),
+    "blocked_groups": ((1, 32, 40, 40), 16, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    "blocked_over_1mb": ((1, 64, 33, 34), 4, (2, 2), (0, 0), (1, 1), (1, 1), 1),
+    # just outside the blocked path: 33 outputs, or a column matrix of 1 MB exactly
+    "unblocked_33_outputs": ((1, 16, 50, 44), 33, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "unblocked_1mb": ((1, 64, 33, 33), 4, (2, 2), (0, 0), (1, 1), (1, 1), 1),
 }
 
+# Patch 0005 (src/caffe/layers/base_conv_layer.cpp): with MKL, the forward pass is blocked
+# when the column matrix (kernel_dim * group x output pixels, float32) is larger than 1 MB
+# and the layer has at most 32 output channels per group (2-D, not 1x1). With OpenBLAS the
+# "blocked" cases take the unblocked path and must pass just the same.
+BLOCKED_MIN_COL_BYTES = 1 << 20
+BLOCKED_MAX_OUT_CHANNELS = 32
 
-@pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_convolution_exact_on_integer_data(tmp_path, rng, case):
-    shape, o, (kh, kw), pad, stride, dil = CONV_CASES[case]
-    x = _ints(rng, shape)
-    w = _ints(rng, (o, shape[1], kh, kw))
-    b = _ints(rng, (o,))
-    ref_y, backward = _conv_ref(x, w, b, pad, stride, dil)
-    dy = _ints(rng, ref_y.shape)
-    net = _net(
+
+def _conv_geometry(case):
+    """(output height and width, column matrix bytes, whether patch 0005 blocks it)."""
+    shape, o, (kh, kw), pad, stride, dil, group = CONV_CASES[case]
+    oh = (shape[2] + 2 * pad[0] - (dil[0] * (kh - 1) + 1)) // stride[0] + 1
+    ow = (shape[3] + 2 * pad[1] - (dil[1] * (kw - 1) + 1)) // stride[1] + 1
+    col_bytes = 4 * shape[1] * kh * kw * oh * ow
+    blocked = (
+        col_bytes > BLOCKED_MIN_COL_BYTES
+        and o // group <= BLOCKED_MAX_OUT_CHANNELS
+        and (kh, kw, pad, stride) != (1, 1, (0, 0), (1, 1))
+    )
+    return (oh, ow), col_bytes, blocked
+
+
+def test_conv_cases_cover_the_blocked_path_and_its_edges():
+    blocked = {case for case in CONV_CASES if _conv_geometry(case)[2]}
+    assert {case for case in CONV_CASES if case.startswith("blocked")} <= blocked
+    assert not {case for case in CONV_CASES if case.startswith("unblocked")} & blocked
+    assert len(blocked) < len(CONV_CASES) - 2  # the small cases keep the unblocked path
+    assert _conv_geometry("unblocked_1mb")[1] == BLOCKED_MIN_COL_BYTES
+    assert _conv_geometry("blocked_over_1mb")[1] > BLOCKED_MIN_COL_BYTES
+
+
+def _conv_net(tmp_path, case):
+    shape, o, (kh, kw), pad, stride, dil, group = CONV_CASES[case]
+    return _net(
         tmp_path,
         shape,
         f'layer {{ name: "conv" type: "Convolution" bottom: "data" top: "out" '
         f"convolution_param {{ num_output: {o} kernel_h: {kh} kernel_w: {kw} "
         f"pad_h: {pad[0]} pad_w: {pad[1]} stride_h: {stride[0]} stride_w: {stride[1]} "
-        f"dilation: {dil[0]} }} }}",
+        f"dilation: {dil[0]} group: {group} }} }}",
     )
+
+
+def _grouped_conv_ref(x, w, b, pad, stride, dil, group):
+    """_conv_ref per group, concatenated along the channel axis."""
+    xs, ws, bs = (np.split(a, group, axis=ax) for a, ax in ((x, 1), (w, 0), (b, 0)))
+    parts = [_conv_ref(xs[g], ws[g], bs[g], pad, stride, dil) for g in range(group)]
+    y = np.concatenate([p[0] for p in parts], axis=1)
+
+    def backward(dy):
+        grads = [p[1](d) for p, d in zip(parts, np.split(dy, group, axis=1), strict=True)]
+        dx, dw, db = zip(*grads, strict=True)
+        return np.concatenate(dx, axis=1), np.concatenate(dw), np.concatenate(db)
+
+    return y, backward
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_convolution_exact_on_integer_data(tmp_path, rng, case):
+    shape, o, (kh, kw), pad, stride, dil, group = CONV_CASES[case]
+    x = _ints(rng, shape)
+    w = _ints(rng, (o, shape[1] // group, kh, kw))
+    b = _ints(rng, (o,))
+    ref_y, backward = _grouped_conv_ref(x, w, b, pad, stride, dil, group)
+    assert ref_y.shape[2:] == _conv_geometry(case)[0]
+    dy = _ints(rng, ref_y.shape)
+    net = _conv_net(tmp_path, case)
     net.params["conv"][0].data[...] = w
     net.params["conv"][1].data[...] = b
     y, dx = _run(net, x, dy)
@@ -290,6 +354,25 @@ def test_convolution_exact_on_integer_data(tmp_path, rng, case):
     np.testing.assert_array_equal(dx, ref_dx)
     np.testing.assert_array_equal(net.params["conv"][0].diff, ref_dw)
     np.testing.assert_array_equal(net.params["conv"][1].diff, ref_db)
+
+
+# the blocked cases and the two just outside the blocked path
+@pytest.mark.parametrize("case", [c for c in sorted(CONV_CASES) if "blocked" in c])
+def test_convolution_random_data_matches_numpy(tmp_path, rng, case):
+    shape, o, (kh, kw), pad, stride, dil, group = CONV_CASES[case]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // group, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    ref_y, backward = _grouped_conv_ref(x, w, b, pad, stride, dil, group)
+    dy = rng.standard_normal(ref_y.shape).astype(np.float32)
+    net = _conv_net(tmp_path, case)
+    net.params["conv"][0].data[...] = w
+    net.params["conv"][1].data[...] = b
+    y, dx = _run(net, x, dy)
+    ref_dx, ref_dw, _ = backward(dy.astype(np.float64))
+    # sums of up to a few thousand float32 products: compare relative to each array's scale
+    for got, ref in ((y, ref_y), (dx, ref_dx), (net.params["conv"][0].diff, ref_dw)):
+        np.testing.assert_allclose(got, ref, rtol=RTOL, atol=RTOL * np.abs(ref).max())
 
 
 # --- Thread count does not change anything ------------------------------------------------
@@ -326,15 +409,19 @@ np.savez(sys.argv[2], **arrays)
 
 
 @pytest.mark.slow
-def test_one_and_two_openmp_threads_give_identical_bits(tmp_path):
+@pytest.mark.parametrize("channels", [4, 16])  # 16: a 2.4 MB column matrix, patch 0005's path
+def test_one_and_two_openmp_threads_give_identical_bits(tmp_path, channels):
     (tmp_path / "net.prototxt").write_text(
         'layer { name: "data" type: "Input" top: "data" '
-        "input_param { shape { dim: 2 dim: 4 dim: 64 dim: 64 } } }\n" + _BLOCK_NET
+        f"input_param {{ shape {{ dim: 2 dim: {channels} dim: 64 dim: 64 }} }} }}\n" + _BLOCK_NET
     )
     results = {}
     for threads in ("1", "2"):
-        # Only the patches' OpenMP loops change with OMP_NUM_THREADS; BLAS stays on 1.
-        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS="1")
+        # Only the patches' OpenMP loops change with OMP_NUM_THREADS; BLAS (MKL or
+        # OpenBLAS, whichever build.sh linked) stays on 1.
+        env = dict(
+            os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"
+        )
         out = tmp_path / f"t{threads}.npz"
         subprocess.run(
             [sys.executable, "-c", _CHILD, str(tmp_path / "net.prototxt"), str(out)],

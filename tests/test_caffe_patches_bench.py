@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import ctypes
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +50,31 @@ def test_quick_run_reports_times_ratio_and_profile(tmp_path):
     with open(tmp_path / "caffe_speed_layers.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["layer"] for r in rows][:2] == ["conv_d1_1", "bn_d1_1"]
+
+
+def test_caffe_threads_sets_and_restores_the_linked_blas():
+    """The thread switch reaches the BLAS that libcaffe really uses (MKL's C entry points)."""
+    kind, lib = caffe_speed.caffe_blas()
+    assert kind in ("mkl", "openblas") and lib is not None and lib.exists()
+    blas = ctypes.CDLL(str(lib))
+    get = blas.MKL_Get_Max_Threads if kind == "mkl" else blas.openblas_get_num_threads
+    before = get()
+    with caffe_speed.caffe_threads(1):
+        assert get() == 1
+    assert get() == before
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "AUTO"), ("COMPATIBLE", "COMPATIBLE")])
+def test_import_caffe_asks_mkl_for_reproducible_results(preset, expected):
+    """Patch 0004: ``import caffe`` sets MKL_CBWR=AUTO unless the user chose a value."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if preset:
+        env["MKL_CBWR"] = preset
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, caffe; print(os.environ['MKL_CBWR'])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == expected

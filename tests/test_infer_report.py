@@ -13,7 +13,17 @@ from infer_nets import phase_like, write_net
 from data_prep.experiment import Position, write_manifest
 from deadnet_caffe.cli import main
 from deadnet_caffe.report import PositionResult, flag_positions, highest_safe_dose, pooled_auroc
-from deadnet_caffe.validate import auroc, cam_energy_inside, heatmap_auroc, pointing_hit
+from deadnet_caffe.validate import (
+    FATE_STRESSED,
+    SICK_HEALTHY,
+    SICK_NONE,
+    SICK_SICK,
+    auroc,
+    cam_energy_inside,
+    heatmap_auroc,
+    pointing_hit,
+    read_fate_masks,
+)
 
 
 def test_auroc_known_answers():
@@ -110,3 +120,29 @@ def test_report_cli_with_ground_truth(tmp_path, rng):
     assert "Highest dose that looks safe" in md and "dose_response.png" in md
     for name in ("dose_response.png", "fraction_over_time.png", "fractions.csv"):
         assert (out / name).is_file()
+
+
+def test_fate_masks_from_labels_and_cell_states(tmp_path):
+    """Dying and dead cells are committed (1), stressed ones apart (2), off-cell 255."""
+    labels = np.zeros((3, 4, 6), np.uint16)
+    labels[:, :, :2], labels[:, :, 2:4] = 1, 2  # cell 1 left, cell 2 middle, right empty
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    states = {0: ("healthy", "stressed"), 1: ("healthy", "dying"), 2: ("stressed", "dead")}
+    rows = ["frame,step,time_h,id,state,damage,centroid_x,centroid_y,area_px"]
+    for t, (s1, s2) in states.items():
+        rows += [f"{t},{t},0,1,{s1},0,0,0,8", f"{t},{t},0,2,{s2},0,0,0,8"]
+    (tmp_path / "cells.csv").write_text("\n".join(rows) + "\n")
+    fate = read_fate_masks(tmp_path, [0, 2])
+    assert fate.shape == (2, 4, 6)
+    assert (fate[0, :, :2] == SICK_HEALTHY).all() and (fate[0, :, 2:4] == FATE_STRESSED).all()
+    assert (fate[1, :, :2] == FATE_STRESSED).all() and (fate[1, :, 2:4] == SICK_SICK).all()
+    assert (fate[:, :, 4:] == SICK_NONE).all()
+    assert read_fate_masks(tmp_path / "missing", [0]) is None
+
+
+def test_pooled_fate_auroc_uses_its_own_pixels():
+    a, b = _result("a", 0, 0.0), _result("b", 80, 0.5)
+    a.pixels = (np.array([0.1, 0.9]), np.array([False, True]))  # any damage: perfect
+    b.fate_pixels = (np.array([0.2, 0.4]), np.array([True, False]))  # fate: inverted
+    assert pooled_auroc([a, b]) == 1.0
+    assert pooled_auroc([a, b], "fate_pixels") == 0.0

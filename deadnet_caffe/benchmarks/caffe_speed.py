@@ -3,12 +3,13 @@
 One training iteration (forward, backward and the Nesterov update) of the published net
 (paper Table 1 and the released prototxts: batch 20, 1 x 220 x 220 input, eight
 conv-BatchNorm-Scale-ReLU blocks, four max-poolings, three fully connected layers) is timed
-in pycaffe and in PyTorch on the same machine in the same run; the result is the ratio
+in pycaffe and in PyTorch on the same machine in the same run, one iteration of each in
+turn (:func:`interleaved_seconds`); the result is the ratio
 ``caffe_over_torch_ratio`` (goal: 1.0 or less), with each framework's default threading,
 and ``caffe_over_torch_ratio_1thread`` with one thread each. A per-layer profile of the
 Caffe net (forward and backward of each layer, summed per layer type; the rows are written
 to ``caffe_speed_layers.csv``) says where the time goes. docs/cpu-speed.md explains the
-figures and the project's patches (third_party/caffe/patches/0002-0004).
+figures, the BLAS choice and the project's patches (third_party/caffe/patches/).
 
 The net is built here from :mod:`deadnet_caffe.paper`, with an ``Input`` layer in place of
 the LMDB ``Data`` layer, so that no data set is needed and both frameworks see the same
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
+import functools
 import importlib.util
 import os
 import tempfile
@@ -38,7 +40,7 @@ NAME = "caffe_speed"
 
 # Iterations timed (after one warm-up iteration); the best of them is reported, which is the
 # figure least disturbed by other processes on a shared machine.
-_ITERS = 5
+_ITERS = 8
 _ITERS_QUICK = 2
 _QUICK_BATCH = 2
 _QUICK_SIDE = 76  # --quick: blobs 68, 34, 17, 9 and 5 pixels wide
@@ -148,40 +150,72 @@ def _batch(batch: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def caffe_blas() -> tuple[str, Path | None]:
+    """Which BLAS the loaded libcaffe uses, and the library's path.
+
+    Read from this process's memory map after ``import caffe``: ``("mkl", libmkl_intel_lp64)``
+    for the default x86-64 build, ``("openblas", libopenblas)`` for ``build.sh --blas
+    openblas``, or ``("unknown", None)``.
+    """
+    import_caffe()
+    maps = Path("/proc/self/maps").read_text().split("\n")
+    for name, marker in (("mkl", "libmkl_intel_lp64.so"), ("openblas", "libopenblas.so")):
+        hits = [line.split()[-1] for line in maps if marker in line]
+        if hits:
+            return name, Path(hits[0])
+    return "unknown", None
+
+
+def _blas_describe(kind: str, lib: Path | None) -> str:
+    if kind == "mkl" and lib is not None:
+        buf = ctypes.create_string_buffer(256)
+        ctypes.CDLL(str(lib)).MKL_Get_Version_String(buf, len(buf))
+        return f"{buf.value.decode().strip()}, MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}"
+    if kind == "openblas":
+        coretype = os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice")
+        return f"OpenBLAS {lib.name if lib else ''}, OPENBLAS_CORETYPE={coretype}"
+    return kind
+
+
 @contextlib.contextmanager
 def caffe_threads(n: int | None) -> Iterator[None]:
-    """Run Caffe's BLAS (OpenBLAS) and its OpenMP loops on ``n`` threads within the block.
+    """Run Caffe's BLAS (MKL or OpenBLAS) and its OpenMP loops on ``n`` threads in the block.
 
-    ``None`` leaves the thread counts alone (OpenBLAS and OpenMP default to all cores, or
-    to ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``).
+    ``None`` leaves the thread counts alone (both default to all cores, or to
+    ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``).
     """
     if n is None:
         yield
         return
-    blas, omp = ctypes.CDLL("libopenblas.so.0"), ctypes.CDLL("libgomp.so.1")
-    old_blas, old_omp = blas.openblas_get_num_threads(), omp.omp_get_max_threads()
-    blas.openblas_set_num_threads(n)
+    kind, lib = caffe_blas()
+    omp = ctypes.CDLL("libgomp.so.1")
+    blas = ctypes.CDLL(str(lib)) if lib is not None else None
+    get_set = {
+        "mkl": ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads"),  # the C (by-value) entry points
+        "openblas": ("openblas_get_num_threads", "openblas_set_num_threads"),
+    }.get(kind)
+    old_omp = omp.omp_get_max_threads()
+    old_blas = getattr(blas, get_set[0])() if blas and get_set else None
     omp.omp_set_num_threads(n)
+    if old_blas is not None:
+        getattr(blas, get_set[1])(n)
     try:
         yield
     finally:
-        blas.openblas_set_num_threads(old_blas)
         omp.omp_set_num_threads(old_omp)
+        if old_blas is not None:
+            getattr(blas, get_set[1])(old_blas)
 
 
-def caffe_iteration_seconds(
-    batch: int, side: int, iters: int, threads: tuple[int | None, ...] = (None,)
-) -> tuple[dict, dict]:
-    """Best seconds per solver iteration and a per-layer-type profile, both in pycaffe.
+def caffe_step(batch: int, side: int):
+    """A pycaffe solver of the published net on a fixed random batch, and its step.
 
     Returns
     -------
-    seconds : dict
-        ``{threads: s}``: best of ``iters`` timed ``solver.step(1)`` calls (forward,
-        backward, update) for each thread count in ``threads`` (see :func:`caffe_threads`).
-    profile : dict
-        ``{"by_layer": [(name, type, forward_s, backward_s), ...], "by_type": {type: s}}``,
-        from :func:`layer_profile` with the default thread counts.
+    net : caffe.Net
+        The solver's train net (for :func:`layer_profile`).
+    step : callable
+        One ``solver.step(1)``: forward, backward and the Nesterov update.
     """
     caffe = import_caffe()
     caffe.set_mode_cpu()
@@ -195,12 +229,37 @@ def caffe_iteration_seconds(
     net = solver.net
     net.blobs["data"].data[...] = x
     net.blobs["label"].data[...] = y
-    seconds = {}
-    for n in threads:
-        with caffe_threads(n):
-            solver.step(1)  # warm-up: allocates buffers, starts thread pools
-            seconds[n] = _best_of(iters, lambda: solver.step(1))
-    return seconds, layer_profile(net, iters)
+    return net, lambda: solver.step(1)
+
+
+def interleaved_seconds(steps: dict, iters: int) -> dict:
+    """Best seconds of each step, timed in alternation so that all see the same machine.
+
+    Parameters
+    ----------
+    steps : dict
+        name -> (context manager factory setting the threads, step callable).
+    iters : int
+        Timed rounds; each round runs every step once inside its context. One untimed
+        warm-up round comes first (buffers, thread pools).
+
+    Returns
+    -------
+    dict
+        name -> best seconds over the rounds. On a shared machine the load drifts during a
+        run; alternating the frameworks puts both under the same drift, which keeps their
+        ratio steadier than timing one after the other.
+    """
+    best = dict.fromkeys(steps, float("inf"))
+    for r in range(iters + 1):
+        for name, (threads, step) in steps.items():
+            with threads():
+                t0 = time.perf_counter()
+                step()
+                dt = time.perf_counter() - t0
+            if r:
+                best[name] = min(best[name], dt)
+    return best
 
 
 def _best_of(iters: int, step) -> float:
@@ -243,16 +302,13 @@ def layer_profile(net, reps: int) -> dict:
     return {"by_layer": rows, "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]))}
 
 
-def torch_iteration_seconds(
-    batch: int, side: int, iters: int, threads: tuple[int | None, ...] = (None,)
-) -> dict:
-    """Best seconds per training iteration of the same net in PyTorch (CPU, train mode).
+def torch_step(batch: int, side: int):
+    """The same net in PyTorch (CPU, train mode) on the same batch, and its step.
 
     Same layers, shapes and update rule as :func:`deadnet_netspec` and the published
     solver: BatchNorm with batch statistics and affine scale/shift (Caffe's BatchNorm +
     Scale), ceiling max-pooling, dropout 0.5, cross-entropy, SGD with Nesterov momentum 0.9
-    and weight decay. Returns ``{threads: s}`` like :func:`caffe_iteration_seconds`;
-    ``None`` is PyTorch's own default (all cores).
+    and weight decay.
     """
     import torch
     from torch import nn
@@ -293,16 +349,20 @@ def torch_iteration_seconds(
         loss_fn(model(xt), yt).backward()
         opt.step()
 
-    seconds = {}
-    default_threads = torch.get_num_threads()
-    for n in threads:
-        torch.set_num_threads(n or default_threads)
-        try:
-            step()
-            seconds[n] = _best_of(iters, step)
-        finally:
-            torch.set_num_threads(default_threads)
-    return seconds
+    return step
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """PyTorch on ``n`` threads within the block (``None``: its default, all cores)."""
+    import torch
+
+    default = torch.get_num_threads()
+    torch.set_num_threads(n or default)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(default)
 
 
 def run(out_dir: Path, quick: bool) -> dict:
@@ -314,8 +374,17 @@ def run(out_dir: Path, quick: bool) -> dict:
     """
     batch, side = (_QUICK_BATCH, _QUICK_SIDE) if quick else (paper.BATCH_SIZE, paper.NET_INPUT_PX)
     iters = _ITERS_QUICK if quick else _ITERS
-    threads = (None, 1)
-    caffe_s, profile = caffe_iteration_seconds(batch, side, iters, threads)
+    have_torch = importlib.util.find_spec("torch") is not None
+    net, c_step = caffe_step(batch, side)
+    steps = {}
+    for n in (None, 1):
+        steps[("caffe", n)] = (functools.partial(caffe_threads, n), c_step)
+    if have_torch:
+        t_step = torch_step(batch, side)
+        for n in (None, 1):
+            steps[("torch", n)] = (functools.partial(torch_threads, n), t_step)
+    best = interleaved_seconds(steps, iters)
+    profile = layer_profile(net, iters)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "caffe_speed_layers.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -327,12 +396,12 @@ def run(out_dir: Path, quick: bool) -> dict:
         "input_side": side,
         "cores": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice"),
-        "caffe_s_per_iter": round(caffe_s[None], 4),
-        "caffe_s_per_iter_1thread": round(caffe_s[1], 4),
+        "caffe_blas": _blas_describe(*caffe_blas()),
+        "caffe_s_per_iter": round(best["caffe", None], 4),
+        "caffe_s_per_iter_1thread": round(best["caffe", 1], 4),
         "caffe_s_by_layer_type": {k: round(v, 4) for k, v in profile["by_type"].items()},
     }
-    if importlib.util.find_spec("torch") is None:
+    if not have_torch:
         res["torch_s_per_iter"] = None
         res["caffe_over_torch_ratio"] = None
         res["note"] = (
@@ -341,9 +410,8 @@ def run(out_dir: Path, quick: bool) -> dict:
         )
         print(f"  NOTE: {res['note']}", flush=True)
         return res
-    torch_s = torch_iteration_seconds(batch, side, iters, threads)
-    res["torch_s_per_iter"] = round(torch_s[None], 4)
-    res["torch_s_per_iter_1thread"] = round(torch_s[1], 4)
-    res["caffe_over_torch_ratio"] = round(caffe_s[None] / torch_s[None], 3)
-    res["caffe_over_torch_ratio_1thread"] = round(caffe_s[1] / torch_s[1], 3)
+    res["torch_s_per_iter"] = round(best["torch", None], 4)
+    res["torch_s_per_iter_1thread"] = round(best["torch", 1], 4)
+    res["caffe_over_torch_ratio"] = round(best["caffe", None] / best["torch", None], 3)
+    res["caffe_over_torch_ratio_1thread"] = round(best["caffe", 1] / best["torch", 1], 3)
     return res
