@@ -14,6 +14,20 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _safe_dose_text(safe: dict) -> str:
+    """The report's highest safe dose as a sentence fragment, e.g. '80 s (bootstrap ...)'."""
+    if not safe:
+        return "n/a (no report)"
+    dose = "none" if safe.get("dose") is None else f"<b>{safe['dose']:g} s</b>"
+    ci = " to ".join("none" if c is None else f"{c:g} s" for c in safe.get("ci", []))
+    return (
+        f"{dose} (bootstrap 95% interval {ci}; {100 * safe.get('agree', 0):.0f}% of "
+        f"{safe.get('n_boot')} resamples agree; a position is flagged when its late sick "
+        f"fraction exceeds the dose-0 baseline {safe.get('baseline', 0):.3f} by more than "
+        f"{safe.get('limit', 0) - safe.get('baseline', 0):.2f})"
+    )
+
+
 def summarise(cfg, steps: dict[str, dict], total_s: float) -> dict:
     """Collect the headline figures of a finished demo run.
 
@@ -210,7 +224,7 @@ def write_page(cfg, summary: dict) -> Path:
         safe = summary.get("highest_safe_dose") or {}
         parts += [
             "<h2>Phototoxicity report (beyond the paper)</h2>",
-            f"<p>Highest dose that looks safe: {html.escape(json.dumps(safe))}. "
+            f"<p>Highest dose that looks safe: {_safe_dose_text(safe)}. "
             "Full report: <a href='report/report.md'>report.md</a>.</p>",
             _figure(
                 "report/fraction_over_time.png",
