@@ -62,10 +62,12 @@ def test_vote_by_click_and_key_then_undo(tmp_path, browser):
 
     def ready_with(voted: int) -> str:
         """Wait until the page shows a loaded item and ``voted`` votes; return the item id."""
+        # One script reads both, so that the page cannot change between the two reads.
         wait.until(
-            lambda d: (
-                d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready"
-                and d.find_element(By.ID, "progress-text").text == f"{voted} of 5 items voted"
+            lambda d: d.execute_script(
+                "return document.body.dataset.state === 'ready' && "
+                "document.getElementById('progress-text').textContent === arguments[0];",
+                f"{voted} of 5 items voted",
             )
         )
         return browser.find_element(By.TAG_NAME, "body").get_attribute("data-item")

@@ -59,7 +59,6 @@ async function loadNext(next) {
   showFrame(0);
   play(true);
   document.body.dataset.item = next.item_id;
-  document.body.dataset.state = "ready";
 }
 
 async function run(action) {
@@ -76,6 +75,10 @@ async function run(action) {
     document.body.dataset.state = "error";
   } finally {
     state.busy = false;
+  }
+  // "ready" only once input is taken again: a vote key pressed while busy is ignored.
+  if (state.item && document.body.dataset.state === "loading") {
+    document.body.dataset.state = "ready";
   }
 }
 
