@@ -71,14 +71,13 @@ def read_fate_masks(ground_truth: Path | None, frames: list[int]) -> np.ndarray 
     labels_path, cells_path = gt / "labels.tif", gt / "cells.csv"
     if not (labels_path.is_file() and cells_path.is_file()):
         return None
-    wanted = set(frames)
-    state: dict[tuple[int, int], int] = {}
+    fates: dict[int, dict[int, int]] = {t: {} for t in frames}  # frame -> cell id -> fate
     try:
         with cells_path.open(newline="") as fh:
             for row in csv.DictReader(fh):
                 t = int(row["frame"])
-                if t in wanted:
-                    state[t, int(row["id"])] = _FATE_OF_STATE[row["state"]]
+                if t in fates:
+                    fates[t][int(row["id"])] = _FATE_OF_STATE[row["state"]]
         labels = tifffile.imread(labels_path, key=list(frames))
     except (KeyError, ValueError, OSError, tifffile.TiffFileError) as err:
         raise UserError(f"{gt}: cannot read the per-cell ground truth ({err}).") from None
@@ -86,8 +85,8 @@ def read_fate_masks(ground_truth: Path | None, frames: list[int]) -> np.ndarray 
     out = np.full(labels.shape, SICK_NONE, dtype=np.uint8)
     for i, t in enumerate(frames):
         lut = np.full(int(labels[i].max()) + 1, SICK_NONE, dtype=np.uint8)
-        for (ft, cell), fate in state.items():
-            if ft == t and cell < lut.size:
+        for cell, fate in fates[t].items():
+            if cell < lut.size:
                 lut[cell] = fate
         out[i] = lut[labels[i]]
     return out

@@ -262,15 +262,6 @@ def interleaved_seconds(steps: dict, iters: int) -> dict:
     return best
 
 
-def _best_of(iters: int, step) -> float:
-    best = float("inf")
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def layer_profile(net, reps: int) -> dict:
     """Per-layer forward and backward seconds of a pycaffe net (best of ``reps`` each).
 
