@@ -1,9 +1,10 @@
 """The project's CPU speed patches to Caffe keep results bit-identical (issue 6 item 5).
 
 third_party/caffe/patches/0002-* (OpenMP element-wise layers), 0003-* (parallel im2col and
-col2im), 0004-* (BLAS defaults: MKL reproducibility, OpenBLAS kernels) and 0005-* (cache-blocked
-convolution forward pass) must not change what Caffe computes. Each test
-runs a real pycaffe layer on small inputs and compares with numpy:
+col2im), 0004-* (BLAS defaults: MKL reproducibility, OpenBLAS kernels), 0005-* (cache-blocked
+convolution forward pass), 0006-* (fewer BatchNorm and Scale passes in place), 0007-*
+(huge-page blobs) and 0008-* (2 x 2 max-pooling fast path) must not change what Caffe
+computes. Each test runs a real pycaffe layer on small inputs and compares with numpy:
 
 - exactly (``assert_array_equal``), where numpy can repeat the unpatched code's float32
   operations in the same order, or where the inputs are chosen so that every sum is exact
@@ -22,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +89,12 @@ layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn"
         batch_norm_param { use_global_stats: false eps: 0 } }
 layer { name: "scale" type: "Scale" bottom: "bn" top: "out" scale_param { bias_term: true } }
 """
+# The published blocks run both layers in place (patch 0006's one-pass paths).
+BN_SCALE_IN_PLACE = """
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data"
+        batch_norm_param { use_global_stats: false eps: 0 } }
+layer { name: "scale" type: "Scale" bottom: "data" top: "data" scale_param { bias_term: true } }
+"""
 
 
 def _bn_exact_inputs(rng, n: int, c: int, side: int):
@@ -102,19 +110,21 @@ def _bn_exact_inputs(rng, n: int, c: int, side: int):
     return (mean_c + 2.0 * sign).astype(np.float32), sign.astype(np.float32)
 
 
-def test_batchnorm_scale_exact_known_answer(tmp_path, rng):
+@pytest.mark.parametrize("in_place", [False, True])
+def test_batchnorm_scale_exact_known_answer(tmp_path, rng, in_place):
     n, c, side = 2, 4, 64  # spatial 4096 and n * spatial 8192: powers of two
     x, sign = _bn_exact_inputs(rng, n, c, side)
     dy = _ints(rng, x.shape)
     gamma = np.array([2.0, -0.5, 0.0, 3.0], dtype=np.float32)
     beta = np.array([1.0, 0.25, -2.0, 0.0], dtype=np.float32)
-    net = _net(tmp_path, x.shape, BN_SCALE)
+    net = _net(tmp_path, x.shape, BN_SCALE_IN_PLACE if in_place else BN_SCALE)
     net.params["scale"][0].data[...] = gamma
     net.params["scale"][1].data[...] = beta
-    y, dx = _run(net, x, dy)
+    y, dx = _run(net, x, dy, out="data" if in_place else "out")
     g, b = gamma.reshape(1, c, 1, 1), beta.reshape(1, c, 1, 1)
     # BatchNorm output is exactly +-1; Scale: sscal (zeros for gamma 0), then + beta.
-    np.testing.assert_array_equal(net.blobs["bn"].data, sign)
+    if not in_place:
+        np.testing.assert_array_equal(net.blobs["bn"].data, sign)
     np.testing.assert_array_equal(y, np.where(g == 0, 0, g * sign) + b)
     assert not np.signbit(y[:, 2] - beta[2]).any()  # gamma 0 writes +0, not 0 * x
     # Backward through Scale: dbn = gamma * dy (zeros for gamma 0); gradient sums exact.
@@ -127,6 +137,46 @@ def test_batchnorm_scale_exact_known_answer(tmp_path, rng):
     s_dy = dbn.sum(axis=(0, 2, 3), keepdims=True).astype(np.float32)
     expect = (dbn + m * (sign * s_dyy + s_dy)) / np.float32(2.0)
     np.testing.assert_array_equal(dx, expect.astype(np.float32))
+
+
+@pytest.mark.parametrize("bias_term", [True, False])
+@pytest.mark.parametrize("force_backward", [True, False])
+def test_scale_in_place_paths_exact(tmp_path, rng, bias_term, force_backward):
+    """In place, Scale's one-pass forward (with a bias) and backward (with an input
+    gradient) and its old passes (no bias; no input gradient) give the same answers."""
+    shape = (2, 3, 80, 80)  # 38400 elements: the OpenMP path
+    x, dy = _ints(rng, shape), _ints(rng, shape)
+    gamma = np.array([2.0, 0.0, -1.5], dtype=np.float32)
+    beta = np.array([0.5, -1.0, 4.0], dtype=np.float32)
+    (tmp_path / "net.prototxt").write_text(
+        ("force_backward: true\n" if force_backward else "")
+        + 'layer { name: "data" type: "Input" top: "data" '
+        + "input_param { shape { dim: 2 dim: 3 dim: 80 dim: 80 } } }\n"
+        + 'layer { name: "scale" type: "Scale" bottom: "data" top: "data" '
+        + f"scale_param {{ bias_term: {str(bias_term).lower()} }} "
+        # Without force_backward, a loss weight makes Caffe run the layer's backward pass
+        # for its parameters only (the input needs no gradient).
+        + ("}" if force_backward else "loss_weight: 1 }")
+    )
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    net.params["scale"][0].data[...] = gamma
+    if bias_term:
+        net.params["scale"][1].data[...] = beta
+    y, dx = _run(net, x, dy, out="data")
+    g = gamma.reshape(1, 3, 1, 1)
+    expect = np.where(g == 0, np.float32(0), g * x)
+    if bias_term:
+        expect = expect + beta.reshape(1, 3, 1, 1)
+    np.testing.assert_array_equal(y, expect)
+    if not bias_term:
+        assert not np.signbit(y[:, 1]).any()  # gamma 0 writes +0, not 0 * x
+    np.testing.assert_array_equal(net.params["scale"][0].diff, (dy * x).sum(axis=(0, 2, 3)))
+    if bias_term:
+        np.testing.assert_array_equal(net.params["scale"][1].diff, dy.sum(axis=(0, 2, 3)))
+    if force_backward:
+        np.testing.assert_array_equal(dx, np.where(g == 0, np.float32(0), g * dy))
+    else:  # no input gradient: Caffe leaves the (in-place) diff as the top gradient
+        np.testing.assert_array_equal(dx, dy)
 
 
 def test_batchnorm_random_inputs_match_numpy(tmp_path, rng):
@@ -175,6 +225,33 @@ def test_batchnorm_global_stats_divides_by_stored_std(tmp_path, rng):
     np.testing.assert_array_equal(dx, dy / std)
 
 
+# --- Huge pages for large blobs (patch 0007) -----------------------------------------------
+def _vma_flags(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds ``address``."""
+    fields, inside = {}, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+    return fields
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_large_blobs_are_2mb_aligned_and_ask_for_huge_pages(tmp_path):
+    net = _net(tmp_path, (1, 2, 1024, 1024), "")  # 8 MB
+    address = net.blobs["data"].data.ctypes.data
+    assert address % (2 << 20) == 0
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = thp.read_text() if thp.exists() else "[never]"
+    if "[never]" not in mode:  # madvise or always: the blob's mapping may use huge pages
+        assert _vma_flags(address).get("THPeligible") == "1"
+
+
 # --- Max pooling --------------------------------------------------------------------------
 def _maxpool_ref(x, k, s, out_side):
     """Caffe's scan: first strict maximum in row-major window order; -1 never happens here."""
@@ -193,7 +270,9 @@ def _maxpool_ref(x, k, s, out_side):
     return y, idx
 
 
-@pytest.mark.parametrize(("kernel", "stride", "side", "out_side"), [(2, 2, 53, 27), (3, 2, 41, 20)])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "side", "out_side"), [(2, 2, 53, 27), (2, 2, 64, 32), (3, 2, 41, 20)]
+)
 def test_max_pooling_values_ties_and_gradient(tmp_path, rng, kernel, stride, side, out_side):
     shape = (2, 8, side, side)
     x = rng.integers(-2, 3, size=shape).astype(np.float32)  # many ties

@@ -13,7 +13,11 @@ figures, the BLAS choice and the project's patches (third_party/caffe/patches/).
 
 The net is built here from :mod:`deadnet_caffe.paper`, with an ``Input`` layer in place of
 the LMDB ``Data`` layer, so that no data set is needed and both frameworks see the same
-random batch. PyTorch is optional (``pip install -e '.[bench]'``); without it the Caffe
+random batch. Each framework runs in a child process of its own (:class:`StepWorker`) and
+times its step there: in one process the two share an allocator and the kernel's view of
+one address space, and with Caffe's huge-page blobs (patch 0007) PyTorch's step ran 15-20%
+slower beside Caffe than alone (docs/cpu-speed.md), which would have flattered the ratio.
+PyTorch is optional (``pip install -e '.[bench]'``); without it the Caffe
 figures are still reported and the ratio is ``None`` with a note saying why.
 """
 
@@ -25,6 +29,8 @@ import ctypes
 import functools
 import importlib.util
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -238,10 +244,10 @@ def interleaved_seconds(steps: dict, iters: int) -> dict:
     Parameters
     ----------
     steps : dict
-        name -> (context manager factory setting the threads, step callable).
+        name -> callable that runs one step and returns the seconds it took.
     iters : int
-        Timed rounds; each round runs every step once inside its context. One untimed
-        warm-up round comes first (buffers, thread pools).
+        Timed rounds; each round runs every step once. One untimed warm-up round comes
+        first (buffers, thread pools).
 
     Returns
     -------
@@ -252,14 +258,68 @@ def interleaved_seconds(steps: dict, iters: int) -> dict:
     """
     best = dict.fromkeys(steps, float("inf"))
     for r in range(iters + 1):
-        for name, (threads, step) in steps.items():
-            with threads():
-                t0 = time.perf_counter()
-                step()
-                dt = time.perf_counter() - t0
+        for name, step in steps.items():
+            dt = step()
             if r:
                 best[name] = min(best[name], dt)
     return best
+
+
+class StepWorker:
+    """One framework's training step (:func:`caffe_step` or :func:`torch_step`) in a child
+    process, which times each step itself; :meth:`step` asks for one and returns its seconds.
+
+    The child inherits this process's environment (``caffe_env``'s OpenMP and MKL defaults
+    included) and its stderr; it reads thread counts from stdin, one per step (0: the
+    framework's default), and answers each with the step's seconds.
+    """
+
+    def __init__(self, framework: str, batch: int, side: int):
+        self.framework = framework
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, framework, str(batch), str(side)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            self.close()
+            raise RuntimeError(f"the {framework} benchmark worker did not start (see above).")
+
+    def step(self, threads: int | None) -> float:
+        self.proc.stdin.write(f"{threads or 0}\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the {self.framework} benchmark worker died (see above).")
+        return float(answer)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+    def __enter__(self) -> StepWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve_steps(framework: str, batch: int, side: int) -> None:
+    """The child side of :class:`StepWorker`."""
+    if framework == "caffe":
+        _, step = caffe_step(batch, side)
+        threads = caffe_threads
+    else:
+        step = torch_step(batch, side)
+        threads = torch_threads
+    print("ready", flush=True)
+    for line in sys.stdin:
+        with threads(int(line) or None):
+            t0 = time.perf_counter()
+            step()
+            dt = time.perf_counter() - t0
+        print(repr(dt), flush=True)
 
 
 def layer_profile(net, reps: int) -> dict:
@@ -366,15 +426,17 @@ def run(out_dir: Path, quick: bool) -> dict:
     batch, side = (_QUICK_BATCH, _QUICK_SIDE) if quick else (paper.BATCH_SIZE, paper.NET_INPUT_PX)
     iters = _ITERS_QUICK if quick else _ITERS
     have_torch = importlib.util.find_spec("torch") is not None
-    net, c_step = caffe_step(batch, side)
-    steps = {}
-    for n in (None, 1):
-        steps[("caffe", n)] = (functools.partial(caffe_threads, n), c_step)
-    if have_torch:
-        t_step = torch_step(batch, side)
-        for n in (None, 1):
-            steps[("torch", n)] = (functools.partial(torch_threads, n), t_step)
-    best = interleaved_seconds(steps, iters)
+    with contextlib.ExitStack() as stack:
+        workers = {"caffe": stack.enter_context(StepWorker("caffe", batch, side))}
+        if have_torch:
+            workers["torch"] = stack.enter_context(StepWorker("torch", batch, side))
+        steps = {
+            (name, n): functools.partial(worker.step, n)
+            for name, worker in workers.items()
+            for n in (None, 1)
+        }
+        best = interleaved_seconds(steps, iters)
+    net, _ = caffe_step(batch, side)  # the profile runs here, after the workers have gone
     profile = layer_profile(net, iters)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "caffe_speed_layers.csv", "w", newline="") as f:
@@ -406,3 +468,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     res["caffe_over_torch_ratio"] = round(best["caffe", None] / best["torch", None], 3)
     res["caffe_over_torch_ratio_1thread"] = round(best["caffe", 1] / best["torch", 1], 3)
     return res
+
+
+if __name__ == "__main__":
+    _serve_steps(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
