@@ -138,6 +138,31 @@ def test_malformed_urls_get_an_answer_and_the_connection_goes_on(app, path, stat
     assert alice.json("GET", "/api/me")[0] == 200
 
 
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET\r\n\r\n", 400),
+        (b"GET / HTTP/1.1 x\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"get / HTTP/1.1\r\n\r\n", 501),
+        (b"DELETE /api/vote HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /", 501),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+        (b"POST /api/vote HTTP/1.1\r\nContent-Length : 5\r\n\r\nGET /", 400),
+        (b"POST /api/vote HTTP/1.1\r\n Content-Length: 5\r\n\r\nGET /", 400),
+        (b"POST /api/vote HTTP/1.1\r\n: 5\r\n\r\n", 400),
+    ],
+    ids=[
+        *("one word", "four words", "HTTP/2", "lower case", "DELETE", "414", "431"),
+        *("space before colon", "continuation first", "no name"),
+    ],
+)
+def test_unparsable_requests_get_a_json_answer_and_a_close(app, raw, status):
+    server, _, _, _ = app
+    ((got, headers, body),) = exchange(server, raw)
+    assert (got, headers["connection"]) == (status, "close") and "error" in json.loads(body)
+
+
 NESTED = b'{"item_id": ' + b"[" * MAX_BODY_BYTES  # 8 KB of nesting
 BAD_BODIES = [
     b"[" * MAX_BODY_BYTES,

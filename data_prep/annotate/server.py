@@ -41,6 +41,7 @@ Hostile or broken clients
 from __future__ import annotations
 
 import contextlib
+import email.errors
 import ipaddress
 import json
 import logging
@@ -49,6 +50,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -70,10 +72,18 @@ PAGES = {"/": "index.html", "/index.html": "index.html", "/concordance": "concor
 MAX_BODY_BYTES = 8192
 REQUEST_TIMEOUT_S = 30.0  # to send a whole request (and to read a response)
 MAX_CONNECTIONS = 100  # served at once, one thread each
+LOG_CHARS = 300  # of a request's log line
 LINGER_BYTES = 1 << 20  # read and dropped after refusing a body, so the answer is not reset
 # Own scripts, styles and frames (blob: URLs) only; no framing (no clickjacked votes).
 CSP = "default-src 'self'; img-src 'self' blob:; frame-ancestors 'none'; form-action 'self'"
 VOTE_KEYS = {"item_id", "label", "why"}
+# Header lines the parser could not read (such as "Content-Length : 5", whose body would
+# then be read as the next request).
+HEADER_LINE_DEFECTS = (
+    email.errors.MissingHeaderBodySeparatorDefect,
+    email.errors.FirstHeaderLineIsContinuationDefect,
+    email.errors.InvalidHeaderDefect,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +295,12 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def log_message(self, format: str, *args) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+        # As the base class does: no control characters (terminal escapes) from a request in
+        # the log; and at most LOG_CHARS of a request line that may be 64 KB long.
+        message = (format % args).translate(self._control_char_table)
+        if len(message) > LOG_CHARS:
+            message = message[:LOG_CHARS] + "..."
+        log.info("%s %s", self.address_string(), message)
 
     # --- replies ------------------------------------------------------------------
 
@@ -302,6 +317,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The base class's refusals (a bad request line, 414, 431, 501, 505) as JSON, with
+        a status line even when the request line could not be read, and the connection
+        closed."""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        self._linger = True
+        if self.command is None:  # the request line was not understood: answer in HTTP/1.1
+            self.request_version = "HTTP/1.1"
+        self._error(code, message or HTTPStatus(code).phrase)
 
     def _json(self, status: int, payload: dict) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
@@ -323,7 +349,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(err.status, str(err))
         except db.Rejected as err:
             self._error(err.status, str(err))
-        except OSError:  # the connection itself failed: nothing can be answered
+        except (ConnectionError, TimeoutError):  # the connection failed: nothing to answer
             raise
         except Exception:
             log.exception("%s %s failed", self.command, self.path)
@@ -336,10 +362,12 @@ class Handler(BaseHTTPRequestHandler):
         Raises
         ------
         BadRequest
-            411 for ``Transfer-Encoding``; 400 for a repeated Content-Length or one that is
-            not a whole number of bytes; 413 above :data:`MAX_BODY_BYTES`. All close the
-            connection: where this body ends is unknown.
+            411 for ``Transfer-Encoding``; 400 for a malformed header line, a repeated
+            Content-Length or one that is not a whole number of bytes; 413 above
+            :data:`MAX_BODY_BYTES`. All close the connection: where this body ends is unknown.
         """
+        if any(isinstance(d, HEADER_LINE_DEFECTS) for d in self.headers.defects):
+            raise BadRequest(400, "malformed header line", close=True)
         if "Transfer-Encoding" in self.headers:
             raise BadRequest(
                 411,
