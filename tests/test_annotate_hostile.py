@@ -17,7 +17,7 @@ from annotate_helpers import SMALL_ITEMS, Client, dump, small_experiment
 
 from data_prep.annotate import db
 from data_prep.annotate.server import MAX_BODY_BYTES, is_loopback, make_server, serve_in_thread
-from deadnet_caffe.cli import build_parser
+from deadnet_caffe.cli import build_parser, main
 from deadnet_caffe.commands.annotate import start_server
 
 CLIENT_WAIT_S = 20.0  # a client gives up on an answer after this long (a failure, not a timing)
@@ -453,3 +453,15 @@ def test_non_loopback_host_is_warned_about(tmp_path, capsys):
             assert len(err.strip().splitlines()) == 1
         else:
             assert err == ""
+
+
+def test_a_busy_port_is_refused_before_the_database_is_made(tmp_path, capsys):
+    experiment = small_experiment(tmp_path / "exp")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        args = ["annotate", "serve", "--experiment", str(experiment), "--db"]
+        assert main([*args, str(tmp_path / "new.sqlite"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deadnet annotate: cannot listen on 127.0.0.1:{port}")
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]

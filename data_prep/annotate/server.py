@@ -116,12 +116,13 @@ def is_loopback(host: str) -> bool:
 class AnnotationServer(ThreadingHTTPServer):
     """The HTTP server, holding the database engine, the frame cache and the static files.
 
+    ``engine``, the database with the pool stored (:func:`db.sync_items`), is set by
+    :func:`make_server` once the address is bound, so that a busy port leaves no database.
+
     Parameters
     ----------
     address : (host, port)
         Where to listen; port 0 picks a free port (see ``server_address`` after start).
-    engine : Engine
-        The database, with the pool already stored (:func:`db.sync_items`).
     pool : list of PoolItem
         The items whose frames may be served.
     timeout_s : float
@@ -134,16 +135,15 @@ class AnnotationServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
+    engine: Engine
 
     def __init__(
         self,
         address: tuple[str, int],
-        engine: Engine,
         pool: list[PoolItem],
         timeout_s: float = REQUEST_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        self.engine = engine
         self.frames = FrameCache(pool)
         self.static = _load_static()
         self.timeout_s = timeout_s
@@ -554,18 +554,24 @@ def make_server(
     timeout_s: float = REQUEST_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
 ) -> AnnotationServer:
-    """Build the pool of ``experiment``, store it in the database and bind the server
-    (``timeout_s`` and ``max_connections``: see :class:`AnnotationServer`).
+    """Build the pool of ``experiment``, bind the server, then store the pool in the
+    database (``timeout_s`` and ``max_connections``: see :class:`AnnotationServer`).
 
     Raises
     ------
     UserError
-        For a bad experiment, a database of another pool, or a database that cannot be opened.
+        For a bad experiment, an address that cannot be bound (before the database is
+        touched), a database of another pool, or a database that cannot be opened.
     """
     pool = build_pool(experiment, max_dose_s)
-    engine = db.open_db(db_url)
-    db.sync_items(engine, ((p.id, p.item.position_key, p.dose_s) for p in pool))
     try:
-        return AnnotationServer((host, port), engine, pool, timeout_s, max_connections)
+        server = AnnotationServer((host, port), pool, timeout_s, max_connections)
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port} ({err.strerror}).") from None
+    try:
+        server.engine = db.open_db(db_url)
+        db.sync_items(server.engine, ((p.id, p.item.position_key, p.dose_s) for p in pool))
+    except BaseException:
+        server.server_close()
+        raise
+    return server
