@@ -275,6 +275,21 @@ def test_bad_content_length_is_refused_and_the_connection_closed(app, lengths, s
     assert dump(path) == before
 
 
+def test_expect_100_continue_is_not_sent_for_a_body_that_will_be_refused(app):
+    server, tokens, presented, _ = app
+    head = {"Content-Type": "application/json", "Expect": "100-continue"}
+    too_long = post(tokens["alice"], {**head, "Content-Length": str(MAX_BODY_BYTES + 1)}, b"")
+    assert [r[0] for r in exchange(server, too_long)] == [413]  # and no "100 Continue"
+    vote = json.dumps({"item_id": presented, "label": "sick"}).encode()
+    fine = post(tokens["alice"], {**head, "Content-Length": str(len(vote))}, b"")
+    with socket.create_connection(server.server_address[:2], timeout=CLIENT_WAIT_S) as sock:
+        sock.sendall(fine)
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(vote)
+        sock.shutdown(socket.SHUT_WR)
+        assert [r[0] for r in parse_responses(read_to_end(sock))] == [201]
+
+
 @pytest.mark.parametrize(
     "encoding", ["chunked", "gzip, chunked", "identity", "chunked\r\nContent-Length: 52"]
 )

@@ -271,6 +271,17 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return super().parse_request()
 
+    def handle_expect_100(self) -> bool:
+        # Check the framing before inviting the body: a body that will be refused is not sent.
+        try:
+            self._body_length()
+        except BadRequest as err:
+            self.close_connection = True
+            self._linger = True
+            self._error(err.status, str(err))
+            return False
+        return super().handle_expect_100()
+
     def finish(self) -> None:
         super().finish()
         if self._linger:

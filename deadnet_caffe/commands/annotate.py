@@ -98,8 +98,9 @@ def start_server(args) -> AnnotationServer:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     server = make_server(args.experiment, args.db, args.host, args.port, args.max_dose_s)
     if not is_loopback(args.host):
+        shown = args.host or "''"  # the empty host listens on every address
         print(
-            f"warning: --host {args.host} is not a loopback address, so anyone who can reach "
+            f"warning: --host {shown} is not a loopback address, so anyone who can reach "
             "this machine can open the app and try tokens, which travel unencrypted; keep the "
             "default 127.0.0.1 behind an HTTPS reverse proxy instead.",
             file=sys.stderr,
