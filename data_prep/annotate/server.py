@@ -178,7 +178,8 @@ class AnnotationServer(ThreadingHTTPServer):
         body = json.dumps({"error": "too many connections, try again"}).encode()
         head = (
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n"
+            "Cache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
         )
         try:
             request.settimeout(1.0)  # a fresh connection: the few bytes fit its send buffer
