@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,12 +92,18 @@ class Client:
         self.token = token
 
     def request(
-        self, method: str, path: str, body: dict | bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict | bytes | None = None,
+        content_type: str | None = "application/json",
     ) -> tuple[int, bytes]:
+        """Send a request; a body (a dict is sent as JSON) goes with ``content_type``."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         if isinstance(body, dict):
             body = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+        if body is not None and content_type is not None:
+            headers["Content-Type"] = content_type
         self.conn.request(method, path, body=body, headers=headers)
         r = self.conn.getresponse()
         return r.status, r.read()
@@ -107,3 +114,10 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def dump(path: Path) -> list[tuple]:
+    """Every row of every table of the SQLite file, to compare before and after requests."""
+    with sqlite3.connect(path) as conn:
+        tables = ("annotators", "items", "presentations", "votes")
+        return [(t, *row) for t in tables for row in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 
 import numpy as np
 import pytest
-from annotate_helpers import SMALL_ITEMS, Client, large_experiment, small_experiment
+from annotate_helpers import SMALL_ITEMS, Client, dump, large_experiment, small_experiment
 from PIL import Image
 
 from data_prep.annotate import db
@@ -35,11 +36,15 @@ def app(tmp_path, experiment):
     server.server_close()
 
 
-def dump(path) -> list[tuple]:
-    """Every row of every table of the SQLite file, to compare before and after requests."""
-    with sqlite3.connect(path) as conn:
-        tables = ("annotators", "items", "presentations", "votes")
-        return [(t, *row) for t in tables for row in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
+def small_item_frames(item_id: str) -> np.ndarray:
+    """The raw (10, 256, 256) crop of a SMALL_ITEMS item, from small_experiment's recipe:
+    A1 frame t is 1000 t + column index, A2 is constant 7."""
+    assert item_id in SMALL_ITEMS
+    if item_id.startswith("plate1/A2/"):
+        return np.full((10, 256, 256), 7, np.uint16)
+    t0, x0 = (int(v) for v in re.fullmatch(r".*@t(\d+)y0x(\d+)", item_id).groups())
+    cols = np.arange(x0, x0 + 256)
+    return np.stack([np.broadcast_to(cols + 1000 * t, (256, 256)) for t in range(t0, t0 + 10)])
 
 
 def test_pool_items_and_dose_limit(experiment):
@@ -75,16 +80,19 @@ def test_vote_flow_frames_and_export(app, tmp_path):
     status, nxt = alice.json("GET", "/api/next")
     assert status == 200 and nxt["item_id"] in SMALL_ITEMS and nxt["frames"] == 10
     assert alice.json("GET", "/api/next")[1]["item_id"] == nxt["item_id"]  # still pending
-    # Frames: the item's crop of frames t0..t0+9, stretched together to 8 bits.
-    cols = np.arange(300, 556)
-    raw = np.stack([np.broadcast_to(cols + 1000 * t, (256, 256)) for t in range(10)])
+    # Frames (of an item presented to alice): its crop of frames t0..t0+9, stretched together
+    # to 8 bits.
+    raw = small_item_frames(nxt["item_id"])
     expected = stretch_to_uint8(raw)
     for f in (0, 9):
-        status, png = alice.request("GET", f"/api/frame?item=plate1/A1/p1@t0y0x300&f={f}")
+        status, png = alice.request("GET", f"/api/frame?item={nxt['item_id']}&f={f}")
         frame = np.asarray(Image.open(io.BytesIO(png)))
         assert status == 200 and frame.dtype == np.uint8
         np.testing.assert_array_equal(frame, expected[f])
-    assert expected[0, 0, 0] == 0 and expected[9, 0, -1] == 255
+    if raw.std() > 0:  # an A1 item: a ramp in x and t, from 0 to 255
+        assert expected[0, 0, 0] == 0 and expected[9, 0, -1] == 255
+    else:  # A2: constant
+        assert not expected.any()
     status, r = alice.json(
         "POST", "/api/vote", {"item_id": nxt["item_id"], "label": "sick", "why": "blebs"}
     )

@@ -27,5 +27,8 @@ browser's local storage). ``--db`` takes any SQLAlchemy URL: SQLite needs nothin
 for a team server use PostgreSQL (``--db postgresql+psycopg://user@dbhost/deadnet`` after
 ``pip install psycopg``, which this project does not pin). The server listens on
 127.0.0.1 by default; to annotate over a network, put it behind an HTTPS reverse proxy,
-since tokens travel in request headers.
+since tokens travel in request headers (any other ``--host``, such as 0.0.0.0, gets a
+warning on stderr). An annotator is served the frames of the items presented to them
+only. The server refuses malformed requests with a 4xx JSON answer, closes connections
+that stall for 30 s and serves at most 100 at once (see :mod:`.server`).
 """

@@ -376,6 +376,13 @@ def next_item(engine: Engine, annotator: Annotator) -> dict:
     return _transaction(engine, work)
 
 
+def was_presented(engine: Engine, annotator: Annotator, item_id: str) -> bool:
+    """Whether ``item_id`` has been presented to the annotator (voted on or pending)."""
+    with engine.connect() as conn:
+        key = {"annotator_id": annotator.id, "item_id": item_id}
+        return conn.execute(_PRESENTED, key).first() is not None
+
+
 def cast_vote(engine: Engine, annotator: Annotator, item_id: str, label: str, why: str) -> dict:
     """Record the annotator's vote on an item presented to them.
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from argparse import ArgumentDefaultsHelpFormatter
 from pathlib import Path
 
 from data_prep.annotate import db
-from data_prep.annotate.server import make_server
+from data_prep.annotate.server import AnnotationServer, is_loopback, make_server
 from data_prep.votes import write_votes
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import DATASET_B_DOSE_RANGE_S
@@ -34,7 +35,12 @@ def add_arguments(p) -> None:
     serve = action("serve", "serve the annotation page (Ctrl-C stops it)")
     serve.add_argument("--experiment", type=Path, required=True, help="raw experiment folder")
     serve.add_argument("--db", required=True, help=DB_HELP)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (any other than loopback is warned about: put the app "
+        "behind an HTTPS reverse proxy)",
+    )
     serve.add_argument(
         "--port", type=int, default=8080, help="port to listen on (0: any free port)"
     )
@@ -68,18 +74,42 @@ def run(args) -> int:
         write_settings(args.out.parent, settings, name=f"{args.out.stem}.settings.json")
         print(f"{len(votes)} votes written to {args.out}")
         return 0
+    server = start_server(args)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def start_server(args) -> AnnotationServer:
+    """Bind the server of ``annotate serve`` and say where it listens (it serves nothing yet).
+
+    A ``--host`` that is not a loopback address (``0.0.0.0``, a LAN address) gets a warning
+    on stderr: the app and its tokens are then open to the network, unencrypted.
+
+    Raises
+    ------
+    UserError
+        For a bad port, experiment or database, or an address that cannot be bound.
+    """
     if not 0 <= args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number (0 picks a free one).")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     server = make_server(args.experiment, args.db, args.host, args.port, args.max_dose_s)
+    if not is_loopback(args.host):
+        shown = args.host or "''"  # the empty host listens on every address
+        print(
+            f"warning: --host {shown} is not a loopback address, so anyone who can reach "
+            "this machine can open the app and try tokens, which travel unencrypted; keep the "
+            "default 127.0.0.1 behind an HTTPS reverse proxy instead.",
+            file=sys.stderr,
+            flush=True,
+        )
     if db.count_annotators(server.engine) == 0:
         print(
             "no annotators yet: create them with "
             f"`deadnet annotate add-annotator NAME --db {args.db}`"
         )
     print(f"annotation app on {server.url} (Ctrl-C stops it)", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-    return 0
+    return server
