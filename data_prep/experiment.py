@@ -100,7 +100,8 @@ def read_manifest(experiment: Path | str) -> list[Position]:
     """Read and check ``experiment/manifest.csv``.
 
     Every row is checked before anything is returned: UTF-8 text (a byte-order mark is
-    fine), required columns, numbers, unique position keys, and that each ``path`` exists. Image contents are checked by the readers.
+    fine), required columns, numbers, unique position keys, and that each ``path`` exists.
+    Image contents are checked by the readers.
 
     Raises
     ------

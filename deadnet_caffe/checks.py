@@ -14,7 +14,8 @@ Prototxts
     and then checked by :func:`check_net_param`: every layer type is in Caffe's layer
     registry (``caffe.layer_type_list()``), every bottom blob is made by an earlier layer in
     each phase the layer runs in, and the sizes that Caffe CHECKs (input dims, outputs,
-    kernels, strides) are positive.
+    kernels, strides) are positive. Solvers get :func:`check_solver_param` (finite numbers,
+    positive rates and counts, a known learning-rate policy).
 Weights
     :func:`check_weights`: the .caffemodel parses, and *every* layer of the net that has
     parameters finds them there, with the same number of blobs and the same shapes (Caffe
@@ -195,6 +196,39 @@ def check_net_param(param, path: Path | str) -> None:
                         f"layer makes in the {phase_name} phase."
                     )
             blobs.update(layer.top)
+
+
+_LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+def check_solver_param(param, path: Path | str) -> None:
+    """Check a parsed solver's numbers before Caffe's solver CHECKs them (or trains on NaN).
+
+    Every float field that is set must be finite; ``base_lr`` and ``max_iter`` positive,
+    ``test_iter`` and ``test_interval`` positive where given, ``lr_policy`` one of Caffe's.
+
+    Raises
+    ------
+    UserError
+        Naming the solver file and the field.
+    """
+    for field, value in param.ListFields():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{path}: solver field {field.name} is {value}, not a finite number.")
+    for name in ("base_lr", "max_iter", "test_interval"):
+        if param.HasField(name) and getattr(param, name) <= 0:
+            raise UserError(
+                f"{path}: solver field {name} is {getattr(param, name)}; it must be positive."
+            )
+    if any(n < 1 for n in param.test_iter):
+        raise UserError(
+            f"{path}: solver field test_iter is {list(param.test_iter)}; each must be positive."
+        )
+    if param.HasField("lr_policy") and param.lr_policy not in _LR_POLICIES:
+        raise UserError(
+            f"{path}: solver lr_policy {param.lr_policy!r} is not one of Caffe's "
+            f"({', '.join(_LR_POLICIES)})."
+        )
 
 
 # --- Weights --------------------------------------------------------------------------------
@@ -416,6 +450,4 @@ def check_image_sources(sources: list[tuple[Path, int | None, int | None]]) -> N
     for path, channel, n_frames in sources:
         frames = read_image_stack(path, channel)
         if n_frames is not None and len(frames) != n_frames:
-            raise UserError(
-                f"{path}: holds {len(frames)} frames but the manifest says {n_frames}."
-            )
+            raise UserError(f"{path}: holds {len(frames)} frames but the manifest says {n_frames}.")

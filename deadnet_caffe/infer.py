@@ -19,8 +19,8 @@ import numpy as np
 from data_prep.checks import check_frames, check_tiff_header
 from data_prep.normalize import variance_normalize
 from deadnet_caffe.caffe_env import set_device
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.checks import check_weights, nonnegative_int, positive_int
+from deadnet_caffe.errors import UserError
 from deadnet_caffe.netspec import load_net_param, net_from_param
 from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 

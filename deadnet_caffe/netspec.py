@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from data_prep.checks import read_text
 from deadnet_caffe.caffe_env import import_caffe
-from deadnet_caffe.checks import check_net_param, check_weights
+from deadnet_caffe.checks import check_net_param, check_solver_param, check_weights
 from deadnet_caffe.errors import UserError
 
 
@@ -55,8 +55,11 @@ def load_net_param(path: Path | str):
 
 
 def load_solver_param(path: Path | str):
-    """Parse a solver prototxt into a ``caffe_pb2.SolverParameter`` (see :func:`load_net_param`)."""
-    return _parse(path, _pb2().SolverParameter(), "solver prototxt")
+    """Parse a solver prototxt into a ``caffe_pb2.SolverParameter`` and check its numbers
+    (:func:`deadnet_caffe.checks.check_solver_param`; see :func:`load_net_param`)."""
+    param = _parse(path, _pb2().SolverParameter(), "solver prototxt")
+    check_solver_param(param, path)
+    return param
 
 
 def save_param(param: Message, path: Path | str) -> Path:

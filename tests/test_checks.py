@@ -86,11 +86,11 @@ def test_check_frames_names_the_bad_frame():
     frames = bf.texture((4, 30, 30)).astype(np.float32)
     check_frames("s.tif", frames)
     frames[2, 5, 5] = np.nan
-    with pytest.raises(UserError, match="s.tif: frame 12 contains NaN"):
+    with pytest.raises(UserError, match=r"s.tif: frame 12 contains NaN"):
         check_frames("s.tif", frames, first=10)
     frames[2, 5, 5] = 7.0
     frames[3] = 7.0
-    with pytest.raises(UserError, match="frame 3 is constant .every pixel is 7.0"):
+    with pytest.raises(UserError, match=r"frame 3 is constant .every pixel is 7.0"):
         check_frames("s.tif", frames)
 
 
@@ -169,13 +169,13 @@ layer { name: "u" type: "ReLU" bottom: "only_train" top: "y" %s }
 def test_net_param_bottoms_per_phase():
     checks.check_net_param(_net(PHASED % "include { phase: TRAIN }"), "n")
     checks.check_net_param(_net(PHASED % "exclude { phase: TEST }"), "n")
-    with pytest.raises(UserError, match="layer 'u' reads blob 'only_train'.* TEST phase"):
+    with pytest.raises(UserError, match=r"layer 'u' reads blob 'only_train'.* TEST phase"):
         checks.check_net_param(_net(PHASED % ""), "n")
 
 
 def test_net_param_sizes():
     text = deadnet_deploy().replace("kernel_size: 9", "kernel_size: 0")
-    with pytest.raises(UserError, match="layer 'conv_d1_1' has kernel_size \\[0\\]"):
+    with pytest.raises(UserError, match=r"layer 'conv_d1_1' has kernel_size \[0\]"):
         checks.check_net_param(_net(text), "d.prototxt")
 
 
@@ -183,10 +183,10 @@ def test_weights_complete_and_cut(tmp_path):
     model, weights = write_net(tmp_path)
     checks.check_weights(model, weights)
     bf.caffemodel_without(weights, tmp_path / "cut.caffemodel", "fc1")
-    with pytest.raises(UserError, match="no weights for layer.s. fc1, fc2, score of"):
+    with pytest.raises(UserError, match=r"no weights for layer.s. fc1, fc2, score of"):
         checks.check_weights(model, tmp_path / "cut.caffemodel")
     bf.garbage(tmp_path / "g.caffemodel")
-    with pytest.raises(UserError, match="g.caffemodel"):
+    with pytest.raises(UserError, match=r"g.caffemodel"):
         checks.check_weights(model, tmp_path / "g.caffemodel")
 
 
@@ -232,7 +232,7 @@ def test_load_npz(tmp_path):
     with pytest.raises(UserError, match="lacks beta"):
         checks.load_npz(tmp_path / "c.npz", ("alpha", "beta"))
     bf.garbage(tmp_path / "g.npz")
-    with pytest.raises(UserError, match="not a readable .npz"):
+    with pytest.raises(UserError, match=r"not a readable .npz"):
         checks.load_npz(tmp_path / "g.npz", ("alpha",))
 
 

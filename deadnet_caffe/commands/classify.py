@@ -37,7 +37,9 @@ def add_arguments(p) -> None:
         default="grid",
         help="256 px crops at stride 128 covering each image, or only the centre crop",
     )
-    p.add_argument("--threshold", type=probability, default=0.5, help="image label: sick if mean >= this")
+    p.add_argument(
+        "--threshold", type=probability, default=0.5, help="image label: sick if mean >= this"
+    )
     add_net_arguments(p)
 
 

@@ -37,8 +37,12 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("eq. 4")
     g.add_argument("--iterations", type=positive_int, default=CLASSMODEL_ITERATIONS)
     g.add_argument("--epsilon", type=positive_float, default=CLASSMODEL_EPSILON, help="step size")
-    g.add_argument("--lambda1", type=nonnegative_float, default=CLASSMODEL_LAMBDA1, help="L2 penalty")
-    g.add_argument("--lambda2", type=nonnegative_float, default=CLASSMODEL_LAMBDA2, help="smoothness")
+    g.add_argument(
+        "--lambda1", type=nonnegative_float, default=CLASSMODEL_LAMBDA1, help="L2 penalty"
+    )
+    g.add_argument(
+        "--lambda2", type=nonnegative_float, default=CLASSMODEL_LAMBDA2, help="smoothness"
+    )
     g.add_argument(
         "--laplacian-sign",
         choices=("smooth", "literal"),

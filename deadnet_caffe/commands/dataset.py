@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="lmdb",
         help="LMDB for Caffe's Data layer, HDF5 + list file for HDF5Data",
     )
-    io.add_argument("--hdf5-rows", type=checks.positive_int, default=2048, help="crops per HDF5 file")
+    io.add_argument(
+        "--hdf5-rows", type=checks.positive_int, default=2048, help="crops per HDF5 file"
+    )
     run = p.add_argument_group("split and execution")
     run.add_argument("--seed", type=checks.seed, default=0, help="seed of split and augmentation")
     run.add_argument(
@@ -42,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.25,
         help="fraction of positions per (class, dose) that go to test",
     )
-    run.add_argument("--workers", type=checks.nonnegative_int, default=2, help="worker processes (0/1: inline)")
+    run.add_argument(
+        "--workers", type=checks.nonnegative_int, default=2, help="worker processes (0/1: inline)"
+    )
     a = p.add_argument_group("Data Set A")
     a.add_argument(
         "--early-frames",
@@ -67,7 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="criterion instead of a list: positions with at least this dose are sick",
     )
     a.add_argument(
-        "--warps", type=checks.nonnegative_int, default=paper.AUG_A["w"], help="TPS-warped copies w (0: no warp)"
+        "--warps",
+        type=checks.nonnegative_int,
+        default=paper.AUG_A["w"],
+        help="TPS-warped copies w (0: no warp)",
     )
     a.add_argument(
         "--blurs",
@@ -95,7 +102,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="frames t of each annotated 10-frame crop used for training",
     )
     b.add_argument(
-        "--noise-copies", type=checks.nonnegative_int, default=paper.AUG_B["n"], help="noisy copies n (0: no noise)"
+        "--noise-copies",
+        type=checks.nonnegative_int,
+        default=paper.AUG_B["n"],
+        help="noisy copies n (0: no noise)",
     )
     p.add_argument(
         "--rotations",

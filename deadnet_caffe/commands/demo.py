@@ -34,7 +34,10 @@ def add_arguments(p) -> None:
         help="validation (and snapshot) interval",
     )
     p.add_argument(
-        "--report-every", type=positive_int, default=_D.report_every, help="report: analyse every n-th frame"
+        "--report-every",
+        type=positive_int,
+        default=_D.report_every,
+        help="report: analyse every n-th frame",
     )
     p.add_argument(
         "--classmodel-iterations",

@@ -31,10 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--votes", help="votes.csv: annotators' fraction on unexposed cells")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the virtual batches")
     parser.add_argument(
-        "--resamples", type=positive_int, default=paper.BOOTSTRAP_RESAMPLES, help="bootstrap resamples"
+        "--resamples",
+        type=positive_int,
+        default=paper.BOOTSTRAP_RESAMPLES,
+        help="bootstrap resamples",
     )
-    parser.add_argument("--gallery", type=positive_int, default=8, help="crops per class per gallery")
-    parser.add_argument("--gpu", type=nonnegative_int, help="GPU device to run on; the CPU if absent")
+    parser.add_argument(
+        "--gallery", type=positive_int, default=8, help="crops per class per gallery"
+    )
+    parser.add_argument(
+        "--gpu", type=nonnegative_int, help="GPU device to run on; the CPU if absent"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

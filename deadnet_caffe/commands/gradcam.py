@@ -44,7 +44,10 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--layer", default=GRADCAM_LAYER, help="layer whose maps are A (eq. 1-2)")
     p.add_argument(
-        "--per-class", type=positive_int, default=200, help="training crops per class averaged in eq. 3"
+        "--per-class",
+        type=positive_int,
+        default=200,
+        help="training crops per class averaged in eq. 3",
     )
     p.add_argument(
         "--cache", type=Path, default=None, help="eq. 3 cache (.npz; default: beside --weights)"
@@ -64,7 +67,9 @@ def add_arguments(p) -> None:
         default="sick",
         help="class c of the whole-frame Grad-CAM",
     )
-    p.add_argument("--stride", type=positive_int, default=CROP_STRIDE_PX, help="crop step of --frame")
+    p.add_argument(
+        "--stride", type=positive_int, default=CROP_STRIDE_PX, help="crop step of --frame"
+    )
     add_net_arguments(p)
 
 

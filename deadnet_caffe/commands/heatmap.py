@@ -44,7 +44,9 @@ def add_arguments(p) -> None:
         default="exact",
         help="exact: every window normalised as in training; dense: one fully convolutional pass",
     )
-    p.add_argument("--stride", type=positive_int, default=CROP_STRIDE_PX, help="window step (exact mode)")
+    p.add_argument(
+        "--stride", type=positive_int, default=CROP_STRIDE_PX, help="window step (exact mode)"
+    )
     p.add_argument(
         "--dense-model",
         type=Path,

@@ -29,7 +29,9 @@ HELP = "per-experiment phototoxicity report: sick area over time, dose response,
 def add_arguments(p) -> None:
     p.add_argument("--experiment", type=Path, required=True, help="folder with manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--stride", type=positive_int, default=CROP_STRIDE_PX, help="heat-map window step")
+    p.add_argument(
+        "--stride", type=positive_int, default=CROP_STRIDE_PX, help="heat-map window step"
+    )
     p.add_argument("--every", type=positive_int, default=1, help="analyse every n-th frame")
     p.add_argument("--late-frames", type=positive_int, default=3, help="frames averaged at the end")
     p.add_argument(

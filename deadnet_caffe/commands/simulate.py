@@ -14,8 +14,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from data_prep.sim.params import PRESETS, Biology, Optics, Settings
 from data_prep.checks import read_text
+from data_prep.sim.params import PRESETS, Biology, Optics, Settings
 from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int, seed
 from deadnet_caffe.errors import UserError
 
@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="layout preset")
     p.add_argument("--seed", type=seed, default=0, help="random seed (same seed, same bytes)")
     g = p.add_argument_group("layout (override the preset)")
-    g.add_argument("--doses", type=nonnegative_float, nargs="+", metavar="S", help="dose per well, seconds")
+    g.add_argument(
+        "--doses", type=nonnegative_float, nargs="+", metavar="S", help="dose per well, seconds"
+    )
     g.add_argument("--positions", type=positive_int, metavar="N", help="stage positions per well")
     g.add_argument("--hours", type=positive_float, help="length of the time-lapse in hours")
     g.add_argument(
@@ -38,7 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="render every K-th 8-min frame (the TIFF's frame interval is K x 8 min)",
     )
     g.add_argument(
-        "--size", type=positive_int, nargs=2, metavar=("W", "H"), help="frame size in px (1344 1024)"
+        "--size",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="frame size in px (1344 1024)",
     )
     g.add_argument("--no-votes", action="store_true", help="do not simulate expert votes")
     p.add_argument(

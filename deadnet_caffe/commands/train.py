@@ -36,9 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ov.add_argument("--max-iter", type=positive_int, help="solver max_iter")
     ov.add_argument("--snapshot-interval", type=positive_int, help="solver snapshot")
     ov.add_argument("--test-interval", type=positive_int, help="solver test_interval")
-    ov.add_argument("--test-iter", type=positive_int, help="solver test_iter (batches per test pass)")
     ov.add_argument(
-        "--base-lr", type=positive_float, help="solver base_lr (a stated derivative of the paper's 0.0003)"
+        "--test-iter", type=positive_int, help="solver test_iter (batches per test pass)"
+    )
+    ov.add_argument(
+        "--base-lr",
+        type=positive_float,
+        help="solver base_lr (a stated derivative of the paper's 0.0003)",
     )
     ov.add_argument("--seed", type=seed, help="solver random_seed (fillers, crops, dropout)")
     dev = parser.add_argument_group("device")
