@@ -426,6 +426,12 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
     caffe = caffe_env.set_device(s.gpu)
     net_param = netspec.load_net_param(net_path)
     transform = transform_of(net_param)
+    _, shape = check_lmdb(dataset / "test.lmdb")
+    if transform.crop and min(shape[1:]) < transform.crop:
+        raise UserError(
+            f"{dataset / 'test.lmdb'} holds {shape[2]} x {shape[1]} px crops, smaller than the "
+            f"crop_size {transform.crop} of {net_path}."
+        )
     rec = read_records(dataset)
     annotators = annotator_fraction(Path(s.votes), rec) if s.votes else None
     rng = np.random.default_rng(s.seed)

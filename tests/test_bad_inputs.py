@@ -185,6 +185,11 @@ CASES = [
     Case("evaluate-lmdb-not-datums",
          "evaluate --weights net/weights.caffemodel --dataset ds --net tiny/train_val.prototxt "
          "--out o", "ds/test.lmdb", bf.damaged("not-datum"), "o"),
+    Case("evaluate-lmdb-crops-smaller-than-net",
+         "evaluate --weights tiny/weights.caffemodel --dataset ds --net tiny/big.prototxt "
+         "--out o", "crop_size 32", lambda d: (bf.tiny(d), bf.edited_text(
+             "tiny/train_val.prototxt", "tiny/big.prototxt", "crop_size: 12", "crop_size: 32")(d)),
+         "o"),
     Case("gradcam-lmdb-truncated-data-mdb", f"gradcam --dataset ds {NET} --out o",
          "ds/train.lmdb", bf.damaged("truncated-train"), "o"),
     Case("classmodel-lmdb-garbage", f"classmodel --dataset ds {NET} --out o", "ds/test.lmdb",
