@@ -169,18 +169,21 @@ def check_tiff_header(path: Path | str) -> tuple[str, tuple[int, ...]]:
     if broken:
         why = re.sub(r"^<[^>]*> ", "", broken[0])
         raise UserError(f"{path}: the file is truncated or corrupt (tifffile: {why}).")
-    if imagej_images is not None and int(imagej_images) != len(pages):
-        raise UserError(
-            f"{path}: the ImageJ header says {imagej_images} frames but the file holds "
-            f"{len(pages)}; the file is truncated."
-        )
     planes = int(np.prod([s for a, s in zip(axes, shape, strict=True) if a not in "YXS"]))
-    if contiguous is not None:
-        end = int(contiguous) + int(np.prod(shape)) * itemsize
-        if end > size:
+    plane_bytes = int(np.prod(shape)) // planes * itemsize
+    if imagej_images is not None and int(imagej_images) != len(pages):
+        # ImageJ files > 4 GB have one IFD and the frames in one block after its data
+        one_block = len(pages) == 1 and contiguous is not None
+        if not one_block or int(contiguous) + int(imagej_images) * plane_bytes > size:
             raise UserError(
-                f"{path}: the file is truncated (its {planes} frames need {end} bytes, the "
-                f"file has {size})."
+                f"{path}: the ImageJ header says {imagej_images} frames but the file holds "
+                f"{len(pages)}; the file is truncated."
+            )
+    elif contiguous is not None:
+        if int(contiguous) + planes * plane_bytes > size:
+            raise UserError(
+                f"{path}: the file is truncated (its {planes} frames need "
+                f"{int(contiguous) + planes * plane_bytes} bytes, the file has {size})."
             )
     elif n_series_pages != planes:
         raise UserError(

@@ -15,7 +15,6 @@ hold no NaN and are not constant); :class:`Stack` then reads single frames as (H
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -138,21 +137,12 @@ class Stack:
             )
         return frame.astype(np.float32)
 
-    def check_byte_ranges(self) -> None:
-        """Every page's data lies inside its file (catches truncated files cheaply)."""
-        files = self._files if self._files is not None else [self.path]
-        for path in files:
-            size = os.path.getsize(path)
-            with tifffile.TiffFile(path) as tif:
-                for page in tif.pages:
-                    offsets = getattr(page, "dataoffsets", ())
-                    counts = getattr(page, "databytecounts", ())
-                    for off, cnt in zip(offsets, counts, strict=False):
-                        if off + cnt > size:
-                            raise UserError(
-                                f"{path}: the file is truncated (image data runs past its "
-                                f"end at byte {size})."
-                            )
+    def check_files(self) -> None:
+        """Every file's TIFF structure (:func:`data_prep.checks.check_tiff_header`: data inside
+        the file, frame count as its header says, a decoded size that fits in memory); the
+        first file was checked when the stack was opened."""
+        for path in (self._files or [])[1:]:
+            check_tiff_header(path)
 
 
 def check_stack(position: Position, frames: Iterable[int], min_side: int = CROP_PX) -> Stack:
@@ -179,7 +169,7 @@ def check_stack(position: Position, frames: Iterable[int], min_side: int = CROP_
             f"{position.path}: holds {stack.n_frames} frames but the manifest says "
             f"{position.n_frames}."
         )
-    stack.check_byte_ranges()
+    stack.check_files()
     for t in frames:
         check_frames(position.path, stack.read(t)[None], t)
     return stack

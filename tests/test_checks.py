@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import struct
 
 import bad_files as bf
 import numpy as np
@@ -74,6 +75,23 @@ def test_tiff_header_refuses(tmp_path, make, message):
     make(tmp_path / "x.tif")
     with pytest.raises(UserError, match=message):
         check_tiff_header(tmp_path / "x.tif")
+
+
+def test_imagej_file_with_one_ifd(tmp_path):
+    """ImageJ's files > 4 GB keep one IFD and all frames in one block: accepted when the
+    block is all there, refused when the file is cut short."""
+    stack = bf.texture((12, 300, 300))
+    path = tmp_path / "one.tif"
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "TYX"})
+    data = bytearray(path.read_bytes())
+    ifd, n = struct.unpack("<I", data[4:8])[0], struct.unpack("<H", data[8 : 8 + 2])[0]
+    assert ifd == 8
+    data[ifd + 2 + 12 * n : ifd + 6 + 12 * n] = bytes(4)  # no next IFD
+    path.write_bytes(bytes(data))
+    assert check_tiff_header(path) == ("TYX", (12, 300, 300))
+    path.write_bytes(bytes(data[: len(data) * 3 // 4]))
+    with pytest.raises(UserError, match="truncated"):
+        check_tiff_header(path)
 
 
 def test_decoded_size_limit_is_float32_bytes():
