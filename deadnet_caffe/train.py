@@ -110,6 +110,27 @@ def _non_finite_loss(line: str) -> str | None:
     return None
 
 
+def _diverged(run: Path, fresh: bool, value: str, iteration: int) -> str:
+    """Clean up after a loss became ``value`` (NaN or infinite) at ``iteration``; the message.
+
+    Snapshots from that iteration on hold NaN weights and are deleted; a fresh run left with
+    no snapshot is removed, so that the same command can simply be run again.
+    """
+    for kind in ("caffemodel", "solverstate"):
+        for it, path in snapshots(run, kind):
+            if it >= iteration:
+                path.unlink()
+    if fresh and not snapshots(run):
+        shutil.rmtree(run, ignore_errors=True)
+        where = "the run folder was removed"
+    else:
+        where = f"snapshots before it are kept in {run}"
+    return (
+        f"training diverged: the loss became {value} at iteration {iteration} "
+        f"(lower --base-lr); {where}."
+    )
+
+
 def check_dataset(dataset: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
     """Check ``dataset`` holds non-empty train/test LMDBs of Caffe Datums.
 
@@ -375,7 +396,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     start = snapshots(run)[-1][0] if state is not None else 0
     parser = logparse.LineParser()
     stopped: list[str] = []
-    diverged: list[str] = []  # the first non-finite loss line, if any
+    diverged: list[tuple[str, int]] = []  # the first non-finite loss and its iteration
     # Caffe runs in its own process group so that a terminal's Ctrl-C reaches it only once,
     # through the handler below.
     proc = subprocess.Popen(
@@ -413,8 +434,8 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
             for line in proc.stdout:
                 log.write(line)
                 parser.feed(line)
-                if not diverged and _non_finite_loss(line):
-                    diverged.append(line.strip())
+                if not diverged and (bad := _non_finite_loss(line)):
+                    diverged.append((bad, parser.log.last_iteration or start))
                     proc.kill()  # the weights are NaN from here on; nothing more to learn
                 if line[:1] in "EF":
                     tail.append(line.strip())
@@ -433,17 +454,9 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    done = snapshots(run)
     if diverged:
-        if state is None and not done:
-            shutil.rmtree(run, ignore_errors=True)
-            where = "the run folder was removed"
-        else:
-            where = f"snapshots before it are kept in {run}"
-        raise UserError(
-            f"training diverged: the loss became {_non_finite_loss(diverged[0])} at iteration "
-            f"{parser.log.last_iteration} (lower --base-lr); {where}."
-        )
+        raise UserError(_diverged(run, state is None, *diverged[0]))
+    done = snapshots(run)
     if code != 0 and not stopped:
         if state is None and not done:
             shutil.rmtree(run, ignore_errors=True)

@@ -36,6 +36,15 @@ def corrupt_first_ifd(path: Path, shape: tuple[int, int] = (300, 300)) -> Path:
     return path
 
 
+def first_ifd_past_end(path: Path, shape: tuple[int, int] = (300, 300)) -> Path:
+    """A TIFF whose header points to a first IFD 1000 bytes past the end of the file."""
+    tifffile.imwrite(path, texture(shape))
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<I", len(data) + 1000)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def huge_header(path: Path, side: int = 200_000) -> Path:
     """A 300 x 300 TIFF whose ImageWidth and ImageLength tags claim ``side`` x ``side``."""
     tifffile.imwrite(path, texture((300, 300)))
@@ -178,11 +187,11 @@ def cut_caffemodel(first_dropped: str):
 
 
 def edited_text(src: str, dst: str, old: str, new: str, encoding: str = "utf-8"):
-    """A ``prepare`` writing ``dst``: ``src``'s text with ``old`` replaced by ``new``."""
+    """A ``prepare`` writing ``dst``: ``src``'s text with every ``old`` replaced by ``new``."""
 
     def prepare(d: Path) -> None:
         text = (d / src).read_text()
         assert old in text, f"{old!r} not in {src}"
-        (d / dst).write_bytes(text.replace(old, new, 1).encode(encoding))
+        (d / dst).write_bytes(text.replace(old, new).encode(encoding))
 
     return prepare
