@@ -451,3 +451,26 @@ def check_image_sources(sources: list[tuple[Path, int | None, int | None]]) -> N
         frames = read_image_stack(path, channel)
         if n_frames is not None and len(frames) != n_frames:
             raise UserError(f"{path}: holds {len(frames)} frames but the manifest says {n_frames}.")
+
+
+# --- Training logs --------------------------------------------------------------------------
+
+
+def check_caffe_log(path: Path | str) -> None:
+    """Refuse a file that holds no training iteration of a Caffe log (garbage, another log).
+
+    A missing file is left to the caller (which says what folder it expected).
+
+    Raises
+    ------
+    UserError
+        Naming the log.
+    """
+    from deadnet_caffe import logparse
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    log = logparse.parse_log(path)
+    if not log.train_loss and not log.test:
+        raise UserError(f"{path}: holds no training iteration (not a log of caffe train).")

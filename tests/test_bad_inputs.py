@@ -200,6 +200,11 @@ CASES = [
          f"gradcam --dataset ds {NET} --cache net/eq3.npz --out o", "net/eq3.npz",
          bf.at("net/eq3.npz", bf.garbage), "o"),
     # ---- numeric options, encodings ---------------------------------------------------------
+    Case("figures-garbage-log", "figures --run r", "r/caffe.log",
+         bf.at("r/caffe.log", bf.garbage), "r"),
+    Case("figures-utf16-log", "figures --run r", "r/caffe.log",
+         bf.at("r/caffe.log", lambda p: p.write_bytes(
+             "I1201 solver.cpp:218] Iteration 0, loss = 0.7\n".encode("utf-16"))), "r"),
     Case("classify-batch-0", f"classify {NET} --batch 0 --out o img/a.tif", "--batch", out="o"),
     Case("classify-threshold-inf", f"classify {NET} --threshold inf --out o img/a.tif",
          "--threshold", out="o"),
