@@ -193,6 +193,57 @@ def check_tiff_header(path: Path | str) -> tuple[str, tuple[int, ...]]:
     return axes, shape
 
 
+# --- PNG, JPEG, BMP ----------------------------------------------------------------------------
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_image_file_end(path: Path | str) -> None:
+    """Refuse a PNG, JPEG or BMP file that is cut short.
+
+    OpenCV decodes a truncated JPEG without an error (the missing rows come out grey) and
+    says so only on the C library's stderr, so the end of the file is checked here: a PNG
+    must end with its IEND chunk, a JPEG with its EOI marker (FF D9, zero padding allowed),
+    a BMP must be as long as its header says. Other files are left to the decoder.
+
+    Raises
+    ------
+    UserError
+        Naming the file.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 64))
+        tail = fh.read()
+    png = head.startswith(b"\x89PNG\r\n\x1a\n") and not tail.endswith(_PNG_END)
+    jpeg = head.startswith(b"\xff\xd8") and not tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+    bmp = head.startswith(b"BM") and int.from_bytes(head[2:6], "little") > size
+    if png or jpeg or bmp:
+        raise UserError(
+            f"{path}: the image file is truncated (it does not end as its format needs)."
+        )
+
+
+class quiet_stderr:
+    """Send file descriptor 2 to /dev/null inside a ``with`` block (C libraries such as
+    libpng print their own error lines there; the caller reports the error as a sentence)."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+
 # --- Pixels ---------------------------------------------------------------------------------
 
 

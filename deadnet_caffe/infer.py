@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.checks import check_frames, check_tiff_header
+from data_prep.checks import check_frames, check_image_file_end, check_tiff_header, quiet_stderr
 from data_prep.normalize import variance_normalize
 from deadnet_caffe.caffe_env import set_device
 from deadnet_caffe.checks import check_weights, nonnegative_int, positive_int
@@ -109,7 +109,9 @@ def read_image_stack(path: Path | str, channel: int | None = None) -> np.ndarray
         if path.suffix.lower() in (".tif", ".tiff"):
             frames = _tiff_frames(path, channel)
         else:
-            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            check_image_file_end(path)
+            with quiet_stderr():
+                arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if arr is None:
                 raise ValueError("OpenCV cannot decode it")
             if arr.ndim == 3:

@@ -84,6 +84,14 @@ def constant_frame(path: Path, frames: int = 3, shape=(300, 300), which: int = 0
     return path
 
 
+def truncated_jpeg(path: Path, shape: tuple[int, int] = (300, 300)) -> Path:
+    """A grey JPEG cut to half its bytes."""
+    import cv2
+
+    cv2.imwrite(str(path), (texture(shape) // 20).astype(np.uint8))
+    return truncate(path)
+
+
 def latin1(path: Path, text: str) -> Path:
     """``text`` saved in Latin-1 (as old spreadsheet exports do)."""
     path.write_bytes(text.encode("latin-1"))

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bad_files as bf
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -126,6 +127,11 @@ CASES = [
     Case("classmodel-init-image-constant",
          f"classmodel {NET} --out o --init-image img/a.tif img/c.tif", "img/c.tif",
          bf.at("img/c.tif", bf.constant_frame, frames=1), "o"),
+    Case("classify-truncated-jpeg", f"classify {NET} --out o img/t.jpg", "img/t.jpg",
+         bf.at("img/t.jpg", bf.truncated_jpeg), "o"),
+    Case("heatmap-truncated-png", f"heatmap {NET} --out o img/t.png", "img/t.png",
+         bf.at("img/t.png", lambda p: bf.truncate(p) if cv2.imwrite(
+             str(p), bf.texture((300, 300))) else None), "o"),
     Case("classify-garbage-png", f"classify {NET} --out o img/g.png", "img/g.png",
          bf.at("img/g.png", bf.garbage), "o"),
     # ---- weights, prototxts, LMDBs ---------------------------------------------------------

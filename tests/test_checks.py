@@ -15,7 +15,13 @@ from caffe_tiny import write_dataset
 from data_experiment import make_experiment
 from infer_nets import deadnet_deploy, write_net
 
-from data_prep.checks import check_decoded_size, check_frames, check_tiff_header, read_text
+from data_prep.checks import (
+    check_decoded_size,
+    check_frames,
+    check_image_file_end,
+    check_tiff_header,
+    read_text,
+)
 from data_prep.experiment import read_manifest
 from deadnet_caffe import checks
 from deadnet_caffe.cli import main
@@ -92,6 +98,18 @@ def test_imagej_file_with_one_ifd(tmp_path):
     path.write_bytes(bytes(data[: len(data) * 3 // 4]))
     with pytest.raises(UserError, match="truncated"):
         check_tiff_header(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp"])
+def test_image_file_end(tmp_path, suffix):
+    import cv2
+
+    path = tmp_path / f"a{suffix}"
+    assert cv2.imwrite(str(path), (bf.texture((64, 80)) // 20).astype(np.uint8))
+    check_image_file_end(path)
+    bf.truncate(path, 0.9)
+    with pytest.raises(UserError, match="truncated"):
+        check_image_file_end(path)
 
 
 def test_decoded_size_limit_is_float32_bytes():
