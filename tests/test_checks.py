@@ -57,6 +57,17 @@ def test_manifest_with_bom_reads_like_without(tmp_path):
     assert len(plain) == 7
 
 
+def test_votes_with_bom_read_like_without(tmp_path):
+    from data_prep.votes import read_votes
+
+    text = "item_id,annotator,label,overlap,created_at\nP/W0/p1@t0y0x0,J\u00fcrgen,sick,0,x\n"
+    (tmp_path / "a.csv").write_text(text, encoding="utf-8")
+    (tmp_path / "b.csv").write_text(text, encoding="utf-8-sig")
+    votes = read_votes(tmp_path / "b.csv")
+    assert votes == read_votes(tmp_path / "a.csv")
+    assert [(v.annotator, v.label) for v in votes] == [("J\u00fcrgen", "sick")]
+
+
 # --- TIFF headers and pixels ------------------------------------------------------------------
 
 
