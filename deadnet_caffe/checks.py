@@ -146,6 +146,8 @@ def _sizes(layer) -> list[tuple[str, list[int]]]:
         out += [("num_output", [c.num_output]), ("kernel_size", list(c.kernel_size))]
         out += [("stride", list(c.stride))]
         out += [(f, [getattr(c, f)]) for f in ("kernel_h", "kernel_w") if c.HasField(f)]
+    elif layer.type == "Data":
+        out.append(("data_param.batch_size", [layer.data_param.batch_size]))
     elif layer.type == "InnerProduct":
         out.append(("num_output", [layer.inner_product_param.num_output]))
     elif layer.type == "Pooling" and not layer.pooling_param.global_pooling:

@@ -191,7 +191,12 @@ def read_lmdb_crops(path: Path, per_class: int, seed: int = 0):
 
     if not Path(path).is_dir():
         raise UserError(f"{path}: no such LMDB (the dataset's train.lmdb).")
-    check_lmdb(path)
+    _, shape = check_lmdb(path)
+    if min(shape[1:]) < NET_INPUT_PX:
+        raise UserError(
+            f"{path}: holds {shape[2]} x {shape[1]} px crops, smaller than the net's "
+            f"{NET_INPUT_PX} px input."
+        )
     env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
     out: dict[int, list[np.ndarray]] = {0: [], 1: []}
     with env.begin() as txn:
