@@ -27,10 +27,12 @@ The key of a position is ``plate/well/position`` (:attr:`Position.key`), unique 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from data_prep.checks import read_text
 from deadnet_caffe.errors import UserError
 
 MANIFEST_NAME = "manifest.csv"
@@ -97,8 +99,9 @@ def _number(text: str, kind, where: str, column: str, minimum: float):
 def read_manifest(experiment: Path | str) -> list[Position]:
     """Read and check ``experiment/manifest.csv``.
 
-    Every row is checked before anything is returned: required columns, numbers, unique
-    position keys, and that each ``path`` exists. Image contents are checked by the readers.
+    Every row is checked before anything is returned: UTF-8 text (a byte-order mark is
+    fine), required columns, numbers, unique position keys, and that each ``path`` exists.
+    Image contents are checked by the readers.
 
     Raises
     ------
@@ -109,12 +112,11 @@ def read_manifest(experiment: Path | str) -> list[Position]:
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         raise UserError(f"{manifest}: no manifest.csv in the experiment folder.")
-    with manifest.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{manifest}: missing column(s) {', '.join(missing)}.")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_text(manifest, "manifest"), newline=""))
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(f"{manifest}: missing column(s) {', '.join(missing)}.")
+    rows = list(reader)
     if not rows:
         raise UserError(f"{manifest}: the manifest lists no positions.")
     positions: list[Position] = []

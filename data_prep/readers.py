@@ -9,19 +9,19 @@ Supported (paper section 2.1 data come as 1344 x 1024 px 12/16-bit grey time-lap
 - a folder of single-frame TIFFs, taken in name order.
 
 :func:`check_stack` validates a position before any work starts (format, size, frame
-count, byte ranges inside the file, and the frames that will be used decode without error
-and hold no NaN); :class:`Stack` then reads single frames as (H, W) float32.
+count, byte ranges inside the file, and the frames that will be used decode without error,
+hold no NaN and are not constant); :class:`Stack` then reads single frames as (H, W) float32.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from data_prep.checks import check_frames, check_tiff_header
 from data_prep.experiment import Position
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import CROP_PX
@@ -62,6 +62,7 @@ class Stack:
         self.dtype = dtype
 
     def _describe(self, path: Path, single: bool) -> tuple[tuple[int, int], np.dtype]:
+        check_tiff_header(path)
         try:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
@@ -136,21 +137,12 @@ class Stack:
             )
         return frame.astype(np.float32)
 
-    def check_byte_ranges(self) -> None:
-        """Every page's data lies inside its file (catches truncated files cheaply)."""
-        files = self._files if self._files is not None else [self.path]
-        for path in files:
-            size = os.path.getsize(path)
-            with tifffile.TiffFile(path) as tif:
-                for page in tif.pages:
-                    offsets = getattr(page, "dataoffsets", ())
-                    counts = getattr(page, "databytecounts", ())
-                    for off, cnt in zip(offsets, counts, strict=False):
-                        if off + cnt > size:
-                            raise UserError(
-                                f"{path}: the file is truncated (image data runs past its "
-                                f"end at byte {size})."
-                            )
+    def check_files(self) -> None:
+        """Every file's TIFF structure (:func:`data_prep.checks.check_tiff_header`: data inside
+        the file, frame count as its header says, a decoded size that fits in memory); the
+        first file was checked when the stack was opened."""
+        for path in (self._files or [])[1:]:
+            check_tiff_header(path)
 
 
 def check_stack(position: Position, frames: Iterable[int], min_side: int = CROP_PX) -> Stack:
@@ -158,7 +150,8 @@ def check_stack(position: Position, frames: Iterable[int], min_side: int = CROP_
 
     Checks the format (grey, supported type, channel), the size (at least one 256 px crop),
     the frame count against the manifest, that the data lie inside the file, and that each
-    frame in ``frames`` decodes and holds no NaN or infinity.
+    frame in ``frames`` decodes, holds no NaN or infinity and is not constant
+    (:func:`data_prep.checks.check_frames`).
 
     Raises
     ------
@@ -176,9 +169,7 @@ def check_stack(position: Position, frames: Iterable[int], min_side: int = CROP_
             f"{position.path}: holds {stack.n_frames} frames but the manifest says "
             f"{position.n_frames}."
         )
-    stack.check_byte_ranges()
+    stack.check_files()
     for t in frames:
-        frame = stack.read(t)
-        if not np.isfinite(frame).all():
-            raise UserError(f"{position.path}: frame {t} contains NaN or infinite values.")
+        check_frames(position.path, stack.read(t)[None], t)
     return stack

@@ -16,10 +16,12 @@ in pixels. Votes are exported as ``votes.csv`` with the columns of :data:`COLUMN
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.checks import read_text
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import VOTE_LABELS
 
@@ -76,30 +78,29 @@ def read_votes(path: Path | str) -> list[Vote]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: votes file not found.")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)}.")
-        votes = []
-        for i, row in enumerate(reader, start=2):
-            label = row["label"].strip().lower()
-            if label not in VOTE_LABELS:
-                raise UserError(
-                    f"{path} line {i}: unknown label {row['label']!r} "
-                    f"(expected one of {', '.join(VOTE_LABELS)})."
-                )
-            try:
-                Item.parse(row["item_id"])
-            except ValueError as err:
-                raise UserError(f"{path} line {i}: {err}.") from None
-            votes.append(
-                Vote(
-                    item_id=row["item_id"],
-                    annotator=row["annotator"],
-                    label=label,
-                    overlap=row["overlap"].strip() == "1",
-                    created_at=row["created_at"],
-                )
+    reader = csv.DictReader(io.StringIO(read_text(path, "votes CSV"), newline=""))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}.")
+    votes = []
+    for i, row in enumerate(reader, start=2):
+        label = row["label"].strip().lower()
+        if label not in VOTE_LABELS:
+            raise UserError(
+                f"{path} line {i}: unknown label {row['label']!r} "
+                f"(expected one of {', '.join(VOTE_LABELS)})."
             )
+        try:
+            Item.parse(row["item_id"])
+        except ValueError as err:
+            raise UserError(f"{path} line {i}: {err}.") from None
+        votes.append(
+            Vote(
+                item_id=row["item_id"],
+                annotator=row["annotator"],
+                label=label,
+                overlap=row["overlap"].strip() == "1",
+                created_at=row["created_at"],
+            )
+        )
     return votes

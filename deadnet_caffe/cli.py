@@ -36,9 +36,18 @@ def _summaries() -> dict[str, tuple[str, str, str]]:
     return dict(sorted(out.items()))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2), like every
+    other bad input: ``deadnet train: argument --batch: 0 is not a positive integer (see
+    deadnet train --help).``; argparse's default prints the whole usage first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help).\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``deadnet`` parser; with ``only``, that subcommand's arguments are loaded in full."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deadnet",
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

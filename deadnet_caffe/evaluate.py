@@ -23,6 +23,7 @@ and the unexposed check are reported as unavailable.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ import lmdb
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from data_prep.checks import read_text
 from deadnet_caffe import caffe_env, netspec, paper, runinfo, stats
+from deadnet_caffe.checks import check_lmdb
 from deadnet_caffe.errors import UserError
 
 MODES = ("published_val", "global_stats")
@@ -93,10 +96,7 @@ def read_records(dataset: Path) -> TestRecords:
     """Keys and labels of ``dataset/test.lmdb`` plus ``test_index.csv`` metadata if present."""
     caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
     path = dataset / "test.lmdb"
-    if not (path / "data.mdb").is_file():
-        raise UserError(
-            f"{path} is not an LMDB; --dataset must be a folder made by deadnet dataset."
-        )
+    check_lmdb(path)
     keys, labels = [], []
     env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
@@ -117,8 +117,8 @@ def read_records(dataset: Path) -> TestRecords:
     rec.position = [None] * len(keys)
     rec.dose = np.full(len(keys), np.nan)
     if index.is_file():
-        with open(index, newline="") as fh:
-            rows = {r["key"]: r for r in csv.DictReader(fh) if "key" in r}
+        text = read_text(index, "test index")
+        rows = {r["key"]: r for r in csv.DictReader(io.StringIO(text, newline="")) if "key" in r}
         if not rows:
             raise UserError(f"{index} has no 'key' column (the test LMDB's record keys).")
         for i, k in enumerate(keys):
@@ -329,15 +329,14 @@ def annotator_fraction(votes_csv: Path, rec: TestRecords) -> dict | None:
     if not votes_csv.is_file():
         raise UserError(f"{votes_csv} does not exist.")
     k = n = 0
-    with open(votes_csv, newline="") as fh:
-        for row in csv.DictReader(fh):
-            try:
-                pos = Item.parse(row["item_id"]).position_key
-            except (KeyError, ValueError):
-                raise UserError(f"{votes_csv} is not a votes.csv (item_id column).") from None
-            if dose_of.get(pos) == 0 and row.get("label") in ("healthy", "sick"):
-                n += 1
-                k += row["label"] == "healthy"
+    for row in csv.DictReader(io.StringIO(read_text(votes_csv, "votes CSV"), newline="")):
+        try:
+            pos = Item.parse(row["item_id"]).position_key
+        except (KeyError, ValueError, TypeError):
+            raise UserError(f"{votes_csv} is not a votes.csv (item_id column).") from None
+        if dose_of.get(pos) == 0 and row.get("label") in ("healthy", "sick"):
+            n += 1
+            k += row["label"] == "healthy"
     if n == 0:
         return {"n": 0, "why": "no healthy/sick vote on a dose-0 test position"}
     ci = stats.clopper_pearson(k, n)
@@ -427,6 +426,12 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
     caffe = caffe_env.set_device(s.gpu)
     net_param = netspec.load_net_param(net_path)
     transform = transform_of(net_param)
+    _, shape = check_lmdb(dataset / "test.lmdb")
+    if transform.crop and min(shape[1:]) < transform.crop:
+        raise UserError(
+            f"{dataset / 'test.lmdb'} holds {shape[2]} x {shape[1]} px crops, smaller than the "
+            f"crop_size {transform.crop} of {net_path}."
+        )
     rec = read_records(dataset)
     annotators = annotator_fraction(Path(s.votes), rec) if s.votes else None
     rng = np.random.default_rng(s.seed)

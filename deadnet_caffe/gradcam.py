@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deadnet_caffe.checks import check_lmdb, load_npz
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, upsample_at
 from deadnet_caffe.paper import GRADCAM_LAYER, NET_INPUT_PX
@@ -190,6 +191,12 @@ def read_lmdb_crops(path: Path, per_class: int, seed: int = 0):
 
     if not Path(path).is_dir():
         raise UserError(f"{path}: no such LMDB (the dataset's train.lmdb).")
+    _, shape = check_lmdb(path)
+    if min(shape[1:]) < NET_INPUT_PX:
+        raise UserError(
+            f"{path}: holds {shape[2]} x {shape[1]} px crops, smaller than the net's "
+            f"{NET_INPUT_PX} px input."
+        )
     env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
     out: dict[int, list[np.ndarray]] = {0: [], 1: []}
     with env.begin() as txn:
@@ -256,9 +263,9 @@ def class_weights(
         "per_class": int(per_class),
     }
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as f:
-            if all(str(f[k]) == str(v) for k, v in key.items() if k in f):
-                return {"alpha": f["alpha"], "counts": f["counts"], "cached": True, **key}
+        f = load_npz(cache, ("alpha", "counts"))
+        if all(str(f[k]) == str(v) for k, v in key.items() if k in f):
+            return {"alpha": f["alpha"], "counts": f["counts"], "cached": True, **key}
     from tqdm import tqdm
 
     z, labels = read_lmdb_crops(lmdb_path, per_class)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.checks import check_frames, check_image_file_end, check_tiff_header, quiet_stderr
 from data_prep.normalize import variance_normalize
 from deadnet_caffe.caffe_env import set_device
+from deadnet_caffe.checks import check_weights, nonnegative_int, positive_int
 from deadnet_caffe.errors import UserError
-from deadnet_caffe.netspec import check_weights, load_net_param, net_from_param
+from deadnet_caffe.netspec import load_net_param, net_from_param
 from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -42,6 +44,7 @@ def _tiff_frames(path: Path, channel: int | None) -> np.ndarray:
     """
     import tifffile
 
+    check_tiff_header(path)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, arr = series.axes, series.asarray()
@@ -85,10 +88,12 @@ def read_image_stack(path: Path | str, channel: int | None = None) -> np.ndarray
     Raises
     ------
     UserError
-        Unreadable file, no images in a folder, frames of different sizes, or a side < 220 px.
+        Unreadable or truncated file, a header claiming more than memory holds, a frame
+        count other than the header's, no images in a folder, frames of different sizes, a
+        side < 220 px, NaN or infinite pixels, or a constant frame
+        (:mod:`data_prep.checks`).
     """
     import cv2
-    import tifffile
 
     path = Path(path)
     if path.is_dir():
@@ -104,13 +109,17 @@ def read_image_stack(path: Path | str, channel: int | None = None) -> np.ndarray
         if path.suffix.lower() in (".tif", ".tiff"):
             frames = _tiff_frames(path, channel)
         else:
-            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            check_image_file_end(path)
+            with quiet_stderr():
+                arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if arr is None:
                 raise ValueError("OpenCV cannot decode it")
             if arr.ndim == 3:
                 arr = arr[..., :3].astype(np.float32).mean(axis=-1)
             frames = arr[None]
-    except (ValueError, OSError, tifffile.TiffFileError) as err:
+    except UserError:
+        raise
+    except Exception as err:  # any decoder error (imagecodecs raises its own types)
         raise UserError(f"{path}: cannot read the image ({err}).") from None
     if not (np.issubdtype(frames.dtype, np.integer) or np.issubdtype(frames.dtype, np.floating)):
         raise UserError(f"{path}: pixel type {frames.dtype} is not a number type.")
@@ -119,6 +128,7 @@ def read_image_stack(path: Path | str, channel: int | None = None) -> np.ndarray
             f"{path}: frames are {frames.shape[2]} x {frames.shape[1]} px; the net needs at "
             f"least {NET_INPUT_PX} px on each side."
         )
+    check_frames(path, frames)
     return frames
 
 
@@ -413,6 +423,12 @@ def add_net_arguments(p) -> None:
     g.add_argument("--weights", type=Path, required=True, help=".caffemodel that fits --model")
     g.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="deploy prototxt")
     g.add_argument(
-        "--gpu", type=int, default=None, metavar="ID", help="CUDA device; the CPU when not given"
+        "--gpu",
+        type=nonnegative_int,
+        default=None,
+        metavar="ID",
+        help="CUDA device; the CPU when not given",
     )
-    g.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="crops per forward pass")
+    g.add_argument(
+        "--batch", type=positive_int, default=DEFAULT_BATCH, help="crops per forward pass"
+    )

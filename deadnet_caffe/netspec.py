@@ -10,15 +10,16 @@ files in ``prototxt/`` are never modified.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
+from data_prep.checks import read_text
 from deadnet_caffe.caffe_env import import_caffe
+from deadnet_caffe.checks import check_net_param, check_solver_param, check_weights
 from deadnet_caffe.errors import UserError
 
 
@@ -30,11 +31,7 @@ def _pb2():
 
 
 def _parse(path: Path | str, message: Message, what: str) -> Message:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the {what} ({err.strerror}).") from None
+    text = read_text(path, what)
     try:
         text_format.Merge(text, message)
     except text_format.ParseError as err:
@@ -43,19 +40,26 @@ def _parse(path: Path | str, message: Message, what: str) -> Message:
 
 
 def load_net_param(path: Path | str):
-    """Parse a net prototxt into a ``caffe_pb2.NetParameter``.
+    """Parse a net prototxt into a ``caffe_pb2.NetParameter`` and check it before Caffe sees
+    it (:func:`deadnet_caffe.checks.check_net_param`: layer types, bottom blobs, sizes).
 
     Raises
     ------
     UserError
-        If the file cannot be read or is not a valid NetParameter in text format.
+        If the file cannot be read, is not UTF-8 text or a valid NetParameter in text
+        format, or fails the checks.
     """
-    return _parse(path, _pb2().NetParameter(), "net prototxt")
+    param = _parse(path, _pb2().NetParameter(), "net prototxt")
+    check_net_param(param, path)
+    return param
 
 
 def load_solver_param(path: Path | str):
-    """Parse a solver prototxt into a ``caffe_pb2.SolverParameter`` (see :func:`load_net_param`)."""
-    return _parse(path, _pb2().SolverParameter(), "solver prototxt")
+    """Parse a solver prototxt into a ``caffe_pb2.SolverParameter`` and check its numbers
+    (:func:`deadnet_caffe.checks.check_solver_param`; see :func:`load_net_param`)."""
+    param = _parse(path, _pb2().SolverParameter(), "solver prototxt")
+    check_solver_param(param, path)
+    return param
 
 
 def save_param(param: Message, path: Path | str) -> Path:
@@ -165,54 +169,3 @@ def load_net(prototxt: Path | str, phase: str = "TEST", weights: Path | str | No
         return caffe.Net(str(prototxt), ph)
     check_weights(prototxt, weights, phase)
     return caffe.Net(str(prototxt), str(weights), ph)
-
-
-def check_weights(prototxt: Path | str, weights: Path | str, phase: str = "TEST") -> None:
-    """Check that a .caffemodel's blobs fit the net's same-named layers.
-
-    Caffe aborts the whole process on a shape mismatch (e.g. published weights with the
-    Table 1 FLOOR net, whose fc1 has 13 x 13 x 128 inputs instead of 14 x 14 x 128), so the
-    shapes are compared here first.
-
-    Raises
-    ------
-    UserError
-        Naming the weights file, the layer and both shapes, or saying that no layer matched.
-    """
-    caffe = import_caffe()
-    weights = Path(weights)
-    try:
-        data = weights.read_bytes()
-    except OSError as err:
-        raise UserError(f"{weights}: cannot read the weights ({err.strerror}).") from None
-    model = _pb2().NetParameter()
-    try:
-        model.ParseFromString(data)
-    except DecodeError as err:
-        raise UserError(f"{weights}: not a Caffe .caffemodel ({err}).") from None
-    ph = {"TRAIN": caffe.TRAIN, "TEST": caffe.TEST}[phase]
-    net = caffe.Net(str(prototxt), ph)
-    matched = 0
-    for layer in model.layer:
-        if layer.name not in net.params or not layer.blobs:
-            continue
-        matched += 1
-        mine = net.params[layer.name]
-        if len(mine) != len(layer.blobs):
-            raise UserError(
-                f"{weights}: layer '{layer.name}' has {len(layer.blobs)} blobs but {prototxt} "
-                f"expects {len(mine)}."
-            )
-        for i, (blob, target) in enumerate(zip(layer.blobs, mine, strict=True)):
-            shape = tuple(blob.shape.dim) or tuple(
-                d for d in (blob.num, blob.channels, blob.height, blob.width)
-            )
-            if math.prod(shape) != target.data.size or (
-                blob.shape.dim and shape != target.data.shape
-            ):
-                raise UserError(
-                    f"{weights}: blob {i} of layer '{layer.name}' has shape {shape} but "
-                    f"{prototxt} expects {target.data.shape} (wrong net variant?)."
-                )
-    if matched == 0:
-        raise UserError(f"{weights}: no layer name matches a layer of {prototxt}.")

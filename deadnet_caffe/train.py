@@ -20,6 +20,7 @@ Paper section 2.4 trains the published nets with Caffe; this runner keeps that p
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -29,11 +30,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import lmdb
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
 
 from deadnet_caffe import caffe_env, curves, logparse, netspec, runinfo
+from deadnet_caffe.checks import check_lmdb, check_net_param
 from deadnet_caffe.errors import UserError
 
 SOLVER_NAME = "solver.prototxt"
@@ -41,6 +41,7 @@ LATEST_NAME = "latest.caffemodel"
 SETTINGS_NAME = "settings.json"
 SPLITS = ("train.lmdb", "test.lmdb")
 _PHASE_SOURCE = {0: "train.lmdb", 1: "test.lmdb"}  # caffe_pb2.TRAIN, caffe_pb2.TEST
+_LOSS_VALUE = re.compile(r"(?:, loss = |output #\d+: \S*loss\S* = )([-+]?(?:nan|inf)\w*)", re.I)
 _SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.(caffemodel|solverstate)$")
 #: Caffe logs at most this many display lines per run when --max-iter shortens it.
 DISPLAY_LINES = 100
@@ -99,6 +100,37 @@ def snapshots(run: Path, kind: str = "solverstate") -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _non_finite_loss(line: str) -> str | None:
+    """``"nan"``/``"inf"`` when a Caffe log line reports a training or test loss that is not
+    finite, else None. Caffe goes on training with NaN weights, and its Accuracy layer then
+    reports 1.0 (the argmax of NaN scores is class 0), so the run is stopped instead."""
+    m = _LOSS_VALUE.search(line)
+    if m and not math.isfinite(float(m.group(1))):
+        return m.group(1)
+    return None
+
+
+def _diverged(run: Path, fresh: bool, value: str, iteration: int) -> str:
+    """Clean up after a loss became ``value`` (NaN or infinite) at ``iteration``; the message.
+
+    Snapshots from that iteration on hold NaN weights and are deleted; a fresh run left with
+    no snapshot is removed, so that the same command can simply be run again.
+    """
+    for kind in ("caffemodel", "solverstate"):
+        for it, path in snapshots(run, kind):
+            if it >= iteration:
+                path.unlink()
+    if fresh and not snapshots(run):
+        shutil.rmtree(run, ignore_errors=True)
+        where = "the run folder was removed"
+    else:
+        where = f"snapshots before it are kept in {run}"
+    return (
+        f"training diverged: the loss became {value} at iteration {iteration} "
+        f"(lower --base-lr); {where}."
+    )
+
+
 def check_dataset(dataset: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
     """Check ``dataset`` holds non-empty train/test LMDBs of Caffe Datums.
 
@@ -107,7 +139,6 @@ def check_dataset(dataset: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
     dict
         Split name -> (number of records, (channels, height, width) of the first Datum).
     """
-    caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
     out = {}
     for name in SPLITS:
         path = dataset / name
@@ -115,21 +146,7 @@ def check_dataset(dataset: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
             raise UserError(
                 f"{path} is not an LMDB; --dataset must be a folder made by deadnet dataset."
             )
-        env = lmdb.open(str(path), readonly=True, lock=False)
-        try:
-            with env.begin() as txn:
-                n = txn.stat()["entries"]
-                first = next(iter(txn.cursor()), None)
-        finally:
-            env.close()
-        if not n or first is None:
-            raise UserError(f"{path} holds no records.")
-        datum = caffe_pb2.Datum()
-        try:
-            datum.ParseFromString(first[1])
-        except DecodeError:
-            raise UserError(f"{path} does not hold Caffe Datum records.") from None
-        out[name] = (n, (datum.channels, datum.height, datum.width))
+        out[name] = check_lmdb(path)
     return out
 
 
@@ -207,7 +224,11 @@ def derive(settings: TrainSettings, shapes: dict) -> tuple[object, dict[str, obj
             solver.test_net[i] = f"test_net_{i}.prototxt"
     out_nets = {}
     for fname, (src, phase) in nets.items():
-        net = src if not isinstance(src, Path) else netspec.load_net_param(src)
+        if isinstance(src, Path):
+            net = netspec.load_net_param(src)
+        else:
+            net = src
+            check_net_param(net, solver_path)
         out_nets[fname] = resolve_net(net, dataset, shapes, src, phase)
 
     derived = {}
@@ -375,6 +396,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     start = snapshots(run)[-1][0] if state is not None else 0
     parser = logparse.LineParser()
     stopped: list[str] = []
+    diverged: list[tuple[str, int]] = []  # the first non-finite loss and its iteration
     # Caffe runs in its own process group so that a terminal's Ctrl-C reaches it only once,
     # through the handler below.
     proc = subprocess.Popen(
@@ -412,6 +434,9 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
             for line in proc.stdout:
                 log.write(line)
                 parser.feed(line)
+                if not diverged and (bad := _non_finite_loss(line)):
+                    diverged.append((bad, parser.log.last_iteration or start))
+                    proc.kill()  # the weights are NaN from here on; nothing more to learn
                 if line[:1] in "EF":
                     tail.append(line.strip())
                 it = parser.log.last_iteration
@@ -429,6 +454,8 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    if diverged:
+        raise UserError(_diverged(run, state is None, *diverged[0]))
     done = snapshots(run)
     if code != 0 and not stopped:
         if state is None and not done:

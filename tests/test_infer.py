@@ -130,7 +130,8 @@ def test_classify_cli_on_real_8bit_lzw_stack(tmp_path, net_files, net, real_fram
 def test_classify_centre_and_bad_input(tmp_path, net_files, capsys):
     model, weights = net_files
     common = ["--model", str(model), "--weights", str(weights)]
-    tifffile.imwrite(tmp_path / "a.tif", np.zeros((240, 250), np.uint16))
+    # not constant: a constant image is refused (data_prep.checks)
+    tifffile.imwrite(tmp_path / "a.tif", np.arange(240 * 250, dtype=np.uint16).reshape(240, 250))
     assert main(["classify", str(tmp_path / "a.tif"), "--crops", "centre", *common,
                  "--out", str(tmp_path / "ok")]) == 0  # fmt: skip
     rows = list(csv.DictReader((tmp_path / "ok" / "crops.csv").open()))

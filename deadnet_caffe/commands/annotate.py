@@ -14,6 +14,7 @@ from pathlib import Path
 from data_prep.annotate import db
 from data_prep.annotate.server import AnnotationServer, is_loopback, make_server
 from data_prep.votes import write_votes
+from deadnet_caffe.checks import nonnegative_float
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import DATASET_B_DOSE_RANGE_S
 from deadnet_caffe.runinfo import write_settings
@@ -46,7 +47,7 @@ def add_arguments(p) -> None:
     )
     serve.add_argument(
         "--max-dose-s",
-        type=float,
+        type=nonnegative_float,
         default=DATASET_B_DOSE_RANGE_S[1],
         help="only positions with at most this dose (s of 395 nm light) are annotated",
     )

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from deadnet_caffe.checks import probability
 from deadnet_caffe.infer import (
     DeployNet,
     add_net_arguments,
@@ -36,7 +37,9 @@ def add_arguments(p) -> None:
         default="grid",
         help="256 px crops at stride 128 covering each image, or only the centre crop",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="image label: sick if mean >= this")
+    p.add_argument(
+        "--threshold", type=probability, default=0.5, help="image label: sick if mean >= this"
+    )
     add_net_arguments(p)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
 from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import read_lmdb_crops
@@ -34,10 +35,14 @@ HELP = "class model images by gradient ascent on the class score (eq. 4, Figure 
 def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     g = p.add_argument_group("eq. 4")
-    g.add_argument("--iterations", type=int, default=CLASSMODEL_ITERATIONS)
-    g.add_argument("--epsilon", type=float, default=CLASSMODEL_EPSILON, help="step size")
-    g.add_argument("--lambda1", type=float, default=CLASSMODEL_LAMBDA1, help="L2 penalty")
-    g.add_argument("--lambda2", type=float, default=CLASSMODEL_LAMBDA2, help="smoothness")
+    g.add_argument("--iterations", type=positive_int, default=CLASSMODEL_ITERATIONS)
+    g.add_argument("--epsilon", type=positive_float, default=CLASSMODEL_EPSILON, help="step size")
+    g.add_argument(
+        "--lambda1", type=nonnegative_float, default=CLASSMODEL_LAMBDA1, help="L2 penalty"
+    )
+    g.add_argument(
+        "--lambda2", type=nonnegative_float, default=CLASSMODEL_LAMBDA2, help="smoothness"
+    )
     g.add_argument(
         "--laplacian-sign",
         choices=("smooth", "literal"),

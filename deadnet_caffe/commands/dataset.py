@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from data_prep.build import BuildConfig, build
-from deadnet_caffe import paper
+from deadnet_caffe import checks, paper
 
 NAME = "dataset"
 HELP = "build Data Set A or B (LMDB / HDF5) from a raw experiment"
@@ -33,21 +33,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="lmdb",
         help="LMDB for Caffe's Data layer, HDF5 + list file for HDF5Data",
     )
-    io.add_argument("--hdf5-rows", type=int, default=2048, help="crops per HDF5 file")
+    io.add_argument(
+        "--hdf5-rows", type=checks.positive_int, default=2048, help="crops per HDF5 file"
+    )
     run = p.add_argument_group("split and execution")
-    run.add_argument("--seed", type=int, default=0, help="seed of split and augmentation")
+    run.add_argument("--seed", type=checks.seed, default=0, help="seed of split and augmentation")
     run.add_argument(
         "--test-fraction",
-        type=float,
+        type=checks.open_fraction,
         default=0.25,
         help="fraction of positions per (class, dose) that go to test",
     )
-    run.add_argument("--workers", type=int, default=2, help="worker processes (0/1: inline)")
+    run.add_argument(
+        "--workers", type=checks.nonnegative_int, default=2, help="worker processes (0/1: inline)"
+    )
     a = p.add_argument_group("Data Set A")
     a.add_argument(
         "--early-frames",
         nargs=2,
-        type=int,
+        type=checks.nonnegative_int,
         default=(0, 1),
         metavar=("FIRST", "COUNT"),
         help="window of early frames labelled (sick positions still look healthy)",
@@ -61,17 +65,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     a.add_argument(
         "--sick-min-dose",
-        type=float,
+        type=checks.nonnegative_float,
         default=None,
         metavar="SECONDS",
         help="criterion instead of a list: positions with at least this dose are sick",
     )
     a.add_argument(
-        "--warps", type=int, default=paper.AUG_A["w"], help="TPS-warped copies w (0: no warp)"
+        "--warps",
+        type=checks.nonnegative_int,
+        default=paper.AUG_A["w"],
+        help="TPS-warped copies w (0: no warp)",
     )
     a.add_argument(
         "--blurs",
-        type=int,
+        type=checks.nonnegative_int,
         default=None,
         help=f"blurred copies b (0: no blur); default A {paper.AUG_A['b']}, B {paper.AUG_B['b']}",
     )
@@ -84,18 +91,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     b.add_argument(
         "--max-dose",
-        type=float,
+        type=checks.nonnegative_float,
         default=paper.DATASET_B_DOSE_RANGE_S[1],
         help="use items of positions with at most this dose (s)",
     )
     b.add_argument(
         "--time-frames",
-        type=int,
+        type=checks.positive_int,
         default=paper.AUG_B["t"],
         help="frames t of each annotated 10-frame crop used for training",
     )
     b.add_argument(
-        "--noise-copies", type=int, default=paper.AUG_B["n"], help="noisy copies n (0: no noise)"
+        "--noise-copies",
+        type=checks.nonnegative_int,
+        default=paper.AUG_B["n"],
+        help="noisy copies n (0: no noise)",
     )
     p.add_argument(
         "--rotations",

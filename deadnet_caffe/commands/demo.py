@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deadnet_caffe.checks import positive_float, positive_int, seed
 from deadnet_caffe.demo import DEMO_BASE_LR, DemoConfig, run_demo
 
 NAME = "demo"
@@ -23,27 +24,30 @@ def add_arguments(p) -> None:
         default=_D.preset,
         help="simulator preset (tiny: the reduced CI demo)",
     )
-    p.add_argument("--seed", type=int, default=_D.seed, help="seed of every step")
-    p.add_argument("--max-iter", type=int, default=_D.max_iter, help="training iterations")
-    p.add_argument("--base-lr", type=float, default=DEMO_BASE_LR, help="derived base_lr")
+    p.add_argument("--seed", type=seed, default=_D.seed, help="seed of every step")
+    p.add_argument("--max-iter", type=positive_int, default=_D.max_iter, help="training iterations")
+    p.add_argument("--base-lr", type=positive_float, default=DEMO_BASE_LR, help="derived base_lr")
     p.add_argument(
         "--test-interval",
-        type=int,
+        type=positive_int,
         default=_D.test_interval,
         help="validation (and snapshot) interval",
     )
     p.add_argument(
-        "--report-every", type=int, default=_D.report_every, help="report: analyse every n-th frame"
+        "--report-every",
+        type=positive_int,
+        default=_D.report_every,
+        help="report: analyse every n-th frame",
     )
     p.add_argument(
         "--classmodel-iterations",
-        type=int,
+        type=positive_int,
         default=_D.classmodel_iterations,
         help="eq. 4 iterations",
     )
     p.add_argument(
         "--gradcam-per-class",
-        type=int,
+        type=positive_int,
         default=_D.gradcam_per_class,
         help="training crops per class for the eq. 3 weights",
     )

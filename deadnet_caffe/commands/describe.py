@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deadnet_caffe.checks import positive_int
 from deadnet_caffe.describe import describe_net, format_table
 
 NAME = "describe"
@@ -18,7 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--size",
         nargs=2,
-        type=int,
+        type=positive_int,
         metavar=("H", "W"),
         default=None,
         help="input height and width (default: the net's crop_size or Input shape)",

@@ -13,17 +13,11 @@ import argparse
 from pathlib import Path
 
 from deadnet_caffe import paper
+from deadnet_caffe.checks import nonnegative_int, positive_int, seed
 from deadnet_caffe.evaluate import EvalSettings, evaluate
 
 NAME = "evaluate"
 HELP = "test accuracy with bootstrap BCa intervals, confusion matrix, galleries"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="output folder; if absent, WEIGHTS' folder/evaluation")
     parser.add_argument("--votes", help="votes.csv: annotators' fraction on unexposed cells")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the virtual batches")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the virtual batches")
     parser.add_argument(
-        "--resamples", type=_positive, default=paper.BOOTSTRAP_RESAMPLES, help="bootstrap resamples"
+        "--resamples",
+        type=positive_int,
+        default=paper.BOOTSTRAP_RESAMPLES,
+        help="bootstrap resamples",
     )
-    parser.add_argument("--gallery", type=_positive, default=8, help="crops per class per gallery")
-    parser.add_argument("--gpu", type=int, help="GPU device to run on; the CPU if absent")
+    parser.add_argument(
+        "--gallery", type=positive_int, default=8, help="crops per class per gallery"
+    )
+    parser.add_argument(
+        "--gpu", type=nonnegative_int, help="GPU device to run on; the CPU if absent"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

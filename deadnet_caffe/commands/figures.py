@@ -7,8 +7,10 @@ RUN/figure3a_loss.png, RUN/figure3b_accuracy.png.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from deadnet_caffe.curves import update_run
+from deadnet_caffe.checks import check_caffe_log
+from deadnet_caffe.curves import LOG_NAME, update_run
 
 NAME = "figures"
 HELP = "redraw a run's Figure 3a,b curves from its Caffe log"
@@ -19,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_caffe_log(Path(args.run) / LOG_NAME)
     for path in update_run(args.run):
         print(path)
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deadnet_caffe.checks import check_image_sources, positive_int
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import (
     GradCam,
@@ -43,7 +44,10 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--layer", default=GRADCAM_LAYER, help="layer whose maps are A (eq. 1-2)")
     p.add_argument(
-        "--per-class", type=int, default=200, help="training crops per class averaged in eq. 3"
+        "--per-class",
+        type=positive_int,
+        default=200,
+        help="training crops per class averaged in eq. 3",
     )
     p.add_argument(
         "--cache", type=Path, default=None, help="eq. 3 cache (.npz; default: beside --weights)"
@@ -55,7 +59,7 @@ def add_arguments(p) -> None:
         default=[],
         help="example images (centre crop of the first frame; default: test.lmdb)",
     )
-    p.add_argument("--examples", type=int, default=3, help="test.lmdb examples per class")
+    p.add_argument("--examples", type=positive_int, default=3, help="test.lmdb examples per class")
     p.add_argument("--frame", type=Path, default=None, help="image for a whole-frame Grad-CAM")
     p.add_argument(
         "--frame-class",
@@ -63,7 +67,9 @@ def add_arguments(p) -> None:
         default="sick",
         help="class c of the whole-frame Grad-CAM",
     )
-    p.add_argument("--stride", type=int, default=CROP_STRIDE_PX, help="crop step of --frame")
+    p.add_argument(
+        "--stride", type=positive_int, default=CROP_STRIDE_PX, help="crop step of --frame"
+    )
     add_net_arguments(p)
 
 
@@ -86,6 +92,7 @@ def _examples(args, net):
 def run(args) -> int:
     if args.per_class < 1 or args.examples < 1 or args.stride < 1:
         raise UserError("--per-class, --examples and --stride must be at least 1.")
+    check_image_sources([(path, None, None) for path in args.images])
     frame = read_image_stack(args.frame)[0] if args.frame else None
     net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
     gc = GradCam(net, args.layer)

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from data_prep.experiment import read_manifest
+from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.heatmap import (
     DenseNet,
@@ -43,17 +44,19 @@ def add_arguments(p) -> None:
         default="exact",
         help="exact: every window normalised as in training; dense: one fully convolutional pass",
     )
-    p.add_argument("--stride", type=int, default=CROP_STRIDE_PX, help="window step (exact mode)")
+    p.add_argument(
+        "--stride", type=positive_int, default=CROP_STRIDE_PX, help="window step (exact mode)"
+    )
     p.add_argument(
         "--dense-model",
         type=Path,
         default=DEFAULT_DENSE_MODEL,
         help="fully convolutional deploy variant (dense mode)",
     )
-    p.add_argument("--every", type=int, default=1, help="use every n-th frame")
+    p.add_argument("--every", type=positive_int, default=1, help="use every n-th frame")
     p.add_argument(
         "--frame-interval-min",
-        type=float,
+        type=positive_float,
         default=FRAME_INTERVAL_MIN,
         help="minutes between frames of loose inputs (experiments use the manifest)",
     )
@@ -61,16 +64,20 @@ def add_arguments(p) -> None:
 
 
 def _sources(args) -> list[tuple[str, Path, int | None, float]]:
+    """(name, path, channel, frame interval) of every time-lapse, each read and checked."""
     if bool(args.inputs) == bool(args.experiment):
         raise UserError("give either input files or --experiment, not both or neither.")
     if args.experiment:
+        positions = read_manifest(args.experiment)
+        check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
         return [
             (pos.key.replace("/", "_"), pos.path, pos.channel, pos.frame_interval_min)
-            for pos in read_manifest(args.experiment)
+            for pos in positions
         ]
     for path in args.inputs:
         if not path.exists():
             raise UserError(f"{path}: no such file or folder.")
+    check_image_sources([(path, None, None) for path in args.inputs])
     return [(path.stem, path, None, args.frame_interval_min) for path in args.inputs]
 
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from data_prep.experiment import read_manifest
+from deadnet_caffe.checks import check_image_sources, nonnegative_int, positive_int, probability
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.infer import DeployNet, add_net_arguments
@@ -28,18 +29,20 @@ HELP = "per-experiment phototoxicity report: sick area over time, dose response,
 def add_arguments(p) -> None:
     p.add_argument("--experiment", type=Path, required=True, help="folder with manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--stride", type=int, default=CROP_STRIDE_PX, help="heat-map window step")
-    p.add_argument("--every", type=int, default=1, help="analyse every n-th frame")
-    p.add_argument("--late-frames", type=int, default=3, help="frames averaged at the end")
+    p.add_argument(
+        "--stride", type=positive_int, default=CROP_STRIDE_PX, help="heat-map window step"
+    )
+    p.add_argument("--every", type=positive_int, default=1, help="analyse every n-th frame")
+    p.add_argument("--late-frames", type=positive_int, default=3, help="frames averaged at the end")
     p.add_argument(
         "--margin",
-        type=float,
+        type=probability,
         default=0.2,
         help="sick fraction above the dose-0 baseline that flags a position",
     )
     p.add_argument(
         "--gradcam-crops",
-        type=int,
+        type=nonnegative_int,
         default=4,
         help="sick crops per position for the Grad-CAM checks (needs ground truth)",
     )
@@ -50,6 +53,7 @@ def run(args) -> int:
     if min(args.stride, args.every, args.late_frames) < 1 or args.gradcam_crops < 0:
         raise UserError("--stride, --every and --late-frames must be >= 1, --gradcam-crops >= 0.")
     positions = read_manifest(args.experiment)
+    check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
     net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
     gc = GradCam(net, GRADCAM_LAYER)
     results = [

@@ -14,7 +14,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from data_prep.checks import read_text
 from data_prep.sim.params import PRESETS, Biology, Optics, Settings
+from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int, seed
 from deadnet_caffe.errors import UserError
 
 NAME = "simulate"
@@ -24,19 +26,25 @@ HELP = "simulate a phototoxicity experiment with ground truth (the embedded defa
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="experiment folder to write")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="layout preset")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (same seed, same bytes)")
     g = p.add_argument_group("layout (override the preset)")
-    g.add_argument("--doses", type=float, nargs="+", metavar="S", help="dose per well, seconds")
-    g.add_argument("--positions", type=int, metavar="N", help="stage positions per well")
-    g.add_argument("--hours", type=float, help="length of the time-lapse in hours")
+    g.add_argument(
+        "--doses", type=nonnegative_float, nargs="+", metavar="S", help="dose per well, seconds"
+    )
+    g.add_argument("--positions", type=positive_int, metavar="N", help="stage positions per well")
+    g.add_argument("--hours", type=positive_float, help="length of the time-lapse in hours")
     g.add_argument(
         "--render-every",
-        type=int,
+        type=positive_int,
         metavar="K",
         help="render every K-th 8-min frame (the TIFF's frame interval is K x 8 min)",
     )
     g.add_argument(
-        "--size", type=int, nargs=2, metavar=("W", "H"), help="frame size in px (1344 1024)"
+        "--size",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="frame size in px (1344 1024)",
     )
     g.add_argument("--no-votes", action="store_true", help="do not simulate expert votes")
     p.add_argument(
@@ -44,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="JSON with 'biology' and/or 'optics' objects overriding model parameters",
     )
-    p.add_argument("--jobs", type=int, default=1, help="positions simulated in parallel")
+    p.add_argument("--jobs", type=positive_int, default=1, help="positions simulated in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -64,8 +72,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     bio, optics = Biology(), Optics()
     if args.settings:
         try:
-            doc = json.loads(args.settings.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            doc = json.loads(read_text(args.settings, "settings JSON"))
+        except json.JSONDecodeError as err:
             raise UserError(f"{args.settings}: cannot read the settings JSON ({err}).") from None
         if not isinstance(doc, dict) or set(doc) - {"biology", "optics"}:
             raise UserError(f"{args.settings}: expected an object with 'biology' and 'optics'.")

@@ -11,17 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deadnet_caffe.checks import positive_float, positive_int, seed
 from deadnet_caffe.train import TrainSettings, train
 
 NAME = "train"
 HELP = "train a net with Caffe (snapshots, log, curves, resume)"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def _gpu(text: str) -> str:
@@ -39,14 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the run from its newest solverstate"
     )
     ov = parser.add_argument_group("solver overrides (written to the run's derived solver)")
-    ov.add_argument("--max-iter", type=_positive, help="solver max_iter")
-    ov.add_argument("--snapshot-interval", type=_positive, help="solver snapshot")
-    ov.add_argument("--test-interval", type=_positive, help="solver test_interval")
-    ov.add_argument("--test-iter", type=_positive, help="solver test_iter (batches per test pass)")
+    ov.add_argument("--max-iter", type=positive_int, help="solver max_iter")
+    ov.add_argument("--snapshot-interval", type=positive_int, help="solver snapshot")
+    ov.add_argument("--test-interval", type=positive_int, help="solver test_interval")
     ov.add_argument(
-        "--base-lr", type=float, help="solver base_lr (a stated derivative of the paper's 0.0003)"
+        "--test-iter", type=positive_int, help="solver test_iter (batches per test pass)"
     )
-    ov.add_argument("--seed", type=int, help="solver random_seed (fillers, crops, dropout)")
+    ov.add_argument(
+        "--base-lr",
+        type=positive_float,
+        help="solver base_lr (a stated derivative of the paper's 0.0003)",
+    )
+    ov.add_argument("--seed", type=seed, help="solver random_seed (fillers, crops, dropout)")
     dev = parser.add_argument_group("device")
     dev.add_argument(
         "--gpu", type=_gpu, help="GPU id, or 'all' for Caffe's NCCL multi-GPU; CPU if absent"
