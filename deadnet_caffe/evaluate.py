@@ -32,7 +32,7 @@ import lmdb
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from deadnet_caffe import caffe_env, netspec, paper, runinfo, stats
+from deadnet_caffe import caffe_env, netspec, outdir, paper, runinfo, stats
 from deadnet_caffe.errors import UserError
 
 MODES = ("published_val", "global_stats")
@@ -424,42 +424,43 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
     if not weights.is_file():
         raise UserError(f"{weights} does not exist.")
     net_path = Path(s.net) if s.net else default_net(weights)
-    caffe = caffe_env.set_device(s.gpu)
-    net_param = netspec.load_net_param(net_path)
-    transform = transform_of(net_param)
-    rec = read_records(dataset)
-    annotators = annotator_fraction(Path(s.votes), rec) if s.votes else None
-    rng = np.random.default_rng(s.seed)
-    results, probs = {}, {}
-    for mode in MODES:
-        param, score = eval_net_param(net_param, transform, mode == "global_stats")
-        net = netspec.net_from_param(param, "TEST", weights)
-        with tqdm(total=len(rec.keys), desc=mode, unit="crop", disable=not progress) as bar:
-            probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2, bar)
-        results[mode] = mode_results(rec, probs[mode], rng, s.resamples, annotators)
-        results[mode]["label"] = MODE_LABELS[mode]
-        del net
-    primary = results[PRIMARY_MODE]
-    doc = {
-        "accuracy": primary["accuracy"],
-        "ci_low": primary["ci_low"],
-        "ci_high": primary["ci_high"],
-        "primary_mode": PRIMARY_MODE,
-        "primary_mode_label": MODE_LABELS[PRIMARY_MODE],
-        "interval_method": primary["interval_method"],
-        "statistics": (
-            f"section 2.5: {paper.BOOTSTRAP_VIRTUAL_BATCHES} virtual batches of "
-            f"{paper.BOOTSTRAP_PER_CLASS} healthy + {paper.BOOTSTRAP_PER_CLASS} sick crops, "
-            f"{s.resamples} bootstrap resamples of their mean accuracy, "
-            f"{paper.CONFIDENCE_LEVEL:.0%} BCa"
-        ),
-        "weights": str(weights),
-        "net": str(net_path),
-        "dataset": str(dataset),
-        "metadata_source": rec.metadata_source,
-        "modes": results,
-    }
-    with runinfo.atomic_dir(Path(s.out)) as tmp:
+    inputs = [weights, dataset, net_path, *([s.votes] if s.votes else [])]
+    with outdir.output_dir(s.out, "evaluate", inputs) as tmp:
+        caffe = caffe_env.set_device(s.gpu)
+        net_param = netspec.load_net_param(net_path)
+        transform = transform_of(net_param)
+        rec = read_records(dataset)
+        annotators = annotator_fraction(Path(s.votes), rec) if s.votes else None
+        rng = np.random.default_rng(s.seed)
+        results, probs = {}, {}
+        for mode in MODES:
+            param, score = eval_net_param(net_param, transform, mode == "global_stats")
+            net = netspec.net_from_param(param, "TEST", weights, name=str(net_path))
+            with tqdm(total=len(rec.keys), desc=mode, unit="crop", disable=not progress) as bar:
+                probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2, bar)
+            results[mode] = mode_results(rec, probs[mode], rng, s.resamples, annotators)
+            results[mode]["label"] = MODE_LABELS[mode]
+            del net
+        primary = results[PRIMARY_MODE]
+        doc = {
+            "accuracy": primary["accuracy"],
+            "ci_low": primary["ci_low"],
+            "ci_high": primary["ci_high"],
+            "primary_mode": PRIMARY_MODE,
+            "primary_mode_label": MODE_LABELS[PRIMARY_MODE],
+            "interval_method": primary["interval_method"],
+            "statistics": (
+                f"section 2.5: {paper.BOOTSTRAP_VIRTUAL_BATCHES} virtual batches of "
+                f"{paper.BOOTSTRAP_PER_CLASS} healthy + {paper.BOOTSTRAP_PER_CLASS} sick crops, "
+                f"{s.resamples} bootstrap resamples of their mean accuracy, "
+                f"{paper.CONFIDENCE_LEVEL:.0%} BCa"
+            ),
+            "weights": str(weights),
+            "net": str(net_path),
+            "dataset": str(dataset),
+            "metadata_source": rec.metadata_source,
+            "modes": results,
+        }
         (tmp / JSON_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         _write_predictions(tmp / PREDICTIONS_NAME, rec, probs)
         figures = gallery.draw_galleries(

@@ -69,12 +69,19 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     result = train(settings, progress=not args.no_progress)
-    if result.interrupted:
+    if result.interrupted and result.iteration is None:
+        print(
+            f"deadnet train: {result.interrupted} received before the first snapshot; nothing "
+            f"to resume, so the same command starts {result.run} afresh.",
+            file=sys.stderr,
+        )
+    elif result.interrupted:
         print(
             f"deadnet train: {result.interrupted} received; snapshot at iteration "
             f"{result.iteration} in {result.run}; continue with --resume.",
             file=sys.stderr,
         )
+    if result.interrupted:
         return 130 if result.interrupted == "SIGINT" else 143
     print(f"deadnet train: iteration {result.iteration} of {result.max_iter}; {result.latest}")
     return 0
