@@ -445,27 +445,39 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     start = snapshots(run)[-1][0] if state is not None else 0
     parser = logparse.LineParser()
     stopped: list[str] = []
-    # Caffe runs in its own process group so that a terminal's Ctrl-C reaches it only once,
-    # through the handler below.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=run,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=caffe_env.child_limits,
-    )
+    started: list[subprocess.Popen] = []
 
     def on_signal(signum, _frame):
         stopped.append(signal.Signals(signum).name)
-        if len(stopped) == 1:
-            proc.send_signal(signal.SIGINT)  # -sigint_effect=stop: snapshot, then exit
-        else:
-            proc.kill()
+        for proc in started:
+            if len(stopped) == 1:
+                proc.send_signal(signal.SIGINT)  # -sigint_effect=stop: snapshot, then exit
+            else:
+                proc.kill()
 
+    # The handler is in place before Caffe starts: a signal that arrives while it starts
+    # (during the fork) is remembered and passed on, not lost.
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Caffe runs in its own process group so that a terminal's Ctrl-C reaches it only once,
+    # through the handler above; it dies with this process (caffe_env.child_limits).
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=run,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            preexec_fn=caffe_env.child_limits,
+        )
+    except BaseException:
+        for s, h in old.items():
+            signal.signal(s, h)
+        raise
+    started.append(proc)
+    if stopped:
+        proc.send_signal(signal.SIGINT if len(stopped) == 1 else signal.SIGKILL)
     tail: list[str] = []
     shown: tuple = (None, None)  # the loss and lr on the progress bar
     try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from deadnet_caffe.train import TrainSettings, train
+from deadnet_caffe.train import TrainResult, TrainSettings, train, usable_snapshots
 
 NAME = "train"
 HELP = "train a net with Caffe (snapshots, log, curves, resume)"
@@ -68,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         resume=args.resume,
     )
-    result = train(settings, progress=not args.no_progress)
+    try:
+        result = train(settings, progress=not args.no_progress)
+    except KeyboardInterrupt:  # before Caffe started, or before the handler was in place
+        states = usable_snapshots(Path(args.run))
+        result = TrainResult(Path(args.run), states[-1][0] if states else None, 0, "SIGINT", None)
     if result.interrupted and result.iteration is None:
         print(
             f"deadnet train: {result.interrupted} received before the first snapshot; nothing "
