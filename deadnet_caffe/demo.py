@@ -21,7 +21,7 @@ from pathlib import Path
 from data_prep.experiment import Position, read_manifest
 from deadnet_caffe.demo_page import summarise, write_page
 from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import claim_dir
+from deadnet_caffe.outdir import claim_dir, die_with_parent
 from deadnet_caffe.paper import BATCH_SIZE
 from deadnet_caffe.runinfo import write_settings
 
@@ -64,7 +64,9 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
     log(f"[demo] {step.name}: {step.title}")
     log("[demo]   $ deadnet " + shlex.join([*step.argv, *extra]))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "deadnet_caffe.cli", *step.argv, *extra])
+    proc = subprocess.run(
+        [sys.executable, "-m", "deadnet_caffe.cli", *step.argv, *extra], preexec_fn=die_with_parent
+    )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise UserError(

@@ -44,6 +44,9 @@ from pathlib import Path
 from deadnet_caffe.errors import UserError
 
 MARKER = ".deadnet-output.json"
+#: Files that readers of an output add to it and that are no user data: an LMDB's lock file
+#: (Caffe creates it when it reads a data set that was written without one).
+_READER_FILES = frozenset({"lock.mdb"})
 _STALE_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _PR_SET_PDEATHSIG = 1
 _RENAME_EXCHANGE = 2
@@ -163,7 +166,11 @@ def check_location(
         raise UserError(
             f"{option} {given} is a file, not a folder; remove it or choose another {option}."
         )
-    if real.is_dir() and any(real.iterdir()):
+    try:
+        occupied = real.is_dir() and any(real.iterdir())
+    except OSError as err:
+        raise UserError(f"{option} {given}: cannot read it ({err.strerror}).") from None
+    if occupied:
         doc = read_marker(real)
         if doc is None:
             raise UserError(
@@ -176,7 +183,8 @@ def check_location(
                 f"'deadnet {command}'; choose another {option} (nothing was changed)."
             )
         if "files" in doc:
-            extra = sorted(set(_files(real)) - set(doc["files"]))
+            added = set(_files(real)) - set(doc["files"])
+            extra = sorted(f for f in added if Path(f).name not in _READER_FILES)
             if extra:
                 raise UserError(
                     f"{option} {given} holds {len(extra)} file(s) that deadnet {command} did "

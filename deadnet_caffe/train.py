@@ -15,7 +15,11 @@ Paper section 2.4 trains the published nets with Caffe; this runner keeps that p
   write a snapshot at the current iteration (``snapshot_after_train``) and exit cleanly;
   ``resume=True`` continues from the newest solverstate. Caffe 1.0's tool has no
   ``-sigterm_effect`` flag, so a SIGTERM to this process is passed on to Caffe as SIGINT.
-  Caffe runs in its own session, so a terminal's Ctrl-C reaches it only through us.
+  Caffe runs in its own session, so a terminal's Ctrl-C reaches it only through us, and it
+  dies with this process (``PR_SET_PDEATHSIG``), so a SIGKILL leaves no orphan training;
+- a run folder that holds no complete snapshot (stopped or killed before the first) is
+  started afresh by the next session; snapshots left incomplete by a kill are removed and
+  the newest whole one is resumed. The run folder follows :mod:`deadnet_caffe.outdir`.
 """
 
 from __future__ import annotations

@@ -206,3 +206,16 @@ def test_pool_workers_die_with_their_parent(tmp_path):
         Path(f"/proc/{worker}/stat").read_text().rsplit(")")[1].split()[0] != "Z"
     )
     assert not alive, "the pool worker outlived its killed parent"
+
+
+def test_lock_file_added_by_a_reader_does_not_block_the_rerun(tmp_path):
+    """Caffe creates lock.mdb when it reads an LMDB written without one (deadnet dataset
+    with --workers 1); that is no user file."""
+    out = tmp_path / "ds"
+    with output_dir(out, "dataset") as tmp:
+        (tmp / "train.lmdb").mkdir()
+        (tmp / "train.lmdb" / "data.mdb").write_bytes(b"\0" * 16)
+    (out / "train.lmdb" / "lock.mdb").write_bytes(b"\0" * 16)
+    with output_dir(out, "dataset") as tmp:
+        (tmp / "dataset.json").write_text("{}\n")
+    assert (out / "dataset.json").is_file() and not (out / "train.lmdb").exists()

@@ -3,7 +3,9 @@
 The run folder gets the derived solver and the exact nets used (Data sources resolved to
 DATASET/train.lmdb and test.lmdb, CPU unless --gpu), Caffe's own log (caffe.log), a
 settings JSON, caffemodel + solverstate snapshots, latest.caffemodel, curves.csv and the
-Figure 3a,b PNGs. Ctrl-C or SIGTERM writes a snapshot and stops; --resume continues.
+Figure 3a,b PNGs. Ctrl-C or SIGTERM writes a snapshot and stops; --resume continues. A run
+stopped before its first snapshot (Caffe writes none at iteration 0), or killed then, is
+started afresh by the same command; the message says which.
 """
 
 from __future__ import annotations
