@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -119,25 +120,41 @@ _NET_PROBE = (
     "import sys, caffe; caffe.set_mode_cpu(); "
     "caffe.Net(sys.argv[1], {'TRAIN': caffe.TRAIN, 'TEST': caffe.TEST}[sys.argv[2]]); print('ok')"
 )
-_NETS_BUILT: set[tuple[bytes, str]] = set()
+#: Layer types whose construction reads files (a data source), so that a net built once may
+#: still abort later: nets with them are built in a child every time.
+_READS_FILES = frozenset({"Data", "HDF5Data", "ImageData", "WindowData", "Python"})
+_NETS_BUILT: set[str] = set()
 
 
-def _net_key(prototxt: Path, name: str | None) -> bytes:
-    """A digest of the net: the parsed NetParameter without ``force_backward`` (which changes
-    no check at construction), so that a copy written back by pycaffe is not built again."""
+def _net_key(prototxt: Path, phase: str, name: str | None) -> tuple[str, bool]:
+    """A digest of the net for this Caffe build, and whether the net reads files.
+
+    The digest covers the parsed NetParameter without ``force_backward`` (which changes no
+    check at construction), the phase and the Caffe library in use.
+    """
     try:
         text = prototxt.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{name or prototxt}: cannot read the net ({err}).") from None
     from google.protobuf import text_format
 
-    param = import_caffe().proto.caffe_pb2.NetParameter()
+    caffe = import_caffe()
+    param = caffe.proto.caffe_pb2.NetParameter()
     try:
         text_format.Merge(text, param)
     except text_format.ParseError:
-        return hashlib.sha256(text.encode()).digest()
+        return hashlib.sha256(text.encode()).hexdigest(), True
     param.ClearField("force_backward")
-    return hashlib.sha256(param.SerializeToString(deterministic=True)).digest()
+    h = hashlib.sha256(param.SerializeToString(deterministic=True))
+    h.update(f"{phase} {Path(caffe.__file__).resolve()}".encode())
+    reads = any(layer.type in _READS_FILES for layer in param.layer) or bool(param.layers)
+    return h.hexdigest(), reads
+
+
+def _built_dir() -> Path:
+    """Where nets that Caffe built without aborting are remembered across processes."""
+    root = os.environ.get("DEADNET_CACHE") or Path.home() / ".cache" / "deadnet-caffe"
+    return Path(root) / "nets-built"
 
 
 def check_net_builds(prototxt: Path | str, phase: str = "TEST", name: str | None = None) -> None:
@@ -145,8 +162,10 @@ def check_net_builds(prototxt: Path | str, phase: str = "TEST", name: str | None
 
     Caffe aborts the whole process (glog CHECK) on an unknown layer type, an unknown bottom
     blob, a zero-sized or impossible shape, an unreadable Data source and more; here such a
-    net becomes one sentence, naming ``name`` (default: ``prototxt``). A prototxt already
-    built in this process is not built again.
+    net becomes one sentence, naming ``name`` (default: ``prototxt``). A net that built
+    before with this Caffe build is not built again: in this process, and, for nets that
+    read no files (deploy nets), in any later one (an empty file per net under
+    ``~/.cache/deadnet-caffe/nets-built``, or ``$DEADNET_CACHE``).
 
     Raises
     ------
@@ -154,13 +173,18 @@ def check_net_builds(prototxt: Path | str, phase: str = "TEST", name: str | None
         Naming ``prototxt`` and Caffe's reason.
     """
     prototxt = Path(prototxt)
-    key = (_net_key(prototxt, name), phase)
-    if key in _NETS_BUILT:
+    key, reads = _net_key(prototxt, phase, name)
+    remembered = _built_dir() / key
+    if key in _NETS_BUILT or (not reads and remembered.is_file()):
         return
     rc, reason = run_isolated(_NET_PROBE, str(prototxt), phase)
     if rc != 0 or not reason.endswith("ok"):
         raise UserError(f"{name or prototxt}: Caffe cannot build this net ({reason.rstrip('.')}).")
     _NETS_BUILT.add(key)
+    if not reads:
+        with contextlib.suppress(OSError):
+            remembered.parent.mkdir(parents=True, exist_ok=True)
+            remembered.touch()
 
 
 def set_device(gpu: int | None):

@@ -78,13 +78,13 @@ def _sources(args) -> list[tuple[str, Path, int | None, float]]:
 def run(args) -> int:
     if args.stride < 1 or args.every < 1:
         raise UserError("--stride and --every must be at least 1.")
+    sources = _sources(args)
     inputs = [*args.inputs, args.model, args.weights]
     if args.experiment:
         inputs.append(args.experiment)
     if args.mode == "dense":
         inputs.append(args.dense_model)
     with output_dir(args.out, NAME, inputs) as tmp:
-        sources = _sources(args)
         net = DeployNet(args.model, args.weights, args.gpu)
         if args.mode == "dense":
             dense = DenseNet.from_deploy(args.dense_model, net)
