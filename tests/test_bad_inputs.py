@@ -158,6 +158,8 @@ CASES = [
          "evaluate --weights net/weights.caffemodel --dataset exp --net net/deploy.prototxt "
          "--out net", "net", out="net"),
     Case("demo-out-unrelated-folder", "demo --preset tiny --out keep", "keep", out="keep"),
+    Case("bench-out-unrelated-folder", "bench --quick --only simulate --out keep", "keep",
+         out="keep"),
     Case("train-run-is-a-file", "train --dataset exp --solver net/deploy.prototxt "
          "--run keep/notes.txt", "keep/notes.txt", out="keep"),
     Case("train-run-unrelated-folder", "train --dataset exp --solver net/deploy.prototxt "
