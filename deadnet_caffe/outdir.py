@@ -1,7 +1,8 @@
 """Output folders that never destroy data: a marker, refusals, an atomic swap, stale clean-up.
 
 Every folder that ``deadnet`` writes (``--out`` of classify, dataset, simulate, heatmap,
-report, gradcam, classmodel, evaluate and demo, and train's ``--run``) carries a marker file,
+report, gradcam, classmodel, evaluate, demo and bench, and train's ``--run``) carries a marker
+file,
 :data:`MARKER` (``.deadnet-output.json``), naming the command that made it. The rules:
 
 - a new ``--out`` is built in a hidden sibling ``.NAME.partial-PID-XXXX`` and renamed to
