@@ -2,8 +2,7 @@
 
 Every folder that ``deadnet`` writes (``--out`` of classify, dataset, simulate, heatmap,
 report, gradcam, classmodel, evaluate, demo and bench, and train's ``--run``) carries a marker
-file,
-:data:`MARKER` (``.deadnet-output.json``), naming the command that made it. The rules:
+file, :data:`MARKER` (``.deadnet-output.json``), naming the command that made it. The rules:
 
 - a new ``--out`` is built in a hidden sibling ``.NAME.partial-PID-XXXX`` and renamed to
   ``NAME`` only when the command succeeded: an interrupted run leaves no folder that looks
