@@ -41,7 +41,8 @@ from data_prep.tps import random_tps, tps_maps, warp
 from data_prep.votes import VOTES_NAME, Item, read_votes
 from deadnet_caffe import paper
 from deadnet_caffe.errors import UserError
-from deadnet_caffe.runinfo import atomic_dir, versions, write_settings
+from deadnet_caffe.outdir import die_with_parent, output_dir
+from deadnet_caffe.runinfo import versions, write_settings
 
 STEPS_TEST = "crop + variance normalisation only (no w, r, b, n)"
 
@@ -184,6 +185,7 @@ def run_task(task: Task, cfg: BuildConfig):
 
 def _worker(tasks, results, cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]]) -> None:
     """Run tasks and write their records straight into the shared LMDBs; report progress."""
+    die_with_parent()
     sinks: dict[str, writers.LmdbWriter] = {}
     try:
         while (task := tasks.get()) is not None:
@@ -418,12 +420,6 @@ def _map_size(n_crops: int) -> int:
     return int(1.25 * n_crops * per_crop) + (64 << 20)
 
 
-def _remove_stale(out: Path) -> None:
-    """Remove temporary folders left by an interrupted build of ``out``."""
-    for stale in out.parent.glob(f".{out.name}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def build(cfg: BuildConfig) -> dict:
     """Build Data Set ``cfg.dataset`` into ``cfg.out``; return the dataset card.
 
@@ -431,14 +427,14 @@ def build(cfg: BuildConfig) -> dict:
     ``dataset.json`` (the card), ``split.csv`` and ``settings.json``.
     """
     cfg.check()
-    positions = read_manifest(cfg.experiment)
-    plan = _plan_a if cfg.dataset == "A" else _plan_b
-    tasks, labels, parts, frames, per_frame_train, extra = plan(cfg, positions)
-    grid = _check_images(cfg, positions, frames, tasks)
-    crops_task = [_crops_per_task(t, cfg, per_frame_train, grid[t.key]) for t in tasks]
-    total = sum(crops_task)
-    _remove_stale(cfg.out)
-    with atomic_dir(cfg.out) as tmp:
+    inputs = [cfg.experiment, *([cfg.votes] if cfg.votes else [])]
+    with output_dir(cfg.out, "dataset", inputs) as tmp:
+        positions = read_manifest(cfg.experiment)
+        plan = _plan_a if cfg.dataset == "A" else _plan_b
+        tasks, labels, parts, frames, per_frame_train, extra = plan(cfg, positions)
+        grid = _check_images(cfg, positions, frames, tasks)
+        crops_task = [_crops_per_task(t, cfg, per_frame_train, grid[t.key]) for t in tasks]
+        total = sum(crops_task)
         lmdbs = {
             part: (
                 tmp / f"{part}.lmdb",

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.caffe_env import import_caffe
+from deadnet_caffe.caffe_env import check_net_builds, import_caffe
 from deadnet_caffe.errors import UserError
 
 SEED_LIMIT = 2**32  # numpy's legacy seeds and Caffe's random_seed both take 32-bit values
@@ -273,6 +273,7 @@ def check_weights(prototxt: Path | str, weights: Path | str, phase: str = "TEST"
     if not have:
         raise UserError(f"{weights}: holds no weights (not a Caffe .caffemodel, or empty).")
     ph = {"TRAIN": caffe.TRAIN, "TEST": caffe.TEST}[phase]
+    check_net_builds(prototxt, phase)
     net = caffe.Net(str(prototxt), ph)
     missing = [name for name in net.params if name not in have]
     if missing:

@@ -69,7 +69,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=chosen)
+    try:  # a Ctrl-C while the command's modules are imported is no traceback either
+        parser = build_parser(only=chosen)
+    except KeyboardInterrupt:
+        print(f"deadnet {chosen}: interrupted.", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()

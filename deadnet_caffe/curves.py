@@ -50,7 +50,8 @@ def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[P
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (softmax cross-entropy)")
     ax.set_title(f"{title} a) training and validation loss".strip())
-    ax.legend()
+    if ax.lines:  # a run stopped before its first logged loss has none
+        ax.legend()
     fig.tight_layout()
     paths.append(_save(fig, out_dir / LOSS_PNG))
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)

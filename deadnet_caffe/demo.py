@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from data_prep.experiment import Position, read_manifest
 from deadnet_caffe.demo_page import summarise, write_page
 from deadnet_caffe.errors import UserError
+from deadnet_caffe.outdir import claim_dir, die_with_parent
 from deadnet_caffe.paper import BATCH_SIZE
 from deadnet_caffe.runinfo import write_settings
 
@@ -60,10 +60,13 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
     if hit is not None:
         log(f"[demo] {step.name}: reusing {step.out} (ran in {hit['seconds']:.0f} s)")
         return {**hit, "cached": True}
+    step.stamp_path().unlink(missing_ok=True)  # a stale stamp is no output of the step
     log(f"[demo] {step.name}: {step.title}")
     log("[demo]   $ deadnet " + shlex.join([*step.argv, *extra]))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "deadnet_caffe.cli", *step.argv, *extra])
+    proc = subprocess.run(
+        [sys.executable, "-m", "deadnet_caffe.cli", *step.argv, *extra], preexec_fn=die_with_parent
+    )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise UserError(
@@ -124,13 +127,11 @@ def _test_iter(dataset: Path) -> int:
 
 
 def _prepare_train_folder(run: Path) -> list[str]:
-    """A train step that was interrupted is resumed from its newest solverstate; a run folder
-    with no solverstate is removed. Returns the extra arguments for ``deadnet train``."""
-    if not run.exists() or (run / STAMP).exists():
-        return []
-    if any(run.glob("*.solverstate")):
+    """A train step that was interrupted is resumed from its newest solverstate (a run folder
+    with none is started afresh by ``deadnet train`` itself). Returns the extra arguments
+    for ``deadnet train``."""
+    if run.exists() and not (run / STAMP).exists() and any(run.glob("*.solverstate")):
         return ["--resume"]
-    shutil.rmtree(run)
     return []
 
 
@@ -140,7 +141,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     Returns the summary dict (see :func:`deadnet_caffe.demo_page.summarise`).
     """
     out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "demo")
     write_settings(out, asdict(cfg))
     exp, ds, run = out / "experiment", out / f"dataset_{cfg.dataset}", out / "train"
     weights = run / "latest.caffemodel"

@@ -169,7 +169,8 @@ def describe_net(
     """
     path = Path(path)
     net_param = _as_input_net(load_net_param(path), size)
-    net = net_from_param(net_param, phase)
+    where = f"{path} at --size {size[0]} {size[1]}" if size else str(path)
+    net = net_from_param(net_param, phase, name=where)
     desc = NetDescription(path=path, phase=phase)
     for i, name in enumerate(net._layer_names):
         lp = _param_of(net_param.layer, name, net.layers[i].type)

@@ -34,7 +34,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from data_prep.checks import read_text
-from deadnet_caffe import caffe_env, netspec, paper, runinfo, stats
+from deadnet_caffe import caffe_env, netspec, outdir, paper, runinfo, stats
 from deadnet_caffe.checks import check_lmdb
 from deadnet_caffe.errors import UserError
 
@@ -434,37 +434,38 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
         )
     rec = read_records(dataset)
     annotators = annotator_fraction(Path(s.votes), rec) if s.votes else None
-    rng = np.random.default_rng(s.seed)
-    results, probs = {}, {}
-    for mode in MODES:
-        param, score = eval_net_param(net_param, transform, mode == "global_stats")
-        net = netspec.net_from_param(param, "TEST", weights)
-        with tqdm(total=len(rec.keys), desc=mode, unit="crop", disable=not progress) as bar:
-            probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2, bar)
-        results[mode] = mode_results(rec, probs[mode], rng, s.resamples, annotators)
-        results[mode]["label"] = MODE_LABELS[mode]
-        del net
-    primary = results[PRIMARY_MODE]
-    doc = {
-        "accuracy": primary["accuracy"],
-        "ci_low": primary["ci_low"],
-        "ci_high": primary["ci_high"],
-        "primary_mode": PRIMARY_MODE,
-        "primary_mode_label": MODE_LABELS[PRIMARY_MODE],
-        "interval_method": primary["interval_method"],
-        "statistics": (
-            f"section 2.5: {paper.BOOTSTRAP_VIRTUAL_BATCHES} virtual batches of "
-            f"{paper.BOOTSTRAP_PER_CLASS} healthy + {paper.BOOTSTRAP_PER_CLASS} sick crops, "
-            f"{s.resamples} bootstrap resamples of their mean accuracy, "
-            f"{paper.CONFIDENCE_LEVEL:.0%} BCa"
-        ),
-        "weights": str(weights),
-        "net": str(net_path),
-        "dataset": str(dataset),
-        "metadata_source": rec.metadata_source,
-        "modes": results,
-    }
-    with runinfo.atomic_dir(Path(s.out)) as tmp:
+    inputs = [weights, dataset, net_path, *([s.votes] if s.votes else [])]
+    with outdir.output_dir(s.out, "evaluate", inputs) as tmp:
+        rng = np.random.default_rng(s.seed)
+        results, probs = {}, {}
+        for mode in MODES:
+            param, score = eval_net_param(net_param, transform, mode == "global_stats")
+            net = netspec.net_from_param(param, "TEST", weights, name=str(net_path))
+            with tqdm(total=len(rec.keys), desc=mode, unit="crop", disable=not progress) as bar:
+                probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2, bar)
+            results[mode] = mode_results(rec, probs[mode], rng, s.resamples, annotators)
+            results[mode]["label"] = MODE_LABELS[mode]
+            del net
+        primary = results[PRIMARY_MODE]
+        doc = {
+            "accuracy": primary["accuracy"],
+            "ci_low": primary["ci_low"],
+            "ci_high": primary["ci_high"],
+            "primary_mode": PRIMARY_MODE,
+            "primary_mode_label": MODE_LABELS[PRIMARY_MODE],
+            "interval_method": primary["interval_method"],
+            "statistics": (
+                f"section 2.5: {paper.BOOTSTRAP_VIRTUAL_BATCHES} virtual batches of "
+                f"{paper.BOOTSTRAP_PER_CLASS} healthy + {paper.BOOTSTRAP_PER_CLASS} sick crops, "
+                f"{s.resamples} bootstrap resamples of their mean accuracy, "
+                f"{paper.CONFIDENCE_LEVEL:.0%} BCa"
+            ),
+            "weights": str(weights),
+            "net": str(net_path),
+            "dataset": str(dataset),
+            "metadata_source": rec.metadata_source,
+            "modes": results,
+        }
         (tmp / JSON_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         _write_predictions(tmp / PREDICTIONS_NAME, rec, probs)
         figures = gallery.draw_galleries(

@@ -311,7 +311,7 @@ class DeployNet:
         if force_backward:
             param.force_backward = True
         check_weights(self.model, self.weights)
-        self.net = net_from_param(param, "TEST")
+        self.net = net_from_param(param, "TEST", name=str(self.model))
         self.net.copy_from(str(self.weights))
         self.param = param
         self.input = self.net.inputs[0]

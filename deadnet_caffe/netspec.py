@@ -18,7 +18,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from data_prep.checks import read_text
-from deadnet_caffe.caffe_env import import_caffe
+from deadnet_caffe.caffe_env import check_net_builds, import_caffe
 from deadnet_caffe.checks import check_net_param, check_solver_param, check_weights
 from deadnet_caffe.errors import UserError
 
@@ -141,29 +141,43 @@ def resolve_solver_net(solver_param, solver_path: Path | str):
     return out
 
 
-def net_from_param(net_param, phase: str = "TEST", weights: Path | str | None = None):
+def net_from_param(
+    net_param, phase: str = "TEST", weights: Path | str | None = None, name: str | None = None
+):
     """Instantiate a ``caffe.Net`` from an in-memory NetParameter.
 
     pycaffe only builds nets from files, so the parameter is written to a temporary file
     first. ``phase`` is ``"TRAIN"`` or ``"TEST"``; ``weights`` (a .caffemodel) is checked
-    with :func:`check_weights` before Caffe sees it.
+    with :func:`check_weights` before Caffe sees it. ``name`` (e.g. the prototxt the
+    parameter came from) names the net in error messages instead of the temporary file.
     """
     with tempfile.TemporaryDirectory(prefix="deadnet-net-") as tmp:
         path = save_param(net_param, Path(tmp) / "net.prototxt")
-        return load_net(path, phase, weights)
+        return load_net(path, phase, weights, name)
 
 
-def load_net(prototxt: Path | str, phase: str = "TEST", weights: Path | str | None = None):
+def load_net(
+    prototxt: Path | str,
+    phase: str = "TEST",
+    weights: Path | str | None = None,
+    name: str | None = None,
+):
     """``caffe.Net(prototxt, [weights,] phase)`` with readable errors instead of glog aborts.
+
+    The net is first built in an isolated child (:func:`~deadnet_caffe.caffe_env.
+    check_net_builds`), so that a Caffe CHECK failure is a sentence naming ``name`` (default:
+    the prototxt), not an abort of this process.
 
     Raises
     ------
     UserError
-        If a file is missing, or the weights do not fit the net (see :func:`check_weights`).
+        If a file is missing, Caffe cannot build the net, or the weights do not fit the net
+        (see :func:`check_weights`).
     """
     caffe = import_caffe()
     prototxt = Path(prototxt)
     load_net_param(prototxt)  # a parse error here is a sentence; inside Caffe it is an abort
+    check_net_builds(prototxt, phase, name)  # any other CHECK abort happens in a child
     ph = {"TRAIN": caffe.TRAIN, "TEST": caffe.TEST}[phase]
     if weights is None:
         return caffe.Net(str(prototxt), ph)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -50,30 +45,3 @@ def write_settings(out_dir: Path | str, settings: dict, name: str = "settings.js
     path = out / name
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path | str, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final``; rename it to ``final`` only on success.
-
-    An interrupted or failed run leaves no folder that looks complete: the temporary one is
-    removed on error, and ``final`` is replaced in one rename.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(final)
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)

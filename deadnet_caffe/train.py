@@ -15,7 +15,11 @@ Paper section 2.4 trains the published nets with Caffe; this runner keeps that p
   write a snapshot at the current iteration (``snapshot_after_train``) and exit cleanly;
   ``resume=True`` continues from the newest solverstate. Caffe 1.0's tool has no
   ``-sigterm_effect`` flag, so a SIGTERM to this process is passed on to Caffe as SIGINT.
-  Caffe runs in its own session, so a terminal's Ctrl-C reaches it only through us.
+  Caffe runs in its own session, so a terminal's Ctrl-C reaches it only through us, and it
+  dies with this process (``PR_SET_PDEATHSIG``), so a SIGKILL leaves no orphan training;
+- a run folder that holds no complete snapshot (stopped or killed before the first) is
+  started afresh by the next session; snapshots left incomplete by a kill are removed and
+  the newest whole one is resumed. The run folder follows :mod:`deadnet_caffe.outdir`.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
+from google.protobuf.message import DecodeError
 
-from deadnet_caffe import caffe_env, curves, logparse, netspec, runinfo
+from deadnet_caffe import caffe_env, curves, logparse, netspec, outdir, runinfo
 from deadnet_caffe.checks import check_lmdb, check_net_param
 from deadnet_caffe.errors import UserError
 
@@ -274,18 +279,76 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _previous_settings(run: Path) -> dict:
+def _previous_settings(run: Path, required: bool = True) -> dict:
+    """The settings of the run's first session; ``{}`` if absent and not ``required``."""
     import json
 
     path = run / SETTINGS_NAME
     try:
-        return json.loads(path.read_text())["settings"]
-    except (OSError, ValueError, KeyError):
+        doc = json.loads(path.read_text())["settings"]
+        if not isinstance(doc, dict):
+            raise TypeError
+        return doc
+    except (OSError, ValueError, KeyError, TypeError):
+        if not required:
+            return {}
         raise UserError(f"{path} is missing or unreadable; pass --dataset and --solver.") from None
+
+
+def _learnable_blobs(model: Path) -> int | None:
+    """Number of learnable blobs in a .caffemodel, None if it is not a whole NetParameter."""
+    caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(model.read_bytes())
+    except (OSError, DecodeError):
+        return None
+    return sum(len(layer.blobs) for layer in net.layer) or None
+
+
+def _state_complete(run: Path, it: int, path: Path) -> bool:
+    """Whether the solverstate ``path`` of iteration ``it`` and its caffemodel are whole.
+
+    Caffe writes the caffemodel, then the solverstate, in place: a run killed while writing
+    leaves a truncated file, which would make Caffe abort on --resume.
+    """
+    caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
+    state = caffe_pb2.SolverState()
+    try:
+        state.ParseFromString(path.read_bytes())
+    except (OSError, DecodeError):
+        return False
+    model = run / Path(state.learned_net).name
+    n = _learnable_blobs(model) if state.learned_net else None
+    # SGD, Nesterov, AdaGrad, RMSProp keep one history blob per learnable blob; AdaDelta, Adam two
+    return state.iter == it and n is not None and len(state.history) in (n, 2 * n)
+
+
+def usable_snapshots(run: Path) -> list[tuple[int, Path]]:
+    """(iteration, solverstate) of ``run`` up to its newest complete snapshot, oldest first.
+
+    Snapshots newer than that (left truncated by a kill while Caffe was writing them) are
+    removed, both files, so that Caffe can write them again.
+    """
+    states = snapshots(run) if run.is_dir() else []
+    while states and not _state_complete(run, *states[-1]):
+        states.pop()
+    newest = states[-1][0] if states else -1
+    for kind in ("solverstate", "caffemodel"):
+        for it, p in snapshots(run, kind) if run.is_dir() else []:
+            if it > newest:
+                p.unlink()
+                print(f"deadnet train: removed {p.name}, left incomplete by a killed run.")
+    return states
 
 
 def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
     """Validate the inputs and write the run folder's solver, nets and settings.
+
+    A run folder that carries the marker of ``deadnet train`` but holds no complete
+    snapshot (a session stopped before its first) is started afresh, with or without
+    ``resume``; one with snapshots needs ``resume``. A run folder of an earlier version (no
+    marker) can still be resumed.
 
     Returns
     -------
@@ -295,15 +358,30 @@ def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
     max_iter : int
     """
     run = Path(settings.run)
+    legacy = (
+        run.is_dir()
+        and outdir.read_marker(run) is None
+        and bool(snapshots(run))
+        and (run / SETTINGS_NAME).is_file()
+    )
+    if not legacy:
+        outdir.check_location(run, "train", _inputs(settings), "--run")
+    states = usable_snapshots(run)
     state = None
-    if settings.resume:
-        states = snapshots(run)
-        if not states:
-            raise UserError(f"{run} holds no solverstate to resume from.")
+    ours = outdir.read_marker(run) is not None or legacy
+    if states:
+        if not settings.resume:
+            raise UserError(
+                f"{run} already holds snapshots up to iteration {states[-1][0]}; pass --resume "
+                "to continue it or choose another --run."
+            )
         state = states[-1][1]
-        prev = _previous_settings(run)
-        settings.dataset = settings.dataset or prev["dataset"]
-        settings.solver = settings.solver or prev["solver"]
+    elif settings.resume and not ours:
+        raise UserError(f"{run} holds no solverstate to resume from.")
+    if ours:
+        prev = _previous_settings(run, required=state is not None)
+        settings.dataset = settings.dataset or prev.get("dataset")
+        settings.solver = settings.solver or prev.get("solver")
         for field in (
             "max_iter",
             "snapshot_interval",
@@ -314,22 +392,21 @@ def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
         ):
             if getattr(settings, field) is None:
                 setattr(settings, field, prev.get(field))
-    elif run.exists() and any(run.iterdir()):
-        raise UserError(
-            f"{run} already holds files; pass --resume to continue it or choose another --run."
+    if state is None and ours:
+        print(
+            f"deadnet train: {run} holds no complete snapshot (an earlier session stopped "
+            "before its first), so this run starts afresh.",
+            file=sys.stderr,
         )
     if not settings.dataset or not settings.solver:
         raise UserError("--dataset and --solver are needed unless --resume continues a run.")
     # absolute, so that --resume works from any folder
     settings.dataset = str(Path(settings.dataset).resolve())
     settings.solver = str(Path(settings.solver).resolve())
+    if not legacy:
+        outdir.check_location(run, "train", _inputs(settings), "--run")
     if settings.gpu is not None:
-        device = 0 if settings.gpu == "all" else int(settings.gpu)
-        if not caffe_env.gpu_available(device):
-            raise UserError(
-                f"--gpu {settings.gpu} was asked for, but this Caffe build or "
-                "machine has no such GPU; drop --gpu to train on the CPU."
-            )
+        caffe_env.check_gpu(settings.gpu)
     shapes = check_dataset(Path(settings.dataset))
     solver, nets, derived = derive(settings, shapes)
     doc = {
@@ -347,20 +424,18 @@ def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
         _write_text(folder / SOLVER_NAME, text_format.MessageToString(solver))
 
     if state is None:
-        with runinfo.atomic_dir(run) as tmp:
-            tmp.chmod(0o777 & ~_umask())
+        with outdir.output_dir(run, "train", _inputs(settings), "--run", listed=False) as tmp:
             write(tmp)
             runinfo.write_settings(tmp, doc, SETTINGS_NAME)
     else:
         write(run)
-        runinfo.write_settings(run, doc, f"settings.resume-{snapshots(run)[-1][0]}.json")
+        runinfo.write_settings(run, doc, f"settings.resume-{states[-1][0]}.json")
     return run, state, solver.max_iter
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _inputs(settings: TrainSettings) -> list[str]:
+    """The inputs that --run must not be, contain or lie inside."""
+    return [p for p in (settings.dataset, settings.solver) if p]
 
 
 def update_latest(run: Path) -> Path | None:
@@ -397,26 +472,39 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     parser = logparse.LineParser()
     stopped: list[str] = []
     diverged: list[tuple[str, int]] = []  # the first non-finite loss and its iteration
-    # Caffe runs in its own process group so that a terminal's Ctrl-C reaches it only once,
-    # through the handler below.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=run,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    started: list[subprocess.Popen] = []
 
     def on_signal(signum, _frame):
         stopped.append(signal.Signals(signum).name)
-        if len(stopped) == 1:
-            proc.send_signal(signal.SIGINT)  # -sigint_effect=stop: snapshot, then exit
-        else:
-            proc.kill()
+        for proc in started:
+            if len(stopped) == 1:
+                proc.send_signal(signal.SIGINT)  # -sigint_effect=stop: snapshot, then exit
+            else:
+                proc.kill()
 
+    # The handler is in place before Caffe starts: a signal that arrives while it starts
+    # (during the fork) is remembered and passed on, not lost.
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Caffe runs in its own process group so that a terminal's Ctrl-C reaches it only once,
+    # through the handler above; it dies with this process (caffe_env.child_limits).
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=run,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            preexec_fn=caffe_env.child_limits,
+        )
+    except BaseException:
+        for s, h in old.items():
+            signal.signal(s, h)
+        raise
+    started.append(proc)
+    if stopped:
+        proc.send_signal(signal.SIGINT if len(stopped) == 1 else signal.SIGKILL)
     tail: list[str] = []
     shown: tuple = (None, None)  # the loss and lr on the progress bar
     try:
@@ -456,7 +544,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
             proc.wait()
     if diverged:
         raise UserError(_diverged(run, state is None, *diverged[0]))
-    done = snapshots(run)
+    done = usable_snapshots(run)
     if code != 0 and not stopped:
         if state is None and not done:
             shutil.rmtree(run, ignore_errors=True)

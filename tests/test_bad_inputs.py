@@ -41,6 +41,8 @@ import tifffile
 from data_experiment import make_experiment
 from infer_nets import phase_like, write_net
 
+from deadnet_caffe.outdir import write_marker
+
 DEADNET = Path(sys.executable).with_name("deadnet")
 NET = "--model net/deploy.prototxt --weights net/weights.caffemodel"
 
@@ -51,7 +53,8 @@ class Case:
 
     ``argv`` is split on spaces; ``prepare`` (optional) changes the case folder before the
     run; ``out`` is the path whose files and bytes must be unchanged afterwards (``None``: no
-    output location in this case).
+    output location in this case); ``needs_non_root`` cases (file permissions) are skipped
+    when the tests run as root, whom permissions do not stop.
     """
 
     id: str
@@ -59,6 +62,7 @@ class Case:
     names: str
     prepare: Callable[[Path], None] | None = None
     out: str | None = None
+    needs_non_root: bool = False
 
 
 def _write(rel: str, data: bytes | str) -> Callable[[Path], None]:
@@ -75,6 +79,39 @@ def _write(rel: str, data: bytes | str) -> Callable[[Path], None]:
     return prepare
 
 
+def _symlink(rel: str, target: str) -> Callable[[Path], None]:
+    """A ``prepare`` that makes ``rel`` a symbolic link to ``target``."""
+    return lambda d: (d / rel).symlink_to(target)
+
+
+def _read_only(rel: str) -> Callable[[Path], None]:
+    """A ``prepare`` that makes an empty read-only folder ``rel``."""
+
+    def prepare(d: Path) -> None:
+        (d / rel).mkdir()
+        (d / rel).chmod(0o555)
+
+    return prepare
+
+
+def _marked(rel: str, command: str, files: list[str], extra: str | None = None):
+    """A ``prepare`` that makes ``rel`` look like ``command``'s output holding ``files``
+    (plus an unlisted file ``extra``)."""
+
+    def prepare(d: Path) -> None:
+        for f in [*files, *([extra] if extra else [])]:
+            (d / rel / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel / f).write_text("x\n")
+        write_marker(d / rel, command, "complete", files)
+
+    return prepare
+
+
+_INPUT = (
+    'name: "bad"\nlayer { name: "data" type: "Input" top: "data"\n'
+    "  input_param { shape { dim: 1 dim: 1 dim: 16 dim: 16 } } }\n"
+)
+
 CASES = [
     # ---- missing inputs ----------------------------------------------------------------
     Case("classify-missing-image", f"classify {NET} --out o nothere.tif", "nothere.tif"),
@@ -82,6 +119,90 @@ CASES = [
          "heatmap --model net/deploy.prototxt --weights nothere.caffemodel --out o img/a.tif",
          "nothere.caffemodel"),
     # ---- output locations (--out, --run, --db) -------------------------------------------
+    Case("classify-out-unrelated-folder", f"classify {NET} --out keep img/a.tif", "keep",
+         out="keep"),
+    Case("classify-out-is-input-folder", f"classify {NET} --out img img", "img", out="img"),
+    Case("classify-out-contains-input", f"classify {NET} --out img img/a.tif", "img", out="img"),
+    Case("classify-out-inside-input", f"classify {NET} --out img/o img", "img/o", out="img"),
+    Case("classify-out-contains-weights", f"classify {NET} --out net img/a.tif", "net",
+         out="net"),
+    Case("classify-out-is-a-file", f"classify {NET} --out keep/notes.txt img/a.tif",
+         "keep/notes.txt", out="keep"),
+    Case("classify-out-under-a-file", f"classify {NET} --out keep/notes.txt/o img/a.tif",
+         "keep/notes.txt/o", out="keep"),
+    Case("classify-out-dot", f"classify {NET} --out . img/a.tif", "--out .", out="."),
+    Case("classify-out-parent", f"classify {NET} --out .. img/a.tif", "--out .."),
+    Case("classify-out-symlink", f"classify {NET} --out link img/a.tif", "link",
+         _symlink("link", "keep"), out="keep"),
+    Case("classify-out-read-only-fs", f"classify {NET} --out /sys/deadnet-o img/a.tif",
+         "/sys/deadnet-o"),
+    Case("classify-out-read-only-folder", f"classify {NET} --out ro/o img/a.tif", "ro/o",
+         _read_only("ro"), out="ro", needs_non_root=True),
+    Case("classify-out-of-another-command", f"classify {NET} --out o img/a.tif", "o",
+         _marked("o", "dataset", ["train.lmdb/data.mdb"]), out="o"),
+    Case("classify-out-own-with-user-file", f"classify {NET} --out o img/a.tif", "o",
+         _marked("o", "classify", ["images.csv"], extra="my-notes.txt"), out="o"),
+    Case("heatmap-out-is-experiment", f"heatmap {NET} --experiment exp --out exp", "exp",
+         out="exp"),
+    Case("report-out-inside-experiment", f"report {NET} --experiment exp --out exp/report",
+         "exp/report", out="exp"),
+    Case("dataset-out-is-experiment", "dataset A --experiment exp --out exp", "exp", out="exp"),
+    Case("dataset-out-unrelated-folder", "dataset A --experiment exp --out keep", "keep",
+         out="keep"),
+    Case("simulate-out-unrelated-folder", "simulate --preset tiny --out keep", "keep",
+         out="keep"),
+    Case("simulate-out-is-a-file", "simulate --preset tiny --out keep/notes.txt",
+         "keep/notes.txt", out="keep"),
+    Case("gradcam-out-contains-weights", f"gradcam {NET} --dataset exp --out net", "net",
+         out="net"),
+    Case("classmodel-out-unrelated-folder", f"classmodel {NET} --out keep", "keep", out="keep"),
+    Case("evaluate-out-contains-weights",
+         "evaluate --weights net/weights.caffemodel --dataset exp --net net/deploy.prototxt "
+         "--out net", "net", out="net"),
+    Case("demo-out-unrelated-folder", "demo --preset tiny --out keep", "keep", out="keep"),
+    Case("bench-out-unrelated-folder", "bench --quick --only simulate --out keep", "keep",
+         out="keep"),
+    Case("train-run-is-a-file", "train --dataset exp --solver net/deploy.prototxt "
+         "--run keep/notes.txt", "keep/notes.txt", out="keep"),
+    Case("train-run-unrelated-folder", "train --dataset exp --solver net/deploy.prototxt "
+         "--run keep", "keep", out="keep"),
+    Case("train-run-is-dataset", "train --dataset exp --solver net/deploy.prototxt --run exp",
+         "exp", out="exp"),
+    Case("annotate-export-into-folder", "annotate export --db votes.sqlite --out keep",
+         "keep", _write("votes.sqlite", b""), out="keep"),
+    Case("annotate-export-over-a-file", "annotate export --db votes.sqlite --out keep/notes.txt",
+         "keep/notes.txt", _write("votes.sqlite", b""), out="keep"),
+    Case("annotate-db-not-a-database", "annotate export --db keep/notes.txt --out v.csv",
+         "keep/notes.txt", out="keep"),
+    Case("annotate-add-db-not-a-database", "annotate add-annotator ann --db keep/notes.txt",
+         "keep/notes.txt", out="keep"),
+    Case("annotate-db-is-a-folder", "annotate export --db keep --out v.csv", "keep",
+         out="keep"),
+    # ---- Caffe aborts become sentences (isolated children, no core file) -----------------
+    Case("train-gpu-without-gpu", "train --dataset exp --solver net/deploy.prototxt --run r "
+         "--gpu 0", "--gpu 0", out="r"),
+    Case("heatmap-gpu-without-gpu", f"heatmap {NET} --gpu 0 --out o img/a.tif", "--gpu 0",
+         out="o"),
+    Case("gradcam-gpu-without-gpu", f"gradcam {NET} --gpu 0 --dataset exp --out o", "--gpu 0",
+         out="o"),
+    Case("describe-unknown-layer-type", "describe bad.prototxt", "bad.prototxt",
+         _write("bad.prototxt", _INPUT + 'layer { name: "x" type: "NoSuchLayer" bottom: "data" '
+                'top: "x" }\n')),
+    Case("describe-unknown-bottom", "describe bad.prototxt", "bad.prototxt",
+         _write("bad.prototxt", _INPUT + 'layer { name: "r" type: "ReLU" bottom: "nowhere" '
+                'top: "r" }\n')),
+    Case("classify-unknown-layer-type",
+         "classify --model bad.prototxt --weights net/weights.caffemodel --out o img/a.tif",
+         "bad.prototxt",
+         _write("bad.prototxt", _INPUT + 'layer { name: "x" type: "NoSuchLayer" bottom: "data" '
+                'top: "x" }\n'), out="o"),
+    Case("classify-unknown-bottom",
+         "classify --model bad.prototxt --weights net/weights.caffemodel --out o img/a.tif",
+         "bad.prototxt",
+         _write("bad.prototxt", _INPUT + 'layer { name: "r" type: "ReLU" bottom: "nowhere" '
+                'top: "r" }\n'), out="o"),
+    Case("describe-size-zero", "describe net/deploy.prototxt --size 0 0", "--size 0 0"),
+    Case("describe-size-too-small", "describe net/deploy.prototxt --size 4 4", "--size 4 4"),
     # ---- images and TIFFs -----------------------------------------------------------------
     Case("classify-corrupt-first-ifd", f"classify {NET} --out o img/bad.tif", "img/bad.tif",
          bf.at("img/bad.tif", bf.corrupt_first_ifd), "o"),
@@ -326,6 +447,8 @@ def _cores_on() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, world: Path, tmp_path: Path) -> None:
+    if case.needs_non_root and os.geteuid() == 0:
+        pytest.skip("root is not stopped by file permissions")
     d = tmp_path / "case"
     shutil.copytree(world, d, symlinks=True)
     if case.prepare is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from data_prep.split import split_positions
 from deadnet_caffe.caffe_env import import_caffe
 from deadnet_caffe.cli import main
 from deadnet_caffe.errors import UserError
+from deadnet_caffe.outdir import MARKER
 from deadnet_caffe.paper import DATA_MEAN_VALUE, DATA_SCALE, NET_INPUT_PX
 
 QUICK = ["--warps", "1", "--blurs", "1", "--rotations", "2", "--workers", "1"]
@@ -260,9 +262,15 @@ def test_bad_input_one_sentence_exit_2_nothing_written(tmp_path, capsys, case, d
 
 def test_rerun_removes_stale_partial_and_replaces_output(experiment, tmp_path):
     out = tmp_path / "A"
-    stale = tmp_path / ".A.abc.partial"
+    finished = subprocess.Popen(["true"])  # a process that is gone: the stale run's owner
+    finished.wait()
+    dead = finished.pid
+    stale = tmp_path / f".A.partial-{dead}-0123abcd"
     stale.mkdir()
     (stale / "train.lmdb").mkdir()
+    (stale / MARKER).write_text(
+        json.dumps({"tool": "deadnet-caffe", "command": "dataset", "pid": dead, "pid_start": "1"})
+    )
     args = ["dataset", "A", "--experiment", str(experiment), "--out", str(out), *QUICK]
     assert main(args) == 0 and main(args) == 0
     assert not stale.exists() and (out / "dataset.json").is_file()

@@ -165,7 +165,8 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys):
     run.mkdir()
     (run / "x").write_text("")
     rc = main(["train", "--dataset", str(ds), "--solver", str(solver), "--run", str(run)])
-    assert rc == 2 and "pass --resume" in capsys.readouterr().err
+    assert rc == 2 and "already holds files that deadnet did not write" in capsys.readouterr().err
+    assert [p.name for p in run.iterdir()] == ["x"]
 
 
 @pytest.mark.slow
@@ -232,3 +233,99 @@ def test_caffe_failure_is_quoted_and_leaves_no_run(tmp_path, capsys):
                "--gpu", "99"])  # fmt: skip
     assert rc == 2 and not run.exists()
     assert "--gpu 99 was asked for" in capsys.readouterr().err
+
+
+def _caffe_in(run: Path) -> list[int]:
+    """Ids of live processes (the caffe tool) whose working folder is ``run``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(proc / "cwd") == str(run):
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                found += [int(proc.name)] if state != "Z" else []
+        except OSError:
+            continue
+    return found
+
+
+def _wait_for(cond, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "training did not get that far"
+        time.sleep(0.05)
+
+
+def _log_has(run: Path, text: str):
+    return lambda: (
+        (run / "caffe.log").is_file() and text in (run / "caffe.log").read_text(errors="replace")
+    )
+
+
+@pytest.mark.parametrize("moment", ["sigint-at-start", "double-sigint", "sigkill", "sigkill-late"])
+def test_interrupted_run_resumes_or_starts_afresh(tmp_path, moment):
+    """Ctrl-C (once or twice) or SIGKILL at any moment: following what the message says (or,
+    after SIGKILL, rerunning the same command) finishes the run with no manual clean-up.
+
+    Caffe writes no snapshot at iteration 0, so a stop before the first training iteration
+    leaves none: the same command then starts afresh. Later stops leave snapshots and
+    --resume continues. The caffe tool never outlives ``deadnet train``.
+    """
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 64, 16)
+    solver = caffe_tiny.write_solver(tmp_path / "net")
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "deadnet_caffe.cli", "train", "--dataset", str(ds),
+            "--solver", str(solver), "--run", str(run), "--snapshot-interval", "100",
+            "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen([*base, "--max-iter", "100000000"], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    if moment == "sigint-at-start":
+        _wait_for(run.is_dir)
+        proc.send_signal(signal.SIGINT)
+    elif moment == "sigkill-late":
+        _wait_for(_log_has(run, "Iteration 250,"))
+        proc.kill()
+    else:
+        _wait_for(_log_has(run, "Solving"))
+        if moment == "double-sigint":
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+        else:
+            proc.kill()
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err
+    _wait_for(lambda: not _caffe_in(run), 20)
+    if moment.startswith("sigkill"):
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130
+        assert "afresh" in err or "--resume" in err, err
+    # Caffe may have run ahead of the log by what the pipe buffers: finish past its snapshots
+    target = str(max([300, *(i + 100 for i, _ in snapshots(run))]))
+    again = subprocess.run([*base, "--max-iter", target], cwd=ROOT, capture_output=True,
+                           text=True)  # fmt: skip
+    if again.returncode == 2:  # snapshots were left: the sentence says to resume
+        assert "pass --resume" in again.stderr and moment == "sigkill-late"
+        again = subprocess.run([*base, "--max-iter", target, "--resume"], cwd=ROOT,
+                               capture_output=True, text=True)  # fmt: skip
+        assert "Resuming from published_iter_" in (run / "caffe.log").read_text()
+    else:
+        assert "starts afresh" in again.stderr and moment != "sigkill-late"
+    assert again.returncode == 0, again.stderr
+    assert snapshots(run)[-1][0] == int(target)
+
+
+def test_resume_skips_a_snapshot_truncated_by_a_kill(tmp_path, capsys):
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 8, 8)
+    solver = caffe_tiny.write_solver(tmp_path / "net")
+    run = tmp_path / "run"
+    train(TrainSettings(dataset=str(ds), solver=str(solver), run=str(run), max_iter=20,
+                        snapshot_interval=10), progress=False)  # fmt: skip
+    state = run / "published_iter_20.solverstate"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    res = train(TrainSettings(dataset=None, solver=None, run=str(run), max_iter=30,
+                              resume=True), progress=False)  # fmt: skip
+    assert "removed published_iter_20.solverstate" in capsys.readouterr().out
+    assert "Resuming from published_iter_10.solverstate" in (run / "caffe.log").read_text()
+    assert res.iteration == 30
+    assert [i for i, _ in snapshots(run)] == [10, 20, 30]

@@ -45,7 +45,8 @@ from data_prep.sim.truth import (
 from data_prep.sim.votes import simulate_votes
 from data_prep.votes import VOTES_NAME, Item, write_votes
 from deadnet_caffe import paper
-from deadnet_caffe.runinfo import atomic_dir, write_settings
+from deadnet_caffe.outdir import die_with_parent, output_dir
+from deadnet_caffe.runinfo import write_settings
 
 _ROWS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -230,7 +231,11 @@ def vote_items(positions: list[Position], tiles: list[list[np.ndarray]]):
 
 
 def simulate_experiment(
-    settings: Settings, out: Path | str, jobs: int = 1, progress: bool = True
+    settings: Settings,
+    out: Path | str,
+    jobs: int = 1,
+    progress: bool = True,
+    inputs: tuple[Path, ...] = (),
 ) -> list[Position]:
     """Simulate every position of ``settings.layout`` and write the experiment to ``out``.
 
@@ -238,11 +243,14 @@ def simulate_experiment(
     ----------
     settings : Settings
     out : path
-        Written atomically: a temporary sibling renamed to ``out`` when complete.
+        Written atomically: a temporary sibling renamed to ``out`` when complete (the rules
+        of :mod:`deadnet_caffe.outdir`).
     jobs : int
         Positions simulated in parallel (processes); the output does not depend on it.
     progress : bool
         Show a progress bar (one tick per position).
+    inputs : paths
+        Files the settings were read from; ``out`` must not be, contain or lie inside them.
 
     Returns
     -------
@@ -253,8 +261,7 @@ def simulate_experiment(
     lay = settings.layout
     lay.check()
     out = Path(out)
-    with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)
+    with output_dir(out, "simulate", inputs) as tmp:
         tasks = [
             (settings, w, p, dose, tmp, 1 if jobs > 1 else 2)
             for w, dose in enumerate(lay.doses_s)
@@ -263,7 +270,7 @@ def simulate_experiment(
         bar = tqdm(total=len(tasks), unit="position", disable=not progress, desc="simulate")
         results = []
         if jobs > 1:
-            with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            with multiprocessing.get_context("fork").Pool(jobs, die_with_parent) as pool:
                 for res in pool.imap(simulate_position, tasks):
                     results.append(res)
                     bar.update()

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from argparse import ArgumentDefaultsHelpFormatter
 from pathlib import Path
 
 from data_prep.annotate import db
 from data_prep.annotate.server import AnnotationServer, is_loopback, make_server
-from data_prep.votes import write_votes
+from data_prep.votes import COLUMNS, write_votes
 from deadnet_caffe.checks import nonnegative_float
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import DATASET_B_DOSE_RANGE_S
@@ -59,18 +60,73 @@ def add_arguments(p) -> None:
     export.add_argument("--out", type=Path, required=True, help="votes CSV to write")
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The SQLite file of a ``--db`` value (a plain path or ``sqlite:///``), else None."""
+    if "://" not in url:
+        return Path(url)
+    if url.startswith("sqlite:///") and url not in ("sqlite:///", "sqlite:///:memory:"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def _check_db(url: str) -> None:
+    """Refuse a ``--db`` that names something other than an SQLite database (or a new file)."""
+    path = _sqlite_file(url)
+    if path is None or not path.exists():
+        return
+    if path.is_dir():
+        raise UserError(f"--db {url} is a folder, not a database file.")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except OSError as err:
+        raise UserError(f"--db {url}: cannot read it ({err.strerror}).") from None
+    if head and head != _SQLITE_MAGIC:
+        raise UserError(f"--db {url} is not an SQLite database (nothing was changed).")
+
+
+def _check_export(out: Path, url: str) -> None:
+    """Refuse an export ``--out`` that is a folder, the database or a file other than votes."""
+    db_file = _sqlite_file(url)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the votes CSV file to write.")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist.")
+    if db_file is not None and out.exists() and out.resolve() == db_file.resolve():
+        raise UserError(f"--out {out} is the database itself; choose another file.")
+    if out.exists():
+        try:
+            with out.open(newline="") as fh:
+                header = fh.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            header = ""
+        if header != ",".join(COLUMNS):
+            raise UserError(
+                f"--out {out} exists and is not a votes CSV; choose another file "
+                "(nothing was changed)."
+            )
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {out}: the folder {out.parent} is not writable.")
+
+
 def run(args) -> int:
+    _check_db(args.db)
     if args.action == "add-annotator":
         token = db.add_annotator(db.open_db(args.db), args.name)
         print(f"annotator {args.name.strip()!r} created; secret token (shown only once):")
         print(token)
         return 0
     if args.action == "export":
-        if not args.out.parent.is_dir():
-            raise UserError(f"{args.out.parent}: output folder does not exist.")
+        _check_export(args.out, args.db)
         engine = db.open_db(args.db, create=False)
         votes = db.all_votes(engine)
-        write_votes(args.out, votes)
+        try:
+            write_votes(args.out, votes)
+        except OSError as err:
+            raise UserError(f"--out {args.out}: cannot write it ({err.strerror}).") from None
         settings = {"command": "annotate export", "db": str(engine.url), "votes": len(votes)}
         write_settings(args.out.parent, settings, name=f"{args.out.stem}.settings.json")
         print(f"{len(votes)} votes written to {args.out}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from deadnet_caffe import benchmarks
 from deadnet_caffe.errors import UserError
+from deadnet_caffe.outdir import claim_dir
 from deadnet_caffe.runinfo import versions
 
 NAME = "bench"
@@ -36,7 +37,7 @@ def run(args) -> int:
         if unknown:
             raise UserError(f"--only: unknown benchmark(s) {', '.join(unknown)}; have {names}.")
         mods = [m for m in mods if m.NAME in args.only]
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim_dir(args.out, "bench")  # the benchmarks remove their own work folders in it
     results = {"versions": versions(), "benchmarks": {}}
     for m in mods:
         print(f"== {m.NAME} ==", flush=True)

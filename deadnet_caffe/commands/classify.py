@@ -22,7 +22,8 @@ from deadnet_caffe.infer import (
     image_summary,
     read_image_stack,
 )
-from deadnet_caffe.runinfo import atomic_dir, write_settings
+from deadnet_caffe.outdir import output_dir
+from deadnet_caffe.runinfo import write_settings
 
 NAME = "classify"
 HELP = "P(sick) per crop and per image for images, TIFF stacks or folders"
@@ -44,14 +45,17 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    files = [f for path in args.inputs for f in (image_files(path) if path.is_dir() else [path])]
-    stacks = [(str(path), read_image_stack(path)) for path in files]
-    net = DeployNet(args.model, args.weights, args.gpu)
-    results = []
-    for source, frames in stacks:
-        results += classify_stack(frames, source, net.p_sick, args.crops, args.batch)
-    images = image_summary(results, args.threshold)
-    with atomic_dir(args.out) as tmp:
+    inputs = [*args.inputs, args.model, args.weights]
+    with output_dir(args.out, NAME, inputs) as tmp:
+        files = [
+            f for path in args.inputs for f in (image_files(path) if path.is_dir() else [path])
+        ]
+        stacks = [(str(path), read_image_stack(path)) for path in files]
+        net = DeployNet(args.model, args.weights, args.gpu)
+        results = []
+        for source, frames in stacks:
+            results += classify_stack(frames, source, net.p_sick, args.crops, args.batch)
+        images = image_summary(results, args.threshold)
         crop_rows = [asdict(r) for r in results]
         for name, rows in (("crops.csv", crop_rows), ("images.csv", images)):
             with (tmp / name).open("w", newline="") as fh:

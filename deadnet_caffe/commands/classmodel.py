@@ -18,6 +18,7 @@ from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_mo
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import read_lmdb_crops
 from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input, read_image_stack
+from deadnet_caffe.outdir import output_dir
 from deadnet_caffe.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
@@ -26,7 +27,7 @@ from deadnet_caffe.paper import (
     LABELS,
     NET_INPUT_PX,
 )
-from deadnet_caffe.runinfo import atomic_dir, write_settings
+from deadnet_caffe.runinfo import write_settings
 
 NAME = "classmodel"
 HELP = "class model images by gradient ascent on the class score (eq. 4, Figure 6)"
@@ -116,18 +117,21 @@ def _figure(path: Path, panels: dict) -> None:
 def run(args) -> int:
     if args.iterations < 1:
         raise UserError("--iterations must be at least 1.")
-    settings = ClassModelSettings(
-        args.epsilon, args.lambda1, args.lambda2, args.iterations, args.laplacian_sign
-    )
-    inits = _inits(args)
-    net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-    grad = ScoreGradient(net)
-    panels = {}
-    for c in (0, 1):
-        panels[(c, "zeros")] = class_model(grad, c, None, settings)
-        if inits is not None:
-            panels[(c, "opposing")] = class_model(grad, c, inits[1 - c], settings)
-    with atomic_dir(args.out) as tmp:
+    inputs = [args.model, args.weights, *(args.init_image or [])]
+    if args.dataset:
+        inputs.append(args.dataset)
+    with output_dir(args.out, NAME, inputs) as tmp:
+        settings = ClassModelSettings(
+            args.epsilon, args.lambda1, args.lambda2, args.iterations, args.laplacian_sign
+        )
+        inits = _inits(args)
+        net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
+        grad = ScoreGradient(net)
+        panels = {}
+        for c in (0, 1):
+            panels[(c, "zeros")] = class_model(grad, c, None, settings)
+            if inits is not None:
+                panels[(c, "opposing")] = class_model(grad, c, inits[1 - c], settings)
         _figure(tmp / "classmodel.png", panels)
         np.savez_compressed(
             tmp / "classmodels.npz",

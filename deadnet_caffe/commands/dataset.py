@@ -26,7 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path("runs/experiments/demo"),
         help="raw experiment folder (manifest.csv + TIFFs)",
     )
-    io.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    io.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: new, or this command's earlier output (replaced atomically)",
+    )
     io.add_argument(
         "--format",
         choices=("lmdb", "hdf5", "both"),

@@ -32,8 +32,9 @@ from deadnet_caffe.infer import (
     centre_input,
     read_image_stack,
 )
+from deadnet_caffe.outdir import output_dir
 from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS
-from deadnet_caffe.runinfo import atomic_dir, write_settings
+from deadnet_caffe.runinfo import write_settings
 
 NAME = "gradcam"
 HELP = "Grad-CAM overlays, class-averaged weights (eq. 3) and stitched whole-frame maps"
@@ -93,31 +94,34 @@ def run(args) -> int:
     if args.per_class < 1 or args.examples < 1 or args.stride < 1:
         raise UserError("--per-class, --examples and --stride must be at least 1.")
     check_image_sources([(path, None, None) for path in args.images])
-    frame = read_image_stack(args.frame)[0] if args.frame else None
-    net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-    gc = GradCam(net, args.layer)
     cache = args.cache or args.weights.with_name(f"{args.weights.stem}.{args.layer}.eq3.npz")
-    cw = class_weights(gc, args.dataset / "train.lmdb", cache, args.per_class, args.batch)
-    print(
-        f"eq. 3 weights: {cw['counts'].tolist()} crops per class "
-        f"({'cached' if cw['cached'] else 'computed'}: {cache})"
-    )
-    z, labels, names = _examples(args, net)
-    cb = gc.compute(z, labels)
-    own = cb.cams()
-    avg = cb.cams(cw["alpha"][labels])
-    p_sick = net.p_sick(z)
-    zero_own, zero_avg = cb.all_zero(own), cb.all_zero(avg)
-    summary = {
-        "layer": args.layer,
-        "A": "post-ReLU activations; dS/dA taken before ReLU backward",
-        "eq3_counts": cw["counts"].tolist(),
-        "eq3_cache": str(cache),
-        "examples": len(z),
-        "all_zero_eq1": int(zero_own.sum()),
-        "all_zero_eq3": int(zero_avg.sum()),
-    }
-    with atomic_dir(args.out) as tmp:
+    inputs = [args.dataset, args.model, args.weights, cache, *args.images]
+    if args.frame:
+        inputs.append(args.frame)
+    with output_dir(args.out, NAME, inputs) as tmp:
+        frame = read_image_stack(args.frame)[0] if args.frame else None
+        net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
+        gc = GradCam(net, args.layer)
+        cw = class_weights(gc, args.dataset / "train.lmdb", cache, args.per_class, args.batch)
+        print(
+            f"eq. 3 weights: {cw['counts'].tolist()} crops per class "
+            f"({'cached' if cw['cached'] else 'computed'}: {cache})"
+        )
+        z, labels, names = _examples(args, net)
+        cb = gc.compute(z, labels)
+        own = cb.cams()
+        avg = cb.cams(cw["alpha"][labels])
+        p_sick = net.p_sick(z)
+        zero_own, zero_avg = cb.all_zero(own), cb.all_zero(avg)
+        summary = {
+            "layer": args.layer,
+            "A": "post-ReLU activations; dS/dA taken before ReLU backward",
+            "eq3_counts": cw["counts"].tolist(),
+            "eq3_cache": str(cache),
+            "examples": len(z),
+            "all_zero_eq1": int(zero_own.sum()),
+            "all_zero_eq3": int(zero_avg.sum()),
+        }
         up_own, up_avg = gc.upsample(own), gc.upsample(avg)
         titles = [
             f"{n}: {LABELS[int(c)]}, P(sick) {p:.2f}"

@@ -25,8 +25,9 @@ from deadnet_caffe.heatmap import (
     write_fraction_table,
 )
 from deadnet_caffe.infer import DeployNet, add_net_arguments, read_image_stack
+from deadnet_caffe.outdir import output_dir
 from deadnet_caffe.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
-from deadnet_caffe.runinfo import atomic_dir, write_settings
+from deadnet_caffe.runinfo import write_settings
 
 NAME = "heatmap"
 HELP = "sliding-window P(sick) heat maps of time-lapses (PNG, TIFF, GIF, sick fraction)"
@@ -85,14 +86,19 @@ def run(args) -> int:
     if args.stride < 1 or args.every < 1:
         raise UserError("--stride and --every must be at least 1.")
     sources = _sources(args)
-    net = DeployNet(args.model, args.weights, args.gpu)
+    inputs = [*args.inputs, args.model, args.weights]
+    if args.experiment:
+        inputs.append(args.experiment)
     if args.mode == "dense":
-        dense = DenseNet.from_deploy(args.dense_model, net)
-        heat = partial(dense_heatmap, dense=dense)
-    else:
-        heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
-    rows = []
-    with atomic_dir(args.out) as tmp:
+        inputs.append(args.dense_model)
+    with output_dir(args.out, NAME, inputs) as tmp:
+        net = DeployNet(args.model, args.weights, args.gpu)
+        if args.mode == "dense":
+            dense = DenseNet.from_deploy(args.dense_model, net)
+            heat = partial(dense_heatmap, dense=dense)
+        else:
+            heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
+        rows = []
         for name, path, channel, dt in sources:
             frames = read_image_stack(path, channel)[:: args.every]
             ids = [t * args.every for t in range(len(frames))]

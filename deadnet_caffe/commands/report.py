@@ -18,9 +18,10 @@ from deadnet_caffe.checks import check_image_sources, nonnegative_int, positive_
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.infer import DeployNet, add_net_arguments
+from deadnet_caffe.outdir import output_dir
 from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER
 from deadnet_caffe.report import analyse_position, write_report
-from deadnet_caffe.runinfo import atomic_dir, write_settings
+from deadnet_caffe.runinfo import write_settings
 
 NAME = "report"
 HELP = "per-experiment phototoxicity report: sick area over time, dose response, safe dose"
@@ -54,13 +55,14 @@ def run(args) -> int:
         raise UserError("--stride, --every and --late-frames must be >= 1, --gradcam-crops >= 0.")
     positions = read_manifest(args.experiment)
     check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
-    net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-    gc = GradCam(net, GRADCAM_LAYER)
-    results = [
-        analyse_position(p, net, gc, args.stride, args.every, args.batch, args.gradcam_crops)
-        for p in positions
-    ]
-    with atomic_dir(args.out) as tmp:
+    inputs = [args.experiment, args.model, args.weights]
+    with output_dir(args.out, NAME, inputs) as tmp:
+        net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
+        gc = GradCam(net, GRADCAM_LAYER)
+        results = [
+            analyse_position(p, net, gc, args.stride, args.every, args.batch, args.gradcam_crops)
+            for p in positions
+        ]
         summary = write_report(tmp, args.experiment, results, args.margin, args.late_frames)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})

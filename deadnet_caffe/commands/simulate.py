@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1.")
     settings = settings_from_args(args)
-    positions = simulate_experiment(settings, args.out, jobs=args.jobs, progress=not args.quiet)
+    inputs = (args.settings,) if args.settings else ()
+    positions = simulate_experiment(
+        settings, args.out, jobs=args.jobs, progress=not args.quiet, inputs=inputs
+    )
     dead = sum(bool(p.dead_at_end) for p in positions)
     print(
         f"wrote {len(positions)} positions x {settings.layout.n_frames} frames to {args.out} "

@@ -3,16 +3,19 @@
 The run folder gets the derived solver and the exact nets used (Data sources resolved to
 DATASET/train.lmdb and test.lmdb, CPU unless --gpu), Caffe's own log (caffe.log), a
 settings JSON, caffemodel + solverstate snapshots, latest.caffemodel, curves.csv and the
-Figure 3a,b PNGs. Ctrl-C or SIGTERM writes a snapshot and stops; --resume continues.
+Figure 3a,b PNGs. Ctrl-C or SIGTERM writes a snapshot and stops; --resume continues. A run
+stopped before its first snapshot (Caffe writes none at iteration 0), or killed then, is
+started afresh by the same command; the message says which.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from deadnet_caffe.checks import positive_float, positive_int, seed
-from deadnet_caffe.train import TrainSettings, train
+from deadnet_caffe.train import TrainResult, TrainSettings, train, usable_snapshots
 
 NAME = "train"
 HELP = "train a net with Caffe (snapshots, log, curves, resume)"
@@ -66,13 +69,24 @@ def run(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         resume=args.resume,
     )
-    result = train(settings, progress=not args.no_progress)
-    if result.interrupted:
+    try:
+        result = train(settings, progress=not args.no_progress)
+    except KeyboardInterrupt:  # before Caffe started, or before the handler was in place
+        states = usable_snapshots(Path(args.run))
+        result = TrainResult(Path(args.run), states[-1][0] if states else None, 0, "SIGINT", None)
+    if result.interrupted and result.iteration is None:
+        print(
+            f"deadnet train: {result.interrupted} received before the first snapshot; nothing "
+            f"to resume, so the same command starts {result.run} afresh.",
+            file=sys.stderr,
+        )
+    elif result.interrupted:
         print(
             f"deadnet train: {result.interrupted} received; snapshot at iteration "
             f"{result.iteration} in {result.run}; continue with --resume.",
             file=sys.stderr,
         )
+    if result.interrupted:
         return 130 if result.interrupted == "SIGINT" else 143
     print(f"deadnet train: iteration {result.iteration} of {result.max_iter}; {result.latest}")
     return 0
