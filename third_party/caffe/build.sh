@@ -176,6 +176,8 @@ if [ "$blas" = mkl ]; then
   # (CMAKE_INSTALL_RPATH_USE_LINK_PATH), so libcaffe finds MKL in the cache at run time.
   blas_cfg=("-DOpenBLAS_LIB=$(IFS=';'; echo "${mkl_link[*]}")")
 fi
+# Another process may have finished the same build while this one waited for the lock.
+[ -f "$dest/.complete" ] && { [ "$link" = 1 ] && link_into_venv "$dest"; exit 0; }
 
 # ---- source ------------------------------------------------------------------------------
 srcdir=$cache_root/src-$version
