@@ -343,3 +343,22 @@ def damage_strip(settings, well: int, pos: int, dose_s: float, side_px: int = 20
             crops.append(img[y - h : y + h, x - h : x + h])
             times.append(step * lay.frame_interval_min / 60.0)
     return crops, times
+
+
+def write_strip(crops: list[np.ndarray], times_h: list[float], px: float, path: Path) -> None:
+    """Draw :func:`damage_strip`'s crops side by side, one display range, labelled (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = np.percentile(np.concatenate([c.ravel() for c in crops]), [0.5, 99.5])
+    fig, ax = plt.subplots(1, len(crops), figsize=(2.2 * len(crops), 2.5), dpi=100)
+    for a, crop, state, t in zip(ax, crops, STRIP_STATES, times_h, strict=True):
+        a.imshow(crop, cmap="gray", vmin=lo, vmax=hi)
+        a.set_axis_off()
+        a.set_title(f"{state}, {t:.1f} h", fontsize=9)
+    ax[0].text(0.02, 0.02, f"{crops[0].shape[0] * px:.0f} um", transform=ax[0].transAxes, color="w")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

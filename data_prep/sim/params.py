@@ -76,6 +76,7 @@ class Biology:
     boundary_darkening: float = 1.2  # dark cortex along the boundary at full stress (x lamella)
     stress_vacuoles_max: int = 4  # vacuoles that appear with stress (vacuolisation)
     lamellipodium: float = 0.25  # extension of the outline towards the heading (spread cells)
+    lamella_loss: float = 1.0  # share of the lamellipodium (and its ruffles) lost at full stress
     ruffle: float = 5.0  # extra rim thickness along the lamellipodium's leading edge
 
     @classmethod

@@ -55,6 +55,11 @@ def debris_map(rng: np.random.Generator, shape: tuple[int, int], n: float) -> np
     return small + cv2.GaussianBlur(big, (0, 0), 3.0) + mottle
 
 
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    """Angles wrapped into [-pi, pi)."""
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
 def _stamp(img: np.ndarray, y: float, x: float, sigma: float, amp: float) -> None:
     """Add a Gaussian spot of peak ``amp`` at (y, x) to ``img`` in place (local window only)."""
     h, w = img.shape
@@ -174,20 +179,20 @@ class CellRenderer:
         table = 1.0 + (amp[:, None] * np.cos(ns * ang - s["shape_phase"][i][:, None])).sum(0)
         n_sides = int(crng.integers(3, 6))
         phi = crng.uniform(0, 2 * np.pi, n_sides)
-        dist = crng.uniform(0.78, 0.98, n_sides) + 0.25 * stress
+        dist = crng.uniform(0.78, 0.98, n_sides) + 0.5 * b.outline_smoothing * stress
         cosd = np.cos(ang[None, :] - phi[:, None])
         chords = np.where(cosd > 0.05, dist[:, None] / np.maximum(cosd, 0.05), np.inf).min(0)
         table = np.minimum(table, chords)
-        toward = np.angle(np.exp(1j * (ang - float(s["heading"][i]))))
+        toward = _wrap(ang - float(s["heading"][i]))
         lobe = np.exp(-(toward**2) / (2 * 0.5**2))
-        table = table + b.lamellipodium * (1 - stress) * lobe
+        table = table + b.lamellipodium * (1 - b.lamella_loss * stress) * lobe
         table = np.maximum(table, 0.35)  # never a negative or vanishing radius
         table = (1 - rnd) * table + rnd
         if rnd > 0 and not s["mitosis"][i] and not s["dead"][i]:
             bleb = b.bleb_amplitude * rnd
             brng = np.random.default_rng([int(s["seed"][i]), step])
             for c in brng.uniform(0, 2 * np.pi, 6):
-                table += bleb * np.exp(-(np.angle(np.exp(1j * (ang - c))) ** 2) / 0.03)
+                table += bleb * np.exp(-(_wrap(ang - c) ** 2) / 0.03)
         return table.astype(np.float32), lobe.astype(np.float32)
 
     def _cell(self, s, i, step, opd, score, labels, pts) -> None:
@@ -233,10 +238,10 @@ class CellRenderer:
         edge = np.clip(depth_px * (self.px / o.edge_taper_um), 0, 1) ** 0.7
         body = np.clip(1 - (r / (0.55 * reff)) ** 2, 0, None) ** 1.5
         thicker = 1 + b.thickening * stress
-        ruffle = 1 + b.ruffle * (1 - stress) * lobe[ai]
+        ruffle = 1 + b.ruffle * (1 - b.lamella_loss * stress) * lobe[ai]
         rim = np.exp(-((depth_px * (self.px / o.rim_width_um)) ** 2)) * ruffle
         t_spread = edge * thicker * (o.lamella_um + o.edge_rim_um * rim + o.body_um * body)
-        nr = min(float(s["nuc_r"][i]) * (1 - 0.15 * stress), 0.5 * reff)  # daughters: smaller
+        nr = min(float(s["nuc_r"][i]) * (1 - 0.7 * b.spread_loss * stress), 0.5 * reff)
         ncx = cx + float(s["nuc_dx"][i]) * reff
         ncy = cy + float(s["nuc_dy"][i]) * reff
         q2 = ((dx + (cx - ncx)) / (1.15 * nr)) ** 2 + ((dy + (cy - ncy)) / (0.9 * nr)) ** 2

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="REAL.tif",
         help="instead of simulating the experiment, render frame 0 of the preset's unexposed "
         "positions, print their envelope statistics next to this real frame's and write "
-        "simulator-vs-real.png and simulator-stats.png to --out",
+        "simulator-vs-real.png, simulator-stats.png and simulator-damage-strip.png to --out",
     )
     p.add_argument(
         "--real-px", type=float, default=6.5 / 15.0, help="um per pixel of the --compare frame"
@@ -108,12 +108,21 @@ def compare_with_real(settings: Settings, real_path: Path, real_px: float, out: 
     """``--compare``: envelope statistics of frame 0 of every unexposed position and a real frame.
 
     Prints one row per frame (data_prep.sim.compare.format_table) and whether each simulated
-    frame meets the issue-15 targets; writes the two comparison figures into ``out``.
+    frame meets the issue-15 targets; writes the two comparison figures into ``out``, and the
+    healthy -> stressed -> dying -> dead strip of one cell of the first exposed well (below
+    200 s) where a cell goes through all four states.
     """
     import numpy as np
     import tifffile
 
-    from data_prep.sim.compare import envelope, format_table, meets_targets, write_figures
+    from data_prep.sim.compare import (
+        damage_strip,
+        envelope,
+        format_table,
+        meets_targets,
+        write_figures,
+        write_strip,
+    )
     from data_prep.sim.experiment import PositionSim, well_name
 
     try:
@@ -152,4 +161,10 @@ def compare_with_real(settings: Settings, real_path: Path, real_px: float, out: 
     )
     write_figures(real, real_px, frames, lay.pixel_size_um, out)
     print(f"wrote {out / 'simulator-vs-real.png'} and {out / 'simulator-stats.png'}")
+    for w, dose in enumerate(lay.doses_s):  # one cell from healthy to dead, lowest dose first
+        strip = damage_strip(settings, w, 0, dose) if 0 < dose < 200 else None
+        if strip:
+            write_strip(*strip, lay.pixel_size_um, out / "simulator-damage-strip.png")
+            print(f"wrote {out / 'simulator-damage-strip.png'} ({well_name(w)}_p1, {dose:g} s)")
+            break
     return 0
