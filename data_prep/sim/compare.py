@@ -241,7 +241,7 @@ def write_figures(
 
     out.mkdir(parents=True, exist_ok=True)
     frames = (("real", real, real_px), ("simulated", sims[0], sim_px))
-    fig, ax = plt.subplots(1, 2, figsize=(9.2, 5.3), dpi=100)
+    fig, ax = plt.subplots(1, 2, figsize=(9.2, 4.9), dpi=100)
     for a, (name, img, px) in zip(ax, frames, strict=True):
         s = envelope(img, px)
         a.imshow(display_crop(img, px), cmap="gray", vmin=0, vmax=255)
@@ -289,64 +289,80 @@ def write_figures(
 STRIP_STATES = ("healthy", "stressed", "dying", "dead")
 
 
-def damage_strip(settings, well: int, pos: int, dose_s: float, side_px: int = 200):
-    """Follow one cell of a position through healthy, stressed, dying and dead.
+def damage_strip(settings, positions: list[tuple[int, int, float]], side_px: int = 180):
+    """Follow one cell through healthy, stressed, dying and dead.
 
-    Simulates the position step by step (no rendering) to find a cell that starts healthy and
-    later passes through all four states while inside the frame, then renders the position
-    two thirds into each of its states (dead: 6 h after death, so the fading shows).
+    Simulates the biology of each candidate position step by step (no rendering) and picks,
+    over all of them, the cell that starts healthy, passes through all four states while
+    inside the frame and stays stressed longest (so that its stressed phenotype develops).
+    Then renders its position two thirds into its healthy and dying states, at the end of
+    its stressed state (just before commitment) and 6 h after death (so the fading shows).
+
+    Parameters
+    ----------
+    settings : Settings
+    positions : list of (well index, position index, dose in s)
 
     Returns
     -------
     crops : list of (side_px, side_px) uint16 camera frames centred on the cell
     times_h : list of float, the time of each crop
-    or ``None`` when no such cell exists at this position.
+    where : (well, position, dose) of the cell
+    or ``None`` when no cell of these positions goes through all four states.
     """
     from data_prep.sim.biology import STATES
     from data_prep.sim.experiment import PositionSim
 
     lay = settings.layout
-    sim = PositionSim(settings, well, pos, dose_s)
-    pop = sim.population
-    history: dict[int, list[tuple[int, int]]] = {}
-    for step in range(lay.n_steps):
-        if step > 0:
-            pop.step()
-        snap = pop.snapshot()
-        inside = (snap["x"] > side_px) & (snap["x"] < lay.width - side_px)
-        inside &= (snap["y"] > side_px) & (snap["y"] < lay.height - side_px)
-        for cid, st, ok in zip(snap["id"], snap["state"], inside, strict=True):
-            history.setdefault(int(cid), []).append((step, int(st) if ok else -1))
     want = [STATES.index(s) for s in STRIP_STATES]
-    best = 0  # the cell that stays stressed longest (its phenotype has time to develop)
-    for cid, hist in sorted(history.items()):
-        states = [st for _, st in hist]
-        complete = states[0] == want[0] and -1 not in states and all(w in states for w in want)
-        if complete and states.count(want[1]) > best:
-            pick, best = cid, states.count(want[1])
-    if not best:
+    best, pick = 0, None
+    for where in positions:
+        pop = PositionSim(settings, *where).population
+        history: dict[int, list[int]] = {}
+        for step in range(lay.n_steps):
+            if step > 0:
+                pop.step()
+            snap = pop.snapshot()
+            inside = (snap["x"] > side_px) & (snap["x"] < lay.width - side_px)
+            inside &= (snap["y"] > side_px) & (snap["y"] < lay.height - side_px)
+            for cid, st, ok in zip(snap["id"], snap["state"], inside, strict=True):
+                history.setdefault(int(cid), [-1] * step).append(int(st) if ok else -1)
+        for cid, states in sorted(history.items()):
+            complete = states[0] == want[0] and -1 not in states
+            if complete and all(w in states for w in want) and states.count(want[1]) > best:
+                best, pick = states.count(want[1]), (where, cid, states)
+    if pick is None:
         return None
+    where, cid, states = pick
     dead_after = round(6.0 * 60 / lay.frame_interval_min)
     steps = []
     for w in want:
-        at = [step for step, st in history[pick] if st == w]
-        steps.append(at[min(len(at) - 1, dead_after)] if w == want[-1] else at[2 * len(at) // 3])
-    sim = PositionSim(settings, well, pos, dose_s)  # again, rendering the chosen steps
+        at = [step for step, st in enumerate(states) if st == w]
+        if w == want[-1]:
+            steps.append(at[min(len(at) - 1, dead_after)])
+        else:
+            steps.append(at[-1] if w == want[1] else at[2 * len(at) // 3])
+    sim = PositionSim(settings, *where)  # again, rendering the chosen steps
     crops, times = [], []
     for step in range(max(steps) + 1):
         if step > 0:
             sim.population.step()
         if step in steps:
             img, _, snap = sim.render(step)
-            i = int(np.flatnonzero(snap["id"] == pick)[0])
+            i = int(np.flatnonzero(snap["id"] == cid)[0])
             x, y, h = int(snap["x"][i]), int(snap["y"][i]), side_px // 2
             crops.append(img[y - h : y + h, x - h : x + h])
             times.append(step * lay.frame_interval_min / 60.0)
-    return crops, times
+    return crops, times, where
 
 
-def write_strip(crops: list[np.ndarray], times_h: list[float], px: float, path: Path) -> None:
-    """Draw :func:`damage_strip`'s crops side by side, one display range, labelled (PNG)."""
+def write_strip(
+    crops: list[np.ndarray], times_h: list[float], where, px: float, path: Path
+) -> None:
+    """Draw :func:`damage_strip`'s crops side by side, one display range, labelled (PNG).
+
+    ``where`` is (well, position, dose) for the title; the cell is at the centre of each crop.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,6 +375,7 @@ def write_strip(crops: list[np.ndarray], times_h: list[float], px: float, path: 
         a.set_axis_off()
         a.set_title(f"{state}, {t:.1f} h", fontsize=9)
     ax[0].text(0.02, 0.02, f"{crops[0].shape[0] * px:.0f} um", transform=ax[0].transAxes, color="w")
+    fig.suptitle(f"one cell at the centre, {where[2]:g} s of light", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

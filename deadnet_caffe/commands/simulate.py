@@ -109,8 +109,8 @@ def compare_with_real(settings: Settings, real_path: Path, real_px: float, out: 
 
     Prints one row per frame (data_prep.sim.compare.format_table) and whether each simulated
     frame meets the issue-15 targets; writes the two comparison figures into ``out``, and the
-    healthy -> stressed -> dying -> dead strip of one cell of the first exposed well (below
-    200 s) where a cell goes through all four states.
+    healthy -> stressed -> dying -> dead strip of the cell of the exposed wells (below 200 s)
+    that stays stressed longest (data_prep.sim.compare.damage_strip).
     """
     import numpy as np
     import tifffile
@@ -161,10 +161,18 @@ def compare_with_real(settings: Settings, real_path: Path, real_px: float, out: 
     )
     write_figures(real, real_px, frames, lay.pixel_size_um, out)
     print(f"wrote {out / 'simulator-vs-real.png'} and {out / 'simulator-stats.png'}")
-    for w, dose in enumerate(lay.doses_s):  # one cell from healthy to dead, lowest dose first
-        strip = damage_strip(settings, w, 0, dose) if 0 < dose < 200 else None
-        if strip:
-            write_strip(*strip, lay.pixel_size_um, out / "simulator-damage-strip.png")
-            print(f"wrote {out / 'simulator-damage-strip.png'} ({well_name(w)}_p1, {dose:g} s)")
-            break
+    candidates = [
+        (w, p, dose)
+        for w, dose in enumerate(lay.doses_s)
+        if 0 < dose < 200
+        for p in range(lay.positions_per_well)
+    ]
+    strip = damage_strip(settings, candidates)
+    if strip:
+        write_strip(*strip, lay.pixel_size_um, out / "simulator-damage-strip.png")
+        (w, p, dose) = strip[2]
+        print(
+            f"wrote {out / 'simulator-damage-strip.png'} "
+            f"(a cell of {well_name(w)}_p{p + 1}, {dose:g} s)"
+        )
     return 0
