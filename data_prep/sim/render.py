@@ -1,24 +1,31 @@
 """From cells to an optical path difference (OPD) map and a label image.
 
 Each cell of a :meth:`data_prep.sim.biology.Population.snapshot` becomes a thickness map
-(shared/reference/phase-contrast-and-cells.md, "U2OS cells"): a thin lamella inside a
-polygonal outline ``r_b(theta) = R (1 + sum_n a_n cos(n theta - p_n))``, n = 2..7, a thicker cell
-body, an oval nucleus with 2-5 nucleoli, perinuclear granules, a few vacuoles and a granular
-texture. The OPD is ``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into
-a phase-contrast image. The visible phenotype follows the cell's ``stress`` and ``roundness``
-(paper 3.2 and the reference, "What photodamage looks like"):
+(shared/reference/phase-contrast-and-cells.md, "U2OS cells"): a thin lamella inside an
+outline ``r_b(theta) = R (1 + sum_n a_n cos(n theta - p_n))``, n = 2..7, cut by 3-5 straight
+sides and widened by a lamellipodium towards the direction of migration, whose leading edge
+carries thick ruffles; a thicker rim along the edge, a cell body, an oval nucleus with 2-5
+nucleoli, perinuclear granules, a few vacuoles and a granular texture. The OPD is
+``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into a phase-contrast
+image; the halo follows the thickness (thin lamellae faint, ruffles and rounded cells
+bright-haloed). Neighbours abut: each pixel belongs to one cell (occlusion, see
+:meth:`CellRenderer.render`), so cells never show through each other.
 
-- stress (early, subtle): loss of spreading (radius down ``spread_loss``, body thicker), a
-  less polygonal outline, up to ``aggregates_max`` dark aggregates along the boundary, up to
-  ``fibres_max`` retraction fibres left where the edge was;
-- roundness (mitosis, dying): a spherical cap ``rounded_um`` tall; dying cells bleb, and
-  dead cells shrink and condense (``dead_condensation``) until they detach.
+The visible phenotype follows the cell's ``stress``, ``roundness`` and time since death, each
+cue with its own parameter in :class:`data_prep.sim.params.Biology` (paper 3.2 and the
+reference, "What photodamage looks like"):
 
-The phenotype parameters are in :class:`data_prep.sim.params.Biology`.
+- stress (early, local, graded): loss of spreading (``spread_loss``, ``thickening``), a
+  smoother outline (``outline_smoothing``), the lamellipodium withdrawn (``lamella_loss``), a
+  dark boundary (``boundary_darkening``), dark aggregates along it (``aggregates_max``),
+  retraction fibres where the edge was (``fibres_max``), vacuoles (``stress_vacuoles_max``);
+- roundness (mitosis, dying): a spherical cap ``rounded_um`` tall; dying cells bleb
+  (``bleb_amplitude``); dead cells shrink and condense (``dead_condensation``), then lose
+  their phase contrast (``dead_fade_h``) until they detach.
 
 Only pixels inside a cell's bounding box are touched, so the cost is proportional to the
-covered area. Static per-cell features (granule and nucleolus positions, texture offset) come
-from the cell's own ``seed``, so a cell keeps its look from frame to frame.
+covered area. Static per-cell features (outline, granule and nucleolus positions, texture
+offset) come from the cell's own ``seed``, so a cell keeps its look from frame to frame.
 """
 
 from __future__ import annotations
@@ -257,7 +264,7 @@ class CellRenderer:
             dn = dn_c * b.dead_condensation * (0.15 + 0.85 * fade)
         cell_opd = dn * t + (o.n_nucleus - o.n_cytoplasm) * (o.nucleus_um - o.body_um) * nuc
         # dark cell boundary: dense material along the cortex, growing with stress
-        dark_rim = np.exp(-((depth_px * (self.px / 1.0)) ** 2)) * (rho < 1)
+        dark_rim = np.exp(-((depth_px * (self.px / 1.0)) ** 2))  # ~1 um band
         cell_opd += (dn_c * b.boundary_darkening * stress * (1 - rnd)) * dark_rim
         # granular texture, moving with the cell
         tx, ty = (int(s["seed"][i]) % 300), (int(s["seed"][i]) // 300 % 300)
