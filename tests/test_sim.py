@@ -198,22 +198,163 @@ def test_vote_items_are_10_frame_crops_of_low_dose_positions(tmp_path):
     assert np.allclose(truth, 0.5)
 
 
-def test_simulated_frame_statistics_are_in_the_range_of_a_real_frame(real_frames_dir):
-    """docs/simulator.md's comparison: histogram tails, spectrum slope, halo at cell edges."""
-    from data_prep.sim.compare import cell_mask, compare
+def test_statistic_functions_known_answers():
+    """Moments, tails, PSD slope, edge energy, halo and overlap against hand-computed answers."""
+    from data_prep.sim.compare import edge_energy, halo, moments, overlap_fraction, psd_slope
+
+    # 100 pixels: 99 zeros and a single 1. Mean 0.01, variance 0.0099; third central moment
+    # (99 (-0.01)^3 + 0.99^3) / 100 = 0.009702 -> skewness 0.009702 / 0.0099^1.5 = 9.849;
+    # fourth (99e-8 + 0.99^4) / 100 = 0.00960597 -> kurtosis 0.00960597 / 0.0099^2 - 3 = 95.01
+    img = np.zeros((10, 10))
+    img[3, 4] = 1.0
+    m = moments(img)
+    assert m["skewness"] == pytest.approx(9.849, abs=1e-3)
+    assert m["kurtosis"] == pytest.approx(95.01, abs=1e-2)
+    assert m["bright_tail"] == pytest.approx(0.01)  # the 1 is 9.95 SD above the mean
+    assert m["dark_tail"] == 0.0
+    assert moments(-img)["dark_tail"] == pytest.approx(0.01)
+    # a ramp along x, 1 unit per pixel: z has gradient 1 / SD per pixel; px 0.5 um -> x2
+    ramp = np.tile(np.arange(64, dtype=np.float64), (8, 1))
+    assert edge_energy(ramp, 0.5) == pytest.approx((2.0 / ramp.std()) ** 2)
+    # a field whose radial power falls as f^-2 (amplitude f^-1, random phases): slope -2
+    rng = np.random.default_rng(0)
+    f = np.hypot(np.fft.fftfreq(512)[:, None], np.fft.fftfreq(512)[None, :])
+    spec = np.where(f > 0, 1 / np.maximum(f, 1e-9), 0) * np.exp(2j * np.pi * rng.random(f.shape))
+    field = np.fft.ifft2(spec).real
+    assert psd_slope(field) == pytest.approx(-2.0, abs=0.15)
+    d = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 4.0])
+    assert halo(d, np.array([0.9, 0.95, 1.0, 1.3, 1.1, 2.0])) == {
+        "halo_peak": 1.3,
+        "halo_at_um": 1.0,
+    }  # the 2.0 at 4 um is beyond reach
+    layers = np.array([[0, 1, 1, 2], [1, 1, 3, 0]], np.uint8)  # 6 cell pixels, 2 overlapped
+    assert overlap_fraction(layers) == pytest.approx(2 / 6)
+
+
+def _demo_frame0(size=(640, 512), seed=0):
     from data_prep.sim.experiment import PositionSim
     from data_prep.sim.params import Settings
 
-    real = tifffile.imread(sorted(real_frames_dir.glob("*.tif"))[0])
-    lay = replace(PRESETS["tiny"], hours=0.0)
-    _, sim, _, _ = next(iter(PositionSim(Settings(lay, seed=1), 0, 0, 0.0)))
-    stats = compare(real, 6.5 / 15.0, sim, paper.PIXEL_SIZE_UM)
-    for name, img, px in (("real", real, 6.5 / 15.0), ("sim", sim, paper.PIXEL_SIZE_UM)):
-        s = stats[name]
-        # a background peak with heavy tails both ways (a Gaussian gives -1.7 / 1.7 IQR):
-        # dark nuclei and granules, bright halos
-        assert s["histogram"]["p1"] < -2.5 and s["histogram"]["p99"] > 2.5
-        assert -3.0 < s["spectrum_slope"] < -1.3
-        assert 0.1 < cell_mask(img, px).mean() < 0.6
-        _, profile = s["edge"]
-        assert np.nanmax(profile) > 1.05  # a bright halo near the cell boundary
+    lay = replace(PRESETS["demo"], hours=0.0, width=size[0], height=size[1])
+    sim = PositionSim(Settings(lay, seed=seed), 0, 0, 0.0)
+    img, labels, snap = sim.render(0)
+    return img, labels, snap, sim.renderer.layers
+
+
+def test_unexposed_frame0_meets_the_real_envelope():
+    """Issue 15's targets on frame 0 of an unexposed position with the demo preset's optics."""
+    from data_prep.sim.compare import envelope, meets_targets
+
+    for seed in (0, 1):
+        img, _, _, layers = _demo_frame0(seed=seed)
+        s = envelope(img, paper.PIXEL_SIZE_UM, layers)
+        assert s["skewness"] >= 1.0, s
+        assert s["bright_tail"] >= 0.01 and s["bright_tail"] >= 1.5 * s["dark_tail"], s
+        assert -2.5 <= s["psd_slope"] <= -2.0, s
+        assert s["overlap"] <= 0.02, s
+        assert all(meets_targets(s).values())
+        assert s["halo_peak"] > 1.05  # a bright halo near the cell boundaries
+
+
+def test_neighbours_abut_without_showing_through():
+    """Overlapping cells: each pixel carries one cell's optical path (the owner in the labels)."""
+    from data_prep.sim.render import CellRenderer
+
+    lay = replace(LAYOUT, width=256, height=256)
+    pop = Population(Biology(), lay, 0.0, np.random.default_rng(0))
+    snap = pop.snapshot()
+    keep = np.arange(2)  # two cells of the same size, 60% of a radius apart
+    snap = {k: v[keep].copy() if isinstance(v, np.ndarray) else v for k, v in snap.items()}
+    snap["x"][:] = (128 - 0.3 * 60, 128 + 0.3 * 60)
+    snap["y"][:] = 128
+    snap["R"][:] = 60
+    renderer = CellRenderer(
+        Optics(), Biology(), (256, 256), lay.pixel_size_um, np.random.default_rng(1)
+    )
+    both, labels = renderer.render(snap, 0)
+    assert renderer.layers.max() == 1
+    # the boundary between them is where they are equally far inside their outlines: near x=128
+    row = labels[128]
+    first, second = int(snap["id"][0]), int(snap["id"][1])
+    assert (row[100:120] == first).all() and (row[136:156] == second).all()
+    # rendering each cell alone: the pair's OPD equals the owner's own OPD on every pixel
+    for k, cid in enumerate((first, second)):
+        one = {key: v[[k]] if isinstance(v, np.ndarray) else v for key, v in snap.items()}
+        alone, _ = renderer.render(one, 0)
+        owned = labels == cid
+        np.testing.assert_allclose(both[owned], alone[owned], atol=0.02)
+
+
+def test_damage_cues_grow_with_stress():
+    """Each cue follows the damage with its own parameter: a stressed cell differs from the
+    same cell healthy, more so at full stress; without the cue parameters it does not."""
+    from data_prep.sim.render import CellRenderer
+
+    lay = replace(LAYOUT, width=256, height=256)
+    pop = Population(Biology(), lay, 0.0, np.random.default_rng(2))
+    snap = {k: v[:1].copy() for k, v in pop.snapshot().items()}
+    snap["x"][:], snap["y"][:], snap["R"][:] = 128, 128, 55
+
+    def opd(stress, bio=None):
+        bio = bio or Biology()
+        s = {k: v.copy() for k, v in snap.items()}
+        s["stress"][:] = stress
+        r = CellRenderer(Optics(), bio, (256, 256), lay.pixel_size_um, np.random.default_rng(3))
+        return r.render(s, 0)
+
+    healthy, lab0 = opd(0.0)
+    half, lab5 = opd(0.5)
+    full, lab1 = opd(1.0)
+    assert (lab0 > 0).sum() > (lab5 > 0).sum() > (lab1 > 0).sum()  # loss of spreading
+
+    # dark boundary: the OPD along the inner edge of the outline rises with stress
+    def rim_opd(o, lab):
+        inner = (lab > 0) & ~(np.roll(lab, 3, 0) == 0) & ~(np.roll(lab, -3, 0) == 0)
+        edge = (lab > 0) & ~inner
+        return float(o[edge].mean())
+
+    assert rim_opd(healthy, lab0) < rim_opd(half, lab5) < rim_opd(full, lab1)
+    off = Biology(
+        boundary_darkening=0,
+        spread_loss=0,
+        thickening=0,
+        outline_smoothing=0,
+        lamellipodium=0,
+        aggregates_max=0,
+        lamella_loss=0,
+        fibres_max=0,
+        stress_vacuoles_max=0,
+    )
+    np.testing.assert_allclose(opd(1.0, off)[0], opd(0.0, off)[0], atol=1e-6)
+
+
+def test_dead_cells_lose_phase_contrast_over_time():
+    from data_prep.sim.render import CellRenderer
+
+    lay = replace(LAYOUT, width=128, height=128)
+    pop = Population(Biology(), lay, 0.0, np.random.default_rng(2))
+    snap = {k: v[:1].copy() for k, v in pop.snapshot().items()}
+    snap["x"][:], snap["y"][:] = 64, 64
+    snap["roundness"][:], snap["dead"][:], snap["stress"][:] = 1.0, True, 1.0
+    r = CellRenderer(Optics(), Biology(), (128, 128), lay.pixel_size_um, np.random.default_rng(3))
+    bio = Biology()
+    means = []
+    for hours in (0.0, 6.0, 24.0):
+        snap["since_dead_h"][:] = hours
+        opd, labels = r.render(snap, 0)
+        means.append(float(opd[labels > 0].mean()))
+        # contrast falls to a 15% ghost: 0.15 + 0.85 exp(-t / dead_fade_h) (granules aside)
+        expected = 0.15 + 0.85 * np.exp(-hours / bio.dead_fade_h)
+        assert means[-1] / means[0] == pytest.approx(expected, rel=0.1)
+    assert means[2] > 0  # a faint ghost until it detaches
+
+
+def test_simulate_compare_prints_the_envelope(real_frames_dir, tmp_path, capsys):
+    real = sorted(real_frames_dir.glob("*.tif"))[0]
+    argv = ["simulate", "--preset", "tiny", "--size", "384", "256", "--compare", str(real)]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "skew" in out and "psd slope" in out and "overlap" in out
+    assert out.count("sim A1_p") == 2  # the tiny preset's two unexposed positions
+    assert (tmp_path / "simulator-vs-real.png").stat().st_size > 10_000
+    assert main([*argv[:-1], str(tmp_path / "missing.tif"), "--out", str(tmp_path)]) == 2

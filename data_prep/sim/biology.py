@@ -253,7 +253,8 @@ class Population:
 
         Returns a dict of per-cell arrays: ``id``, ``seed``, ``x``, ``y``, ``R`` (spread radius),
         ``stress`` and ``roundness`` in [0, 1], ``dead`` (bool), ``mitosis`` (bool), ``state``,
-        ``d`` (damage), ``heading``, ``shape_amp``/``shape_phase`` (n, 6), ``nuc_*``.
+        ``d`` (damage), ``since_dead_h`` (0 while alive), ``heading``, ``shape_amp``/``shape_phase``
+        (n, 6), ``nuc_*``.
         """
         c, t = self.c, self.t_h
         committed = np.isfinite(c["t_commit"])
@@ -268,6 +269,7 @@ class Population:
             stress=np.minimum(1.0, self.stress() * self.bio.phenotype_gain),
             roundness=roundness,
             dead=np.isfinite(c["t_dead"]),
+            since_dead_h=np.where(np.isfinite(c["t_dead"]), t - c["t_dead"], 0.0),
             mitosis=mitosis,
             state=self.states(),
         )

@@ -1,78 +1,89 @@
-"""Simple statistics to compare simulated frames with real phase-contrast frames (issue 4.3).
+"""Envelope statistics of phase-contrast frames, simulated or real (issue 15).
 
-The same three measures are applied to both, with the same crude segmentation (no ground
-truth is used, so that real and simulated frames are treated alike):
+The same measures are applied to both kinds of frame, without ground truth, so that they are
+treated alike (:func:`envelope`); the overlap fraction needs the simulator's layer count.
 
-- :func:`histogram_shape`: intensity histogram of ``(I - median) / IQR``, its skewness and the
-  1st/99th percentiles (phase contrast: a narrow background peak, a dark tail from dense
-  parts and a bright tail from halos);
-- :func:`radial_power_spectrum`: azimuthally averaged power spectrum against spatial
-  frequency in cycles per um, and its log-log slope over 0.05-0.5 cycles/um;
-- :func:`edge_profile`: mean normalised intensity against signed distance (um) to the
-  boundary of the cell mask (negative inside): the bright halo outside, darker inside.
+- :func:`moments`: the frame standardised to zero mean and unit SD, ``z = (I - mean) / SD``:
+  skewness ``E[z^3]``, excess kurtosis ``E[z^4] - 3``, the bright tail ``P(z > 3)`` and the
+  dark tail ``P(z < -3)`` (phase contrast: a narrow background peak, a bright tail from halos
+  and rounded cells, a lighter dark tail from nucleoli and granules);
+- :func:`psd_slope`: log-log slope of the azimuthally averaged power spectrum (Hann window,
+  log-spaced bins) over 0.01-0.5 cycles per pixel (the band up to Nyquist);
+- :func:`edge_energy`: mean squared gradient of ``z`` per um^2 (how much of the frame is
+  sharp edges);
+- :func:`edge_profile` and :func:`halo`: mean ``I / background`` against signed distance to
+  the boundary of a crude cell mask (:func:`cell_mask`), and its peak just outside the edge;
+- :func:`overlap_fraction`: the share of cell pixels whose optical path carries more than one
+  cell (see-through overlap), from the renderer's per-pixel layer count.
 
-``python -m data_prep.sim.compare --real DIR --sim TIFF --out docs/`` writes the figures used
-in docs/simulator.md and prints the numbers.
+``deadnet simulate --compare REAL.tif`` renders frame 0 of the unexposed positions of a preset
+and prints these numbers for them and for the real frame (:func:`format_table`), and
+:func:`write_figures` draws docs/simulator-vs-real.png and docs/simulator-stats.png.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-
-def _norm(img: np.ndarray) -> np.ndarray:
-    """(I - median) / IQR, float32 (robust to gain and offset)."""
-    img = img.astype(np.float32)
-    q25, q50, q75 = np.percentile(img, [25, 50, 75])
-    return (img - q50) / max(float(q75 - q25), 1e-6)
+TAIL_SD = 3.0  # a tail is the share of pixels beyond +-3 SD
+PSD_BAND_CYCLES_PER_PX = (0.01, 0.5)
+FIGURE_FOV_UM = 160.0  # field of view of both panels of the side-by-side figure
+FIGURE_UM_PER_PX = 0.4  # ... shown at the same scale
 
 
-def histogram_shape(img: np.ndarray) -> dict[str, float]:
-    """Skewness and percentiles of the robustly normalised intensities of a (H, W) frame."""
-    z = _norm(img)
-    m, s = float(z.mean()), float(z.std())
+def standardise(img: np.ndarray) -> np.ndarray:
+    """(H, W) frame -> float64 ``(I - mean) / SD``."""
+    z = img.astype(np.float64)
+    z -= z.mean()
+    return z / max(float(z.std()), 1e-12)
+
+
+def moments(img: np.ndarray) -> dict[str, float]:
+    """Skewness, excess kurtosis, bright and dark tails (share beyond +-3 SD) of a (H, W) frame."""
+    z = standardise(img)
     return {
-        "skewness": float(((z - m) ** 3).mean() / s**3),
-        "p1": float(np.percentile(z, 1)),
-        "p99": float(np.percentile(z, 99)),
-        "std": s,
+        "skewness": float((z**3).mean()),
+        "kurtosis": float((z**4).mean() - 3.0),
+        "bright_tail": float((z > TAIL_SD).mean()),
+        "dark_tail": float((z < -TAIL_SD).mean()),
     }
 
 
-def radial_power_spectrum(
-    img: np.ndarray, pixel_size_um: float, bins: int = 60
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Azimuthally averaged power spectrum of a (H, W) frame.
+def radial_power_spectrum(img: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Azimuthally averaged power spectrum of a (H, W) frame (Hann window).
 
     Returns
     -------
-    freq : (bins,) float, cycles per um (bin centres, log-spaced)
-    power : (bins,) float, normalised to sum 1
-    slope : float, log-log slope of power over 0.05-0.5 cycles/um
+    freq : (bins,) float, cycles per pixel (geometric bin centres over 0.01-0.5)
+    power : (bins,) float, mean power per bin (NaN for an empty bin)
     """
-    z = _norm(img)
-    z = z - z.mean()
-    win = np.outer(np.hanning(z.shape[0]), np.hanning(z.shape[1])).astype(np.float32)
-    p = np.abs(np.fft.fft2(z * win)) ** 2
-    fy = np.fft.fftfreq(z.shape[0], pixel_size_um)[:, None]
-    fx = np.fft.fftfreq(z.shape[1], pixel_size_um)[None, :]
-    f = np.hypot(fy, fx)
-    edges = np.geomspace(0.01, 0.5 / pixel_size_um, bins + 1)
+    z = standardise(img) * np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
+    p = np.abs(np.fft.fft2(z)) ** 2
+    f = np.hypot(np.fft.fftfreq(img.shape[0])[:, None], np.fft.fftfreq(img.shape[1])[None, :])
+    edges = np.geomspace(*PSD_BAND_CYCLES_PER_PX, bins + 1)
     idx = np.digitize(f.ravel(), edges) - 1
     ok = (idx >= 0) & (idx < bins)
     sums = np.bincount(idx[ok], weights=p.ravel()[ok], minlength=bins)
-    counts = np.maximum(np.bincount(idx[ok], minlength=bins), 1)
-    power = sums / counts
-    power = power / power.sum()
-    centres = np.sqrt(edges[:-1] * edges[1:])
-    band = (centres >= 0.05) & (centres <= 0.5) & (power > 0)
-    slope = float(np.polyfit(np.log(centres[band]), np.log(power[band]), 1)[0])
-    return centres, power, slope
+    counts = np.bincount(idx[ok], minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        power = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return np.sqrt(edges[:-1] * edges[1:]), power
+
+
+def psd_slope(img: np.ndarray) -> float:
+    """Log-log slope of :func:`radial_power_spectrum` over 0.01-0.5 cycles/px."""
+    f, p = radial_power_spectrum(img)
+    ok = np.isfinite(p) & (p > 0)
+    return float(np.polyfit(np.log(f[ok]), np.log(p[ok]), 1)[0])
+
+
+def edge_energy(img: np.ndarray, pixel_size_um: float) -> float:
+    """Mean of ``|grad z|^2`` in 1/um^2 (central differences), for a (H, W) frame."""
+    gy, gx = np.gradient(standardise(img), pixel_size_um)
+    return float((gx * gx + gy * gy).mean())
 
 
 def cell_mask(img: np.ndarray, pixel_size_um: float) -> np.ndarray:
@@ -81,7 +92,7 @@ def cell_mask(img: np.ndarray, pixel_size_um: float) -> np.ndarray:
     Phase-contrast cells are textured and the background is flat, so this works alike on
     real and simulated frames.
     """
-    z = _norm(img)
+    z = standardise(img).astype(np.float32)
     k = max(3, round(3.0 / pixel_size_um) | 1)
     mean = cv2.blur(z, (k, k))
     var = np.maximum(cv2.blur(z * z, (k, k)) - mean * mean, 0)
@@ -96,19 +107,22 @@ def cell_mask(img: np.ndarray, pixel_size_um: float) -> np.ndarray:
 def edge_profile(
     img: np.ndarray, mask: np.ndarray, pixel_size_um: float, half_um: float = 6.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean normalised intensity against signed distance to the mask boundary.
+    """Mean ``I / background`` against signed distance to the mask boundary.
+
+    The background is the median of the pixels more than ``2 half_um`` outside the mask.
 
     Returns
     -------
     dist_um : (n,) float, bin centres, negative inside the mask
-    mean : (n,) float, mean of ``I / median(background)`` per bin
+    mean : (n,) float, NaN for an empty bin
     """
     m = mask.astype(np.uint8)
     d_out = cv2.distanceTransform(1 - m, cv2.DIST_L2, 5)
     d_in = cv2.distanceTransform(m, cv2.DIST_L2, 5)
     signed = np.where(m > 0, 0.5 - d_in, d_out - 0.5) * pixel_size_um
     img = img.astype(np.float64)
-    bg = float(np.median(img[signed > 2 * half_um])) if (signed > 2 * half_um).any() else 1.0
+    far = signed > 2 * half_um
+    bg = float(np.median(img[far])) if far.any() else float(np.median(img))
     step = pixel_size_um
     edges = np.arange(-half_um, half_um + step, step) - 0.5 * step
     idx = np.digitize(signed.ravel(), edges) - 1
@@ -120,35 +134,105 @@ def edge_profile(
     return 0.5 * (edges[:-1] + edges[1:]), mean
 
 
-def _display(img: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(img, [0.5, 99.5])
-    return np.clip((img.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(
-        np.uint8
-    )
+def halo(dist_um: np.ndarray, profile: np.ndarray, reach_um: float = 3.0) -> dict[str, float]:
+    """Peak of an :func:`edge_profile` within ``reach_um`` of the edge, on either side.
+
+    Returns ``halo_peak`` (I / background at the peak) and ``halo_at_um`` (its distance).
+    """
+    near = np.abs(dist_um) <= reach_um
+    prof = np.where(near & np.isfinite(profile), profile, -np.inf)
+    k = int(np.argmax(prof))
+    return {"halo_peak": float(prof[k]), "halo_at_um": float(dist_um[k])}
 
 
-def compare(real: np.ndarray, real_px: float, sim: np.ndarray, sim_px: float) -> dict:
-    """All three measures for one real and one simulated (H, W) frame."""
-    out = {}
-    for name, img, px in (("real", real, real_px), ("sim", sim, sim_px)):
-        f, p, slope = radial_power_spectrum(img, px)
-        d, prof = edge_profile(img, cell_mask(img, px), px)
-        out[name] = {
-            "histogram": histogram_shape(img),
-            "spectrum_slope": slope,
-            "spectrum": (f.tolist(), p.tolist()),
-            "edge": (d.tolist(), prof.tolist()),
-            "cell_fraction": float(cell_mask(img, px).mean()),
-        }
+def overlap_fraction(layers: np.ndarray) -> float:
+    """Share of cell pixels (``layers >= 1``) that carry more than one cell (``layers >= 2``)."""
+    cells = int((layers >= 1).sum())
+    return float((layers >= 2).sum() / cells) if cells else 0.0
+
+
+def envelope(
+    img: np.ndarray, pixel_size_um: float, layers: np.ndarray | None = None
+) -> dict[str, float]:
+    """All the statistics of one (H, W) frame; ``overlap`` only when ``layers`` is given."""
+    out = moments(img)
+    out["psd_slope"] = psd_slope(img)
+    out["edge_energy"] = edge_energy(img, pixel_size_um)
+    mask = cell_mask(img, pixel_size_um)
+    out["cell_fraction"] = float(mask.mean())
+    out.update(halo(*edge_profile(img, mask, pixel_size_um)))
+    if layers is not None:
+        out["overlap"] = overlap_fraction(layers)
     return out
 
 
-def write_figures(
-    real: np.ndarray, real_px: float, sim: np.ndarray, sim_px: float, out: Path
-) -> dict:
-    """Side-by-side PNG (150 um fields of view with the most cells) and a statistics PNG.
+TARGETS = {  # issue 15, on frame 0 of an unexposed demo position
+    "skewness": ">= 1.0",
+    "bright_tail": ">= 1.0% and >= 1.5 x dark tail",
+    "psd_slope": "in [-2.5, -2.0]",
+    "overlap": "<= 2%",
+}
 
-    Returns the numbers of :func:`compare` (without the curves).
+
+def meets_targets(s: dict[str, float]) -> dict[str, bool]:
+    """Which of the issue's targets a simulated frame's :func:`envelope` meets."""
+    out = {
+        "skewness": s["skewness"] >= 1.0,
+        "bright_tail": s["bright_tail"] >= 0.01 and s["bright_tail"] >= 1.5 * s["dark_tail"],
+        "psd_slope": -2.5 <= s["psd_slope"] <= -2.0,
+    }
+    if "overlap" in s:
+        out["overlap"] = s["overlap"] <= 0.02
+    return out
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """A plain-text table of :func:`envelope` results, one row per frame name."""
+    cols = (
+        ("skewness", "skew", "{:.2f}"),
+        ("kurtosis", "kurt", "{:.1f}"),
+        ("bright_tail", "bright>3sd", "{:.2%}"),
+        ("dark_tail", "dark<-3sd", "{:.2%}"),
+        ("psd_slope", "psd slope", "{:.2f}"),
+        ("edge_energy", "edge energy", "{:.2f}"),
+        ("halo_peak", "halo", "{:.3f}"),
+        ("halo_at_um", "at um", "{:+.1f}"),
+        ("cell_fraction", "cells", "{:.2f}"),
+        ("overlap", "overlap", "{:.2%}"),
+    )
+    width = max(len(n) for n in rows) + 2
+    lines = [" " * width + " ".join(f"{h:>11}" for _, h, _ in cols)]
+    for name, s in rows.items():
+        cells = [fmt.format(s[k]) if k in s else "-" for k, _, fmt in cols]
+        lines.append(f"{name:<{width}}" + " ".join(f"{c:>11}" for c in cells))
+    return "\n".join(lines)
+
+
+def display_crop(img: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """The ``FIGURE_FOV_UM`` field of view with the most cells, at ``FIGURE_UM_PER_PX``.
+
+    Returns (side, side) uint8, display range 0.5-99.5 percentile of the whole frame.
+    """
+    n = min(round(FIGURE_FOV_UM / pixel_size_um), *img.shape)
+    mask = cell_mask(img, pixel_size_um)
+    corners = [
+        (y, x)
+        for y in np.linspace(0, img.shape[0] - n, 4).astype(int)
+        for x in np.linspace(0, img.shape[1] - n, 4).astype(int)
+    ]
+    y0, x0 = max(corners, key=lambda c: mask[c[0] : c[0] + n, c[1] : c[1] + n].mean())
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    crop = img[y0 : y0 + n, x0 : x0 + n].astype(np.float32)
+    disp = np.clip((crop - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    side = round(n * pixel_size_um / FIGURE_UM_PER_PX)
+    return cv2.resize(disp, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def write_figures(
+    real: np.ndarray, real_px: float, sims: list[np.ndarray], sim_px: float, out: Path
+) -> None:
+    """docs/simulator-vs-real.png (same field and scale, statistics under each panel) and
+    docs/simulator-stats.png (histogram, power spectrum, edge profile). ``sims[0]`` is shown.
     """
     import matplotlib
 
@@ -156,67 +240,142 @@ def write_figures(
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fov_um = 150.0
-    side = 360
-    panels = []
-    for img, px in ((real, real_px), (sim, sim_px)):
-        n = int(fov_um / px)
-        mask = cell_mask(img, px)
-        corners = [
-            (y, x)
-            for y in np.linspace(0, img.shape[0] - n, 4).astype(int)
-            for x in np.linspace(0, img.shape[1] - n, 4).astype(int)
-        ]  # the field of view with the most cells
-        y0, x0 = max(corners, key=lambda c: mask[c[0] : c[0] + n, c[1] : c[1] + n].mean())
-        crop = _display(img)[y0 : y0 + n, x0 : x0 + n]
-        panels.append(cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA))
-    gap = np.full((side, 8), 255, np.uint8)
-    cv2.imwrite(
-        str(out / "simulator-vs-real.png"),
-        np.hstack([panels[0], gap, panels[1]]),
-        [cv2.IMWRITE_PNG_COMPRESSION, 9],
-    )
-    stats = compare(real, real_px, sim, sim_px)
+    frames = (("real", real, real_px), ("simulated", sims[0], sim_px))
+    fig, ax = plt.subplots(1, 2, figsize=(9.2, 4.9), dpi=100)
+    for a, (name, img, px) in zip(ax, frames, strict=True):
+        s = envelope(img, px)
+        a.imshow(display_crop(img, px), cmap="gray", vmin=0, vmax=255)
+        a.set_axis_off()
+        a.set_title(f"{name}: {FIGURE_FOV_UM:.0f} um field, {px:.3f} um/px", fontsize=9)
+        a.text(
+            0.0,
+            -0.03,
+            f"skew {s['skewness']:.2f}  kurt {s['kurtosis']:.1f}  "
+            f"tails +{s['bright_tail']:.2%} / -{s['dark_tail']:.2%}\n"
+            f"PSD slope {s['psd_slope']:.2f}  edge energy {s['edge_energy']:.2f}/um2  "
+            f"halo {s['halo_peak']:.2f} at {s['halo_at_um']:+.1f} um",
+            transform=a.transAxes,
+            va="top",
+            fontsize=8,
+            family="monospace",
+        )
+    fig.tight_layout()
+    fig.savefig(out / "simulator-vs-real.png")
+    plt.close(fig)
     fig, ax = plt.subplots(1, 3, figsize=(10, 3), dpi=80)
-    for name, colour in (("real", "k"), ("sim", "tab:red")):
-        img = real if name == "real" else sim
-        z = _norm(img).ravel()
-        ax[0].hist(z, bins=np.linspace(-8, 8, 161), density=True, histtype="step", color=colour)
-        f, p = stats[name]["spectrum"]
-        ax[1].loglog(f, p, color=colour, label=name)
-        d, prof = stats[name]["edge"]
+    for name, img, px in frames:
+        colour = "k" if name == "real" else "tab:red"
+        ax[0].hist(
+            standardise(img).ravel(),
+            bins=np.linspace(-8, 8, 161),
+            density=True,
+            histtype="step",
+            color=colour,
+        )
+        f, p = radial_power_spectrum(img)
+        ax[1].loglog(f, p / np.nansum(p), color=colour, label=name)
+        d, prof = edge_profile(img, cell_mask(img, px), px)
         ax[2].plot(d, prof, color=colour)
-    ax[0].set(xlabel="(I - median) / IQR", ylabel="density", yscale="log", title="histogram")
-    ax[1].set(xlabel="cycles / um", ylabel="power", title="radial power spectrum")
+    ax[0].set(xlabel="(I - mean) / SD", ylabel="density", yscale="log", title="histogram")
+    ax[1].set(xlabel="cycles / px", ylabel="power", title="radial power spectrum")
     ax[1].legend()
     ax[2].set(xlabel="distance to cell edge (um, <0 inside)", ylabel="I / background")
     ax[2].set_title("edge profile")
     fig.tight_layout()
     fig.savefig(out / "simulator-stats.png")
     plt.close(fig)
-    for name in stats:
-        stats[name].pop("spectrum")
-        stats[name].pop("edge")
-    return stats
 
 
-def main(argv=None) -> int:
-    import tifffile
-
-    p = argparse.ArgumentParser(description=__doc__, prog="python -m data_prep.sim.compare")
-    p.add_argument("--real", type=Path, required=True, help="a real 16-bit frame (TIFF)")
-    p.add_argument("--real-px", type=float, default=6.5 / 15.0, help="its um per pixel")
-    p.add_argument("--sim", type=Path, required=True, help="a simulated multi-frame TIFF")
-    p.add_argument("--frame", type=int, default=0, help="frame of --sim")
-    p.add_argument("--sim-px", type=float, default=6.45 / 20.0, help="its um per pixel")
-    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
-    args = p.parse_args(argv)
-    real = tifffile.imread(args.real)
-    sim = tifffile.imread(args.sim, key=args.frame)
-    stats = write_figures(real, args.real_px, sim, args.sim_px, args.out)
-    print(json.dumps(stats, indent=2))
-    return 0
+STRIP_STATES = ("healthy", "stressed", "dying", "dead")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def damage_strip(settings, positions: list[tuple[int, int, float]], side_px: int = 180):
+    """Follow one cell through healthy, stressed, dying and dead.
+
+    Simulates the biology of each candidate position step by step (no rendering) and picks,
+    over all of them, the cell that starts healthy, passes through all four states while
+    inside the frame and stays stressed longest (so that its stressed phenotype develops).
+    Then renders its position two thirds into its healthy and dying states, at the end of
+    its stressed state (just before commitment) and 6 h after death (so the fading shows).
+
+    Parameters
+    ----------
+    settings : Settings
+    positions : list of (well index, position index, dose in s)
+
+    Returns
+    -------
+    crops : list of (side_px, side_px) uint16 camera frames centred on the cell
+    times_h : list of float, the time of each crop
+    where : (well, position, dose) of the cell
+    or ``None`` when no cell of these positions goes through all four states.
+    """
+    from data_prep.sim.biology import STATES
+    from data_prep.sim.experiment import PositionSim
+
+    lay = settings.layout
+    want = [STATES.index(s) for s in STRIP_STATES]
+    best, pick = 0, None
+    for where in positions:
+        pop = PositionSim(settings, *where).population
+        history: dict[int, list[int]] = {}
+        for step in range(lay.n_steps):
+            if step > 0:
+                pop.step()
+            snap = pop.snapshot()
+            inside = (snap["x"] > side_px) & (snap["x"] < lay.width - side_px)
+            inside &= (snap["y"] > side_px) & (snap["y"] < lay.height - side_px)
+            for cid, st, ok in zip(snap["id"], snap["state"], inside, strict=True):
+                history.setdefault(int(cid), [-1] * step).append(int(st) if ok else -1)
+        for cid, states in sorted(history.items()):
+            complete = states[0] == want[0] and -1 not in states
+            if complete and all(w in states for w in want) and states.count(want[1]) > best:
+                best, pick = states.count(want[1]), (where, cid, states)
+    if pick is None:
+        return None
+    where, cid, states = pick
+    dead_after = round(6.0 * 60 / lay.frame_interval_min)
+    steps = []
+    for w in want:
+        at = [step for step, st in enumerate(states) if st == w]
+        if w == want[-1]:
+            steps.append(at[min(len(at) - 1, dead_after)])
+        else:
+            steps.append(at[-1] if w == want[1] else at[2 * len(at) // 3])
+    sim = PositionSim(settings, *where)  # again, rendering the chosen steps
+    crops, times = [], []
+    for step in range(max(steps) + 1):
+        if step > 0:
+            sim.population.step()
+        if step in steps:
+            img, _, snap = sim.render(step)
+            i = int(np.flatnonzero(snap["id"] == cid)[0])
+            x, y, h = int(snap["x"][i]), int(snap["y"][i]), side_px // 2
+            crops.append(img[y - h : y + h, x - h : x + h])
+            times.append(step * lay.frame_interval_min / 60.0)
+    return crops, times, where
+
+
+def write_strip(
+    crops: list[np.ndarray], times_h: list[float], where, px: float, path: Path
+) -> None:
+    """Draw :func:`damage_strip`'s crops side by side, one display range, labelled (PNG).
+
+    ``where`` is (well, position, dose) for the title; the cell is at the centre of each crop.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = np.percentile(np.concatenate([c.ravel() for c in crops]), [0.5, 99.5])
+    fig, ax = plt.subplots(1, len(crops), figsize=(2.2 * len(crops), 2.5), dpi=100)
+    for a, crop, state, t in zip(ax, crops, STRIP_STATES, times_h, strict=True):
+        a.imshow(crop, cmap="gray", vmin=lo, vmax=hi)
+        a.set_axis_off()
+        a.set_title(f"{state}, {t:.1f} h", fontsize=9)
+    ax[0].text(0.02, 0.02, f"{crops[0].shape[0] * px:.0f} um", transform=ax[0].transAxes, color="w")
+    fig.suptitle(f"one cell at the centre, {where[2]:g} s of light", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -72,6 +72,12 @@ class Biology:
     dead_radius_um: float = 5.2  # shrunken dead cell
     bleb_amplitude: float = 0.12  # outline bumps of dying cells (relative to the radius)
     dead_condensation: float = 1.5  # refractive-index contrast of dead (condensed) cytoplasm
+    dead_fade_h: float = 6.0  # dead cells lose phase contrast (leaky membrane) with this time
+    boundary_darkening: float = 1.2  # dark cortex along the boundary at full stress (x lamella)
+    stress_vacuoles_max: int = 4  # vacuoles that appear with stress (vacuolisation)
+    lamellipodium: float = 0.25  # extension of the outline towards the heading (spread cells)
+    lamella_loss: float = 1.0  # share of the lamellipodium (and its ruffles) lost at full stress
+    ruffle: float = 5.0  # extra rim thickness along the lamellipodium's leading edge
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "settings") -> Biology:
@@ -86,18 +92,21 @@ class Optics:
     na: float = 0.75  # 20x/0.75 Plan Apo Ph2 (paper 2.1)
     ring_radius_na: float = 0.25  # Ph2 condenser annulus NA 0.2-0.3 (ref)
     ring_width_na: float = 0.1  # a fraction of the radius (ref); sets halo and shade-off
-    ring_transmission: float = 0.25  # amplitude transmission 0.15-0.3 (ref)
+    ring_transmission: float = 0.15  # amplitude transmission 0.15-0.3 (ref)
     n_medium: float = 1.335  # (ref)
     n_cytoplasm: float = 1.365  # 1.36-1.37 (ref)
     n_nucleus: float = 1.375  # 1.36-1.39 (ref)
     n_nucleolus: float = 1.39  # 1.38-1.40 (ref)
     n_granule: float = 1.42  # lipid droplets and dense granules (ref: "higher")
     n_vacuole: float = 1.338  # close to the medium (ref)
-    lamella_um: float = 0.35  # 0.1-1 um (ref)
-    edge_rim_um: float = 0.5  # thicker rim along the edge, ~1 um wide (tuned to the real frames)
-    body_um: float = 2.0  # 2-4 um (ref); low end: closer to the real frames
-    nucleus_um: float = 5.0  # 4-6 um over the nucleus (ref)
+    lamella_um: float = 0.25  # 0.1-1 um (ref)
+    edge_rim_um: float = 0.9  # thicker rim along the edge (tuned to the real frames)
+    rim_width_um: float = 1.5  # ... its width (tuned)
+    edge_taper_um: float = 2.5  # the cell thins to nothing over this distance to its edge
+    body_um: float = 1.4  # 2-4 um (ref); below it: real frames show faint cell bodies (tuned)
+    nucleus_um: float = 4.0  # 4-6 um over the nucleus (ref)
     rounded_um: float = 12.0  # rounded mitotic or dying cell 10-15 um tall (ref)
+    texture_um: float = 0.004  # OPD of the granular cytoplasm texture (tuned)
     illumination_variation: float = 0.12  # smooth, 5-20 % across the field (ref)
     focus_drift_um: float = 0.4  # standard deviation of the slow focus drift (tuned)
     background_electrons: float = 3000.0  # "a few thousand electrons" (ref)

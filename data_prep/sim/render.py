@@ -1,24 +1,31 @@
 """From cells to an optical path difference (OPD) map and a label image.
 
 Each cell of a :meth:`data_prep.sim.biology.Population.snapshot` becomes a thickness map
-(shared/reference/phase-contrast-and-cells.md, "U2OS cells"): a thin lamella inside a
-polygonal outline ``r_b(theta) = R (1 + sum_n a_n cos(n theta - p_n))``, n = 2..7, a thicker cell
-body, an oval nucleus with 2-5 nucleoli, perinuclear granules, a few vacuoles and a granular
-texture. The OPD is ``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into
-a phase-contrast image. The visible phenotype follows the cell's ``stress`` and ``roundness``
-(paper 3.2 and the reference, "What photodamage looks like"):
+(shared/reference/phase-contrast-and-cells.md, "U2OS cells"): a thin lamella inside an
+outline ``r_b(theta) = R (1 + sum_n a_n cos(n theta - p_n))``, n = 2..7, cut by 3-5 straight
+sides and widened by a lamellipodium towards the direction of migration, whose leading edge
+carries thick ruffles; a thicker rim along the edge, a cell body, an oval nucleus with 2-5
+nucleoli, perinuclear granules, a few vacuoles and a granular texture. The OPD is
+``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into a phase-contrast
+image; the halo follows the thickness (thin lamellae faint, ruffles and rounded cells
+bright-haloed). Neighbours abut: each pixel belongs to one cell (occlusion, see
+:meth:`CellRenderer.render`), so cells never show through each other.
 
-- stress (early, subtle): loss of spreading (radius down ``spread_loss``, body thicker), a
-  less polygonal outline, up to ``aggregates_max`` dark aggregates along the boundary, up to
-  ``fibres_max`` retraction fibres left where the edge was;
-- roundness (mitosis, dying): a spherical cap ``rounded_um`` tall; dying cells bleb, and
-  dead cells shrink and condense (``dead_condensation``) until they detach.
+The visible phenotype follows the cell's ``stress``, ``roundness`` and time since death, each
+cue with its own parameter in :class:`data_prep.sim.params.Biology` (paper 3.2 and the
+reference, "What photodamage looks like"):
 
-The phenotype parameters are in :class:`data_prep.sim.params.Biology`.
+- stress (early, local, graded): loss of spreading (``spread_loss``, ``thickening``), a
+  smoother outline (``outline_smoothing``), the lamellipodium withdrawn (``lamella_loss``), a
+  dark boundary (``boundary_darkening``), dark aggregates along it (``aggregates_max``),
+  retraction fibres where the edge was (``fibres_max``), vacuoles (``stress_vacuoles_max``);
+- roundness (mitosis, dying): a spherical cap ``rounded_um`` tall; dying cells bleb
+  (``bleb_amplitude``); dead cells shrink and condense (``dead_condensation``), then lose
+  their phase contrast (``dead_fade_h``) until they detach.
 
 Only pixels inside a cell's bounding box are touched, so the cost is proportional to the
-covered area. Static per-cell features (granule and nucleolus positions, texture offset) come
-from the cell's own ``seed``, so a cell keeps its look from frame to frame.
+covered area. Static per-cell features (outline, granule and nucleolus positions, texture
+offset) come from the cell's own ``seed``, so a cell keeps its look from frame to frame.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ _N_ANGLES = 720
 def texture_tile(rng: np.random.Generator) -> np.ndarray:
     """(1024, 1024) float32 band-limited noise (~1 um grain), unit variance: cytoplasm texture."""
     tex = rng.standard_normal((_TEXTURE_SIDE, _TEXTURE_SIDE)).astype(np.float32)
-    tex = cv2.GaussianBlur(tex, (0, 0), 1.6)
+    tex = cv2.GaussianBlur(tex, (0, 0), 2.2)
     return tex / tex.std()
 
 
@@ -53,6 +60,11 @@ def debris_map(rng: np.random.Generator, shape: tuple[int, int], n: float) -> np
     mottle = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), 4.0)
     mottle *= 0.0008 / max(float(mottle.std()), 1e-9)  # faint film on the glass
     return small + cv2.GaussianBlur(big, (0, 0), 3.0) + mottle
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    """Angles wrapped into [-pi, pi)."""
+    return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
 def _stamp(img: np.ndarray, y: float, x: float, sigma: float, amp: float) -> None:
@@ -110,9 +122,17 @@ class CellRenderer:
     ):
         self.o, self.bio, self.shape, self.px = optics, bio, shape, pixel_size_um
         self.texture = texture_tile(rng)
+        self.layers: np.ndarray | None = None  # (H, W) uint8 of the last frame, see render()
 
     def render(self, snap: dict[str, np.ndarray], step: int) -> tuple[np.ndarray, np.ndarray]:
         """Render one frame.
+
+        Each pixel belongs to at most one cell (contact inhibition: neighbours abut and share a
+        boundary, they do not show through each other): the cell whose outline is nearest in
+        relative terms (the smallest ``rho = r / r_outline``) owns it, and rounded (mitotic,
+        dying, dead) cells lie on top of spread ones. :attr:`layers` counts, per pixel, the
+        cells whose optical path is summed there (0 or 1 here; 2 or more would be see-through
+        overlap).
 
         Parameters
         ----------
@@ -126,21 +146,63 @@ class CellRenderer:
         opd : (H, W) float32
             Optical path difference to the medium in um.
         labels : (H, W) uint16
-            Cell id per pixel (0 = no cell); where cells overlap, the thicker one owns it.
+            Cell id per pixel (0 = no cell): the cell that owns the pixel.
         """
-        o = self.o
         h, w = self.shape
         opd = np.zeros((h, w), np.float32)
-        thick = np.zeros((h, w), np.float32)  # thickest cell so far, for the labels
+        score = np.full((h, w), np.inf, np.float32)  # owner's rho (lower wins), for occlusion
         labels = np.zeros((h, w), np.uint16)
-        points = np.zeros((h, w), np.float32)  # impulses: granules, aggregates, fibres
-        dn_c = o.n_cytoplasm - o.n_medium
+        pts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
         for i in range(len(snap["id"])):
-            self._cell(snap, i, step, opd, thick, labels, points, dn_c)
-        opd += cv2.GaussianBlur(points, (0, 0), 1.1)
+            self._cell(snap, i, step, opd, score, labels, pts)
+        self.layers = (labels > 0).astype(np.uint8)
+        points = np.zeros((h, w), np.float32)  # impulses: granules, aggregates, fibres
+        if pts:
+            ys, xs, vals, ids = (np.concatenate(a) for a in zip(*pts, strict=True))
+            # a cell's granules show only where the cell is on top (fibres: on bare glass too)
+            iy = np.clip(ys.astype(int), 0, h - 1)
+            ix = np.clip(xs.astype(int), 0, w - 1)
+            lab = labels[iy, ix]
+            keep = (lab == ids) | ((lab == 0) & (vals < 0))
+            _splat(points, ys[keep], xs[keep], np.abs(vals[keep]))
+        opd += cv2.GaussianBlur(points, (0, 0), 1.3)
         return opd, labels
 
-    def _cell(self, s, i, step, opd, thick, labels, points, dn_c) -> None:
+    def _outline(
+        self, s, i: int, crng, stress: float, rnd: float, step: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Outline radius relative to ``reff``, and the lamellipodium's weight, per angle.
+
+        Both are (A,) float32 over :data:`_N_ANGLES` angles.
+
+        Spread: harmonics 2-7, cut by 3-5 straight sides (chords) and widened by a lamellipodium
+        towards the heading; stress smooths the outline and withdraws the lamellipodium;
+        rounded cells are round, and dying ones bleb, differently from frame to frame.
+        """
+        b = self.bio
+        ang = np.linspace(0, 2 * np.pi, _N_ANGLES, endpoint=False)
+        amp = s["shape_amp"][i] * (1 - b.outline_smoothing * stress)
+        ns = np.arange(2, 2 + len(amp))[:, None]
+        table = 1.0 + (amp[:, None] * np.cos(ns * ang - s["shape_phase"][i][:, None])).sum(0)
+        n_sides = int(crng.integers(3, 6))
+        phi = crng.uniform(0, 2 * np.pi, n_sides)
+        dist = crng.uniform(0.78, 0.98, n_sides) + 0.5 * b.outline_smoothing * stress
+        cosd = np.cos(ang[None, :] - phi[:, None])
+        chords = np.where(cosd > 0.05, dist[:, None] / np.maximum(cosd, 0.05), np.inf).min(0)
+        table = np.minimum(table, chords)
+        toward = _wrap(ang - float(s["heading"][i]))
+        lobe = np.exp(-(toward**2) / (2 * 0.5**2))
+        table = table + b.lamellipodium * (1 - b.lamella_loss * stress) * lobe
+        table = np.maximum(table, 0.35)  # never a negative or vanishing radius
+        table = (1 - rnd) * table + rnd
+        if rnd > 0 and not s["mitosis"][i] and not s["dead"][i]:
+            bleb = b.bleb_amplitude * rnd
+            brng = np.random.default_rng([int(s["seed"][i]), step])
+            for c in brng.uniform(0, 2 * np.pi, 6):
+                table += bleb * np.exp(-(_wrap(ang - c) ** 2) / 0.03)
+        return table.astype(np.float32), lobe.astype(np.float32)
+
+    def _cell(self, s, i, step, opd, score, labels, pts) -> None:
         o, b = self.o, self.bio
         h, w = self.shape
         stress, rnd, dead = float(s["stress"][i]), float(s["roundness"][i]), bool(s["dead"][i])
@@ -152,14 +214,13 @@ class CellRenderer:
         ) / self.px
         reff = (1 - rnd) * r_spread + rnd * r_round
         cx, cy = float(s["x"][i]), float(s["y"][i])
-        amp = s["shape_amp"][i] * (1 - b.outline_smoothing * stress) * (1 - rnd)
-        bleb = b.bleb_amplitude * rnd if (rnd > 0 and not mitosis and not dead) else 0.0
-        reach = reff * (1 + amp.sum() + bleb) + 4
+        crng = np.random.default_rng(int(s["seed"][i]))
+        table, lobe = self._outline(s, i, crng, stress, rnd, step)
+        reach = reff * float(table.max()) + 4
         x0, x1 = max(0, int(cx - reach)), min(w, int(cx + reach) + 1)
         y0, y1 = max(0, int(cy - reach)), min(h, int(cy + reach) + 1)
         if x0 >= x1 or y0 >= y1:
             return
-        crng = np.random.default_rng(int(s["seed"][i]))
         dx = np.broadcast_to(
             (np.arange(x0, x1, dtype=np.float32) - cx)[None, :], (y1 - y0, x1 - x0)
         )
@@ -169,73 +230,86 @@ class CellRenderer:
         r, theta = cv2.cartToPolar(
             np.ascontiguousarray(dx), np.ascontiguousarray(dy), angleInDegrees=True
         )
-        # outline (a lookup table over angle): polygonal when spread, smoother when stressed,
-        # round when rounded; dying cells bleb, differently from frame to frame
-        ang = np.linspace(0, 2 * np.pi, _N_ANGLES, endpoint=False)
-        ns = np.arange(2, 2 + len(amp))[:, None]
-        table = 1.0 + (amp[:, None] * np.cos(ns * ang - s["shape_phase"][i][:, None])).sum(0)
-        table = np.maximum(table, 0.35)  # never a negative or vanishing radius
-        if bleb:
-            brng = np.random.default_rng([int(s["seed"][i]), step])
-            for c in brng.uniform(0, 2 * np.pi, 6):
-                table += bleb * np.exp(-(np.angle(np.exp(1j * (ang - c))) ** 2) / 0.03)
-        rb = table.astype(np.float32)[(theta * (_N_ANGLES / 360.0)).astype(np.int32) % _N_ANGLES]
+        ai = (theta * (_N_ANGLES / 360.0)).astype(np.int32) % _N_ANGLES
+        rb = table[ai]
         rho = r / (reff * rb)
-        inside = rho < 1.0
-        if not inside.any():
+        # occlusion: this cell owns the pixels where it is relatively nearer than the owner so
+        # far; rounded cells lie on top
+        rank = rho - 2.0 * rnd
+        own = (rho < 1.0) & (rank < score[y0:y1, x0:x1])
+        if not own.any():
             return
-        # thickness (um): lamella + body + nucleus (spread) blended with a spherical cap (round)
-        edge = np.clip((1 - rho) * reff / 2.5, 0, 1)
-        body_r = 0.55 * reff
-        body = np.clip(1 - (r / body_r) ** 2, 0, None) ** 1.5
+        # thickness (um): lamella + rim + body + nucleus (spread) blended with a cap (round).
+        # The rim (cortex, ruffles) is thickest along the lamellipodium's leading edge.
+        depth_px = (1 - rho) * reff * rb  # distance inside the outline along the ray
+        edge = np.clip(depth_px * (self.px / o.edge_taper_um), 0, 1) ** 0.7
+        body = np.clip(1 - (r / (0.55 * reff)) ** 2, 0, None) ** 1.5
         thicker = 1 + b.thickening * stress
-        rim = np.exp(-(((1 - rho) * reff / 3.0) ** 2))  # the thicker cortical rim at the edge
+        ruffle = 1 + b.ruffle * (1 - b.lamella_loss * stress) * lobe[ai]
+        rim = np.exp(-((depth_px * (self.px / o.rim_width_um)) ** 2)) * ruffle
         t_spread = edge * thicker * (o.lamella_um + o.edge_rim_um * rim + o.body_um * body)
-        nr = min(float(s["nuc_r"][i]) * (1 - 0.15 * stress), 0.5 * reff)  # daughters: smaller
+        nr = min(float(s["nuc_r"][i]) * (1 - 0.7 * b.spread_loss * stress), 0.5 * reff)
         ncx = cx + float(s["nuc_dx"][i]) * reff
         ncy = cy + float(s["nuc_dy"][i]) * reff
         q2 = ((dx + (cx - ncx)) / (1.15 * nr)) ** 2 + ((dy + (cy - ncy)) / (0.9 * nr)) ** 2
-        nuc = np.where(inside, np.sqrt(np.clip(1 - q2, 0, None)) * (1 - rnd), 0)
-        cap = np.sqrt(np.clip(1 - rho * rho, 0, None)) * o.rounded_um * (0.8 if dead else 1.0)
-        t = (1 - rnd) * t_spread + rnd * cap
-        t = np.where(inside, t, 0).astype(np.float32)
-        dn = dn_c * (b.dead_condensation if dead else 1.0)  # condensed cytoplasm
+        nuc = np.clip(1 - q2, 0, None) ** 1.5 * (1 - rnd)  # a smooth dome
+        cap = np.sqrt(np.clip(1 - rho * rho, 0, None)) * o.rounded_um * (0.6 if dead else 1.0)
+        t = ((1 - rnd) * t_spread + rnd * cap).astype(np.float32)
+        # dead cells shrink and condense, then lose their phase contrast as the membrane leaks
+        # (a faint ghost remains until detachment)
+        dn_c = o.n_cytoplasm - o.n_medium
+        dn = dn_c
+        if dead:
+            fade = np.exp(-float(s["since_dead_h"][i]) / b.dead_fade_h)
+            dn = dn_c * b.dead_condensation * (0.15 + 0.85 * fade)
         cell_opd = dn * t + (o.n_nucleus - o.n_cytoplasm) * (o.nucleus_um - o.body_um) * nuc
+        # dark cell boundary: dense material along the cortex, growing with stress
+        dark_rim = np.exp(-((depth_px * (self.px / 1.0)) ** 2))  # ~1 um band
+        cell_opd += (dn_c * b.boundary_darkening * stress * (1 - rnd)) * dark_rim
         # granular texture, moving with the cell
         tx, ty = (int(s["seed"][i]) % 300), (int(s["seed"][i]) // 300 % 300)
         tex = self.texture[ty : ty + (y1 - y0), tx : tx + (x1 - x0)]
-        cell_opd = cell_opd + 0.006 * tex * np.minimum(t / o.body_um, 1.0)
-        # vacuoles (healthy feature): near-medium index, lower OPD
-        n_vac = int(crng.integers(0, 3)) if stress < 0.5 and rnd < 0.5 else 0
-        vac = crng.uniform([0, 0.25, 2.0], [2 * np.pi, 0.6, 4.0], (2, 3))
-        dv = -0.6 * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
+        cell_opd = cell_opd + o.texture_um * tex * np.minimum(t / o.body_um, 1.0) * (1 - 0.7 * nuc)
+        # vacuoles: near-medium index, so lower OPD (bright): a few in healthy cells, more as
+        # stress builds up (stress-induced vacuolisation)
+        n_vac = int(crng.integers(0, 3)) if rnd < 0.5 else 0
+        n_vac += round(b.stress_vacuoles_max * stress * (1 - rnd))
+        vac = crng.uniform([0, 0.2, 1.8], [2 * np.pi, 0.65, 4.0], (b.stress_vacuoles_max + 2, 3))
+        dv = -0.5 * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
         for a, rr, vr in vac[:n_vac]:
             _stamp(
                 cell_opd, cy - y0 + rr * reff * np.sin(a), cx - x0 + rr * reff * np.cos(a), vr, dv
             )
         # nucleoli (2-5): dark dots inside the nucleus
         nuc_pts = crng.uniform([0, 0, 1.8], [2 * np.pi, 0.55, 3.0], (int(crng.integers(2, 6)), 3))
-        dnn = (o.n_nucleolus - o.n_nucleus) * 3.0 * (1 - rnd)
+        dnn = (o.n_nucleolus - o.n_nucleus) * 1.5 * (1 - rnd)  # ~1.5 um thick
         for a, rr, sg in nuc_pts:
             _stamp(
                 cell_opd, ncy - y0 + rr * nr * np.sin(a), ncx - x0 + rr * nr * np.cos(a), sg, dnn
             )
-        opd[y0:y1, x0:x1] += cell_opd
-        own = inside & (t > thick[y0:y1, x0:x1])
+        opd[y0:y1, x0:x1][own] = cell_opd[own]
         labels[y0:y1, x0:x1][own] = int(s["id"][i])
-        thick[y0:y1, x0:x1] = np.maximum(thick[y0:y1, x0:x1], t)
-        self._points(crng, cx, cy, reff, R, stress, rnd, float(s["heading"][i]), points)
+        score[y0:y1, x0:x1][own] = rank[own]
+        pts.append(self._points(crng, s, i, (cx, cy, reff, R), (ncx, ncy, nr), stress, rnd))
 
-    def _points(self, crng, cx, cy, reff, R, stress, rnd, heading, points) -> None:
-        """Granules (perinuclear), boundary aggregates and retraction fibres as impulses."""
-        o = self.o
+    def _points(self, crng, s, i, cell, nucleus, stress, rnd):
+        """Granules (perinuclear), boundary aggregates and retraction fibres as impulses.
+
+        ``cell`` is (x, y, current radius, spread radius) and ``nucleus`` (x, y, radius), px.
+
+        Returns ys, xs, amplitudes (um OPD; negative for retraction fibres, which lie on the
+        glass outside the cell) and the cell id per impulse.
+        """
+        o, b = self.o, self.bio
+        (cx, cy, reff, R), (ncx, ncy, nr) = cell, nucleus
         dn_g = (o.n_granule - o.n_cytoplasm) * 0.8  # um OPD of a ~0.8 um granule
-        n = int(crng.integers(30, 90))
+        n = int(crng.integers(40, 120))
         a = crng.uniform(0, 2 * np.pi, n)
-        rr = np.sqrt(crng.uniform(0.01, 0.6, n)) * reff
+        # perinuclear: around the nucleus (rounded cells: all over)
+        rr = (1 - rnd) * crng.uniform(1.0, 2.0, n) * nr + rnd * crng.uniform(0, 0.8, n) * reff
         amps = dn_g * crng.exponential(1.2, n) * (1 - 0.5 * rnd)
-        ys, xs, vals = [cy + rr * np.sin(a)], [cx + rr * np.cos(a)], [amps]
-        n_max, f_max = self.bio.aggregates_max, self.bio.fibres_max
+        ys, xs, vals = [ncy + rr * np.sin(a)], [ncx + rr * np.cos(a)], [amps]
+        n_max, f_max = b.aggregates_max, b.fibres_max
         n_agg = round(n_max * stress * (1 - rnd))
         if n_agg:
             a = crng.uniform(0, 2 * np.pi, n_max)[:n_agg]
@@ -245,11 +319,13 @@ class CellRenderer:
             vals.append(2.2 * dn_g * crng.uniform(0.7, 1.3, n_max)[:n_agg])
         n_fib = round(f_max * stress)
         if n_fib and reff < R:
+            heading = float(s["heading"][i])
             a = heading + np.pi + crng.normal(0, 0.9, f_max)[:n_fib]
             length = crng.uniform(0.15, 0.45, f_max)[:n_fib] * R
             for ai, li in zip(a, length, strict=True):
                 t = np.arange(0.0, li, 1.0)
                 ys.append(cy + (0.9 * reff + t) * np.sin(ai))
                 xs.append(cx + (0.9 * reff + t) * np.cos(ai))
-                vals.append(np.full(t.size, 0.2 * dn_g))
-        _splat(points, np.concatenate(ys), np.concatenate(xs), np.concatenate(vals))
+                vals.append(np.full(t.size, -0.2 * dn_g))
+        ys_, xs_, vals_ = np.concatenate(ys), np.concatenate(xs), np.concatenate(vals)
+        return ys_, xs_, vals_, np.full(ys_.size, int(s["id"][i]))

@@ -4,7 +4,8 @@ Written per position into ``ground_truth/<well>_<position>/`` (the manifest's ``
 column points there):
 
 - ``labels.tif``: (T, H, W) uint16, one page per rendered frame: the cell id of each pixel,
-  0 where there is no cell (where cells overlap, the thicker one owns the pixel);
+  0 where there is no cell (each pixel belongs to one cell: neighbours abut, and a rounded
+  cell lies on top of a spread one; see :meth:`data_prep.sim.render.CellRenderer.render`);
 - ``sick.tif``: (T, H, W) uint8: :data:`SICK_HEALTHY` (0) on healthy cells, :data:`SICK_SICK`
   (1) on stressed, dying or dead cells, :data:`SICK_NONE` (255) where there is no cell. This is
   ``labels`` mapped through the state of each cell in ``cells.csv`` (:func:`sick_mask`); heat
