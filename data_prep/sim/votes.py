@@ -11,8 +11,9 @@ annotator sees comes from the pool already scored by another annotator (paper 2.
 vote is marked ``overlap``.
 
 The common noise scale ``c`` is calibrated (bisection, on the same random draws) so that the
-disagreement on overlapping items, unsure votes excluded, is the paper's 49 / 263 = 18.6%
-(section 3.1); :func:`disagreement` measures it.
+disagreement under section 3.1's rule (items voted by two or more annotators, none Unsure,
+whose labels differ: :func:`data_prep.concordance.count_disagreement`) is the paper's
+49 / 263 = 18.6%; :func:`disagreement` measures it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import datetime as dt
 
 import numpy as np
 
+from data_prep.concordance import count_disagreement
 from data_prep.votes import Item, Vote
 from deadnet_caffe import paper
 
@@ -69,26 +71,20 @@ def _labels(truth: np.ndarray, sched, draws: np.ndarray, scale: float) -> list[s
 
 
 def _disagreement(sched, labels: list[str]) -> float:
-    first: dict[int, str] = {}
-    pairs = differ = 0
-    for (item, _, overlap), lab in zip(sched, labels, strict=True):
-        if overlap and item in first and "unsure" not in (lab, first[item]):
-            pairs += 1
-            differ += lab != first[item]
-        first.setdefault(item, lab)
-    return differ / pairs if pairs else float("nan")
+    n, d = count_disagreement(
+        (str(item), str(j), lab) for (item, j, _), lab in zip(sched, labels, strict=True)
+    )
+    return d / n if n else float("nan")
 
 
 def disagreement(votes: list[Vote]) -> float:
-    """Fraction of overlapping votes that disagree with the item's first vote (paper 3.1).
+    """Section 3.1's disagreement D / N (:func:`data_prep.concordance.count_disagreement`).
 
-    Pairs where either vote is ``unsure`` are left out; NaN if there are no pairs.
+    NaN if no item overlaps.
     """
-    sched, labels, ids = [], [], {}
-    for v in sorted(votes, key=lambda v: v.created_at):
-        sched.append((ids.setdefault(v.item_id, len(ids)), v.annotator, v.overlap))
-        labels.append(v.label)
-    return _disagreement(sched, labels)
+    ordered = sorted(votes, key=lambda v: v.created_at)
+    n, d = count_disagreement((v.item_id, v.annotator, v.label) for v in ordered)
+    return d / n if n else float("nan")
 
 
 def simulate_votes(
