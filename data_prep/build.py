@@ -105,6 +105,7 @@ class Task:
     label: int
     warp_index: int = 0  # A train: which of the w warps; B train: which balance copy
     region: tuple[int, int] | None = None  # B: (y0, x0) of the annotated crop
+    item: str = ""  # B: the annotated item's id (data_prep.votes.Item.id)
 
 
 def _copies(n: int) -> int:
@@ -360,6 +361,7 @@ def _plan_b(cfg: BuildConfig, positions: list[Position]):
                         items[item],
                         copy,
                         (item.y0, item.x0),
+                        item.id,
                     )
                 )
     per_frame_train = _copies(cfg.blurs_b) * cfg.rotations * _copies(cfg.noise_copies)
@@ -486,16 +488,19 @@ def build(cfg: BuildConfig) -> dict:
 
 
 def _write_test_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
-    """``test_index.csv``: per test record its LMDB key, position, dose, frame and label, for
-    evaluation per dose and per position (the key's middle field is the task index)."""
+    """``test_index.csv``: per test record its LMDB key, position, dose, frame, label and (Data
+    Set B) annotated item, for evaluation per dose, per position and against the simulator's
+    truth per item (the key's middle field is the task index)."""
     dose = {p.key: p.dose_s for p in positions}
     env = lmdb.open(str(db), readonly=True, lock=False)
     with env.begin() as txn, path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["key", "position", "dose_s", "frame", "label"])
+        w.writerow(["key", "position", "dose_s", "frame", "label", "item"])
         for key in txn.cursor().iternext(values=False):
             task = tasks[int(key.split(b"_")[1])]
-            w.writerow([key.decode(), task.key, f"{dose[task.key]:g}", task.t, task.label])
+            w.writerow(
+                [key.decode(), task.key, f"{dose[task.key]:g}", task.t, task.label, task.item]
+            )
     env.close()
 
 

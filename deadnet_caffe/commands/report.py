@@ -38,6 +38,12 @@ def add_arguments(p) -> None:
         help="sick fraction above the dose-0 baseline that flags a position",
     )
     p.add_argument(
+        "--max-dose",
+        type=float,
+        default=None,
+        help="analyse only the positions with at most this dose (s), e.g. 80 for Data Set B's",
+    )
+    p.add_argument(
         "--gradcam-crops",
         type=int,
         default=4,
@@ -50,6 +56,10 @@ def run(args) -> int:
     if min(args.stride, args.every, args.late_frames) < 1 or args.gradcam_crops < 0:
         raise UserError("--stride, --every and --late-frames must be >= 1, --gradcam-crops >= 0.")
     positions = read_manifest(args.experiment)
+    if args.max_dose is not None:
+        positions = [p for p in positions if p.dose_s <= args.max_dose]
+        if not positions:
+            raise UserError(f"--max-dose {args.max_dose:g}: no position of the experiment.")
     net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
     gc = GradCam(net, GRADCAM_LAYER)
     results = [
