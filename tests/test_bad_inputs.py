@@ -82,6 +82,14 @@ CASES = [
     # ---- output locations (--out, --run, --db) -------------------------------------------
     # ---- images and TIFFs -----------------------------------------------------------------
     # ---- weights, prototxts, LMDBs ---------------------------------------------------------
+    Case("train-missing-finetune-weights",
+         "train --dataset keep --solver keep/notes.txt --run r --weights nothere.caffemodel",
+         "nothere.caffemodel", out="r"),
+    Case("train-paper-iterations-and-max-iter",
+         "train --dataset keep --solver keep/notes.txt --run r --paper-iterations --max-iter 5",
+         "--paper-iterations", out="r"),
+    Case("report-max-dose-leaves-no-position",
+         f"report {NET} --experiment exp --out o --max-dose -1", "--max-dose", out="o"),
     # ---- numeric options, encodings ---------------------------------------------------------
 ]  # fmt: skip
 
