@@ -71,6 +71,7 @@ class BuildConfig:
     blurs_b: int = paper.AUG_B["b"]
     time_frames: int = paper.AUG_B["t"]
     noise_copies: int = paper.AUG_B["n"]
+    balance: bool = False  # class-balanced train LMDB (not in the paper)
     # both
     rotations: int = paper.N_ROTATIONS_MIRRORS
     hdf5_rows: int = writers.HDF5_ROWS_PER_FILE
@@ -103,8 +104,9 @@ class Task:
     channel: int | None
     t: int
     label: int
-    warp_index: int = 0  # A train: which of the w warps
+    warp_index: int = 0  # A train: which of the w warps; B train: which balance copy
     region: tuple[int, int] | None = None  # B: (y0, x0) of the annotated crop
+    item: str = ""  # B: the annotated item's id (data_prep.votes.Item.id)
 
 
 def _copies(n: int) -> int:
@@ -337,27 +339,33 @@ def _plan_b(cfg: BuildConfig, positions: list[Position]):
         k: (max(c, key=lambda lab: (c[lab], lab)), by_key[k].dose_s) for k, c in per_pos.items()
     }
     parts = split_positions(strata, cfg.test_fraction, cfg.seed, str(votes_path))
+    ordered = sorted(items, key=lambda i: i.id)
+    copies = _balance_copies(
+        [items[i] for i in ordered if parts[i.position_key] == "train"], cfg.balance
+    )
     tasks: list[Task] = []
     frames: dict[str, list[int]] = defaultdict(list)
-    for item in sorted(items, key=lambda i: i.id):
+    for item in ordered:
         p = by_key[item.position_key]
         part = parts[item.position_key]
         n_t = cfg.time_frames if part == "train" else paper.SEQUENCE_FRAMES
-        for t in range(item.t0, item.t0 + n_t):
-            frames[p.key].append(t)
-            tasks.append(
-                Task(
-                    len(tasks),
-                    part,
-                    p.key,
-                    p.path,
-                    p.channel,
-                    t,
-                    items[item],
-                    0,
-                    (item.y0, item.x0),
+        for copy in range(copies[items[item]] if part == "train" else 1):
+            for t in range(item.t0, item.t0 + n_t):
+                frames[p.key].append(t)
+                tasks.append(
+                    Task(
+                        len(tasks),
+                        part,
+                        p.key,
+                        p.path,
+                        p.channel,
+                        t,
+                        items[item],
+                        copy,
+                        (item.y0, item.x0),
+                        item.id,
+                    )
                 )
-            )
     per_frame_train = _copies(cfg.blurs_b) * cfg.rotations * _copies(cfg.noise_copies)
     extra = {
         "votes": str(votes_path),
@@ -369,11 +377,29 @@ def _plan_b(cfg: BuildConfig, positions: list[Position]):
         "items_per_class": {
             paper.LABELS[lab]: sum(v == lab for v in items.values()) for lab in paper.LABELS
         },
+        "train_copies_per_item": {paper.LABELS[lab]: n for lab, n in copies.items()},
         "concordance": summary.concordance.as_dict(),
         "concordance_summary": summary.concordance.summary(),
     }
     labels = {k: s[0] for k, s in strata.items()}
     return tasks, labels, parts, dict(frames), per_frame_train, extra
+
+
+def _balance_copies(train_labels: list[int], balance: bool) -> dict[int, int]:
+    """Augmented copies of each training item per class (label -> copies).
+
+    Without ``balance`` one copy each. With it, the rarer class gets
+    ``round(n_common / n_rare)`` copies of each of its items (each copy a fresh draw of the
+    random augmentation: blur sigma, noise), so the training LMDB holds about as many crops
+    of each class; the common class keeps one.
+    """
+    counts = Counter(train_labels)
+    copies = {lab: 1 for lab in paper.LABELS}
+    if balance and all(counts[lab] for lab in paper.LABELS):
+        rare = min(paper.LABELS, key=lambda lab: (counts[lab], lab))
+        common = max(paper.LABELS, key=lambda lab: (counts[lab], -lab))
+        copies[rare] = max(1, round(counts[common] / counts[rare]))
+    return copies
 
 
 def _crops_per_task(task: Task, cfg: BuildConfig, per_frame_train: int, grid: int) -> int:
@@ -458,16 +484,19 @@ def build(cfg: BuildConfig) -> dict:
 
 
 def _write_test_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
-    """``test_index.csv``: per test record its LMDB key, position, dose, frame and label, for
-    evaluation per dose and per position (the key's middle field is the task index)."""
+    """``test_index.csv``: per test record its LMDB key, position, dose, frame, label and (Data
+    Set B) annotated item, for evaluation per dose, per position and against the simulator's
+    truth per item (the key's middle field is the task index)."""
     dose = {p.key: p.dose_s for p in positions}
     env = lmdb.open(str(db), readonly=True, lock=False)
     with env.begin() as txn, path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["key", "position", "dose_s", "frame", "label"])
+        w.writerow(["key", "position", "dose_s", "frame", "label", "item"])
         for key in txn.cursor().iternext(values=False):
             task = tasks[int(key.split(b"_")[1])]
-            w.writerow([key.decode(), task.key, f"{dose[task.key]:g}", task.t, task.label])
+            w.writerow(
+                [key.decode(), task.key, f"{dose[task.key]:g}", task.t, task.label, task.item]
+            )
     env.close()
 
 

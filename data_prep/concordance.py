@@ -1,5 +1,13 @@
 """Annotator concordance and the paper's ambiguity estimate (paper section 3.1).
 
+The one disagreement rule (:func:`count_disagreement`, used by the simulated votes, the
+Data Set B labels and the annotation database alike): "Out of 263 images with overlapping
+annotations, for which neither annotator labeled it as 'unsure', there was disagreement on
+49" (section 3.1). The unit is the *item*: an item overlaps when two or more annotators
+voted on it (an annotator's last vote counts); it is left out if any of those votes is
+Unsure; it disagrees when its remaining votes are not all equal. A triple overlap is one
+item, not two or three pairs.
+
 Let N be the number of crops scored by two annotators, neither of whom chose Unsure, and D
 the number on which they disagree; d = D / N (49 / 263 = 18.6%). Assume a fraction a of the
 crops is ambiguous, that annotators agree on every unambiguous crop, and that they agree on
@@ -17,6 +25,7 @@ an ambiguous one by chance half the time (two labels). Then:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 
@@ -63,3 +72,30 @@ def concordance(overlap: int, disagree: int) -> Concordance:
         ambiguous_after=after,
         accuracy_ceiling=1.0 - after,
     )
+
+
+def count_disagreement(votes: Iterable[tuple[str, str, str]]) -> tuple[int, int]:
+    """N overlapping items and D disagreeing ones under section 3.1's rule (module docstring).
+
+    Parameters
+    ----------
+    votes : iterable of (item_id, annotator, label)
+        In the order they were cast (an annotator's last vote on an item counts); labels
+        ``healthy``, ``sick`` or ``unsure``.
+
+    Returns
+    -------
+    (N, D) : tuple of int
+        Items voted by two or more annotators, none of them Unsure; and those of them whose
+        labels are not all equal.
+    """
+    by_item: dict[str, dict[str, str]] = {}
+    for item_id, annotator, label in votes:
+        by_item.setdefault(item_id, {})[annotator] = label
+    overlap = disagree = 0
+    for per_annotator in by_item.values():
+        labels = set(per_annotator.values())
+        if len(per_annotator) >= 2 and "unsure" not in labels:
+            overlap += 1
+            disagree += len(labels) > 1
+    return overlap, disagree

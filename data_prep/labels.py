@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.concordance import Concordance, concordance
+from data_prep.concordance import Concordance, concordance, count_disagreement
 from data_prep.experiment import MANIFEST_NAME, Position
 from data_prep.votes import Item, Vote
 from deadnet_caffe.errors import UserError
@@ -112,19 +112,15 @@ class VoteSummary:
 def label_items_b(votes: list[Vote]) -> VoteSummary:
     """Label Data Set B items from votes (module docstring) and measure concordance.
 
-    Concordance (section 3.1) counts items scored by at least two annotators none of whom
-    chose Unsure, and among them those with both labels.
+    Concordance follows section 3.1's rule (:func:`data_prep.concordance.count_disagreement`).
     """
     by_item: dict[str, dict[str, str]] = defaultdict(dict)
     for v in votes:
         by_item[v.item_id][v.annotator] = v.label  # an annotator's last vote counts
     labels: dict[Item, int] = {}
-    unsure_only = discordant = overlap = disagree = 0
+    unsure_only = discordant = 0
     for item_id, per_annotator in by_item.items():
         given = {label for label in per_annotator.values() if label != "unsure"}
-        if len(per_annotator) >= 2 and "unsure" not in per_annotator.values():
-            overlap += 1
-            disagree += len(given) > 1
         if not given:
             unsure_only += 1
         elif len(given) > 1:
@@ -136,5 +132,7 @@ def label_items_b(votes: list[Vote]) -> VoteSummary:
         n_items=len(by_item),
         n_unsure_only=unsure_only,
         n_discordant=discordant,
-        concordance=concordance(overlap, disagree),
+        concordance=concordance(
+            *count_disagreement((v.item_id, v.annotator, v.label) for v in votes)
+        ),
     )

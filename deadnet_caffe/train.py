@@ -37,7 +37,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from deadnet_caffe import caffe_env, curves, logparse, netspec, outdir, runinfo
+from deadnet_caffe import caffe_env, curves, logparse, netspec, outdir, paper, runinfo
 from deadnet_caffe.checks import check_lmdb, check_net_param
 from deadnet_caffe.errors import UserError
 
@@ -71,6 +71,8 @@ class TrainSettings:
     seed: int | None = None
     gpu: str | None = None
     resume: bool = False
+    weights: str | None = None  # fine-tune: Caffe's -weights (layers matched by name)
+    paper_iterations: bool = False  # max_iter = the paper's ~500k (section 2.4)
 
 
 @dataclass
@@ -368,6 +370,23 @@ def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
         outdir.check_location(run, "train", _inputs(settings), "--run")
     states = usable_snapshots(run)
     state = None
+    if settings.paper_iterations:
+        if settings.max_iter not in (None, paper.MAX_ITER_PAPER):
+            raise UserError(
+                f"--paper-iterations sets max_iter to {paper.MAX_ITER_PAPER}; "
+                f"drop --max-iter {settings.max_iter} or --paper-iterations."
+            )
+        settings.max_iter = paper.MAX_ITER_PAPER
+    if settings.weights is not None:
+        if settings.resume:
+            raise UserError(
+                "--weights starts a new run from a caffemodel and --resume continues one "
+                "from its solverstate; pass only one."
+            )
+        weights = Path(settings.weights)
+        if not weights.is_file():
+            raise UserError(f"--weights: {weights} is not a file.")
+        settings.weights = str(weights.resolve())
     ours = outdir.read_marker(run) is not None or legacy
     if states:
         if not settings.resume:
@@ -435,7 +454,7 @@ def prepare(settings: TrainSettings) -> tuple[Path, Path | None, int]:
 
 def _inputs(settings: TrainSettings) -> list[str]:
     """The inputs that --run must not be, contain or lie inside."""
-    return [p for p in (settings.dataset, settings.solver) if p]
+    return [p for p in (settings.dataset, settings.solver, settings.weights) if p]
 
 
 def update_latest(run: Path) -> Path | None:
@@ -465,6 +484,8 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     cmd = [str(caffe_binary()), "train", f"-solver={SOLVER_NAME}", "-sigint_effect=stop"]
     if state is not None:
         cmd.append(f"-snapshot={state.name}")
+    elif settings.weights is not None:
+        cmd.append(f"-weights={settings.weights}")
     if settings.gpu is not None:
         cmd.append(f"-gpu={settings.gpu}")
     env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")

@@ -275,3 +275,23 @@ def test_rerun_removes_stale_partial_and_replaces_output(experiment, tmp_path):
     assert main(args) == 0 and main(args) == 0
     assert not stale.exists() and (out / "dataset.json").is_file()
     assert len(read_manifest(experiment)) == 7
+
+
+def test_dataset_b_balance_gives_the_rarer_class_extra_copies(experiment, tmp_path):
+    args = ["--experiment", str(experiment), "--time-frames", "1", "--blurs", "1",
+            "--noise-copies", "1", "--rotations", "1", "--workers", "1"]  # fmt: skip
+    assert main(["dataset", "B", *args, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["dataset", "B", *args, "--out", str(tmp_path / "bal"), "--balance"]) == 0
+    plain = json.loads((tmp_path / "plain/dataset.json").read_text())
+    bal = json.loads((tmp_path / "bal/dataset.json").read_text())
+    n = plain["counts"]["train"]["per_class"]  # one crop per training item here
+    rare, common = sorted(n, key=lambda k: n[k])
+    k = round(n[common] / n[rare])
+    assert k >= 2  # the fixture's training items are unbalanced
+    assert plain["train_copies_per_item"] == {"healthy": 1, "sick": 1}
+    assert bal["train_copies_per_item"] == {rare: k, common: 1}
+    assert bal["counts"]["train"]["per_class"] == {rare: k * n[rare], common: n[common]}
+    assert bal["counts"]["test"] == plain["counts"]["test"]  # the test set is untouched
+    total = bal["counts"]["train"]["crops"]
+    _, label = _read_with_caffe(tmp_path, tmp_path / "bal/train.lmdb", total)
+    assert int((label == 1).sum()) == bal["counts"]["train"]["per_class"]["sick"]

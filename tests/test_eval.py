@@ -200,3 +200,53 @@ def test_data_set_a_card_implies_doses_by_label(run, tmp_path):
     assert "healthy: dose; sick: dose; sick: position" in doc["metadata_source"]
     doc_b = json.loads((tmp_path / "ev_b" / "evaluation.json").read_text())
     assert doc_b["metadata_source"] == "none" and doc_b["modes"]["published_val"]["per_dose"] == {}
+
+
+def test_virtual_batches_run_through_the_val_net(tmp_path, capsys):
+    """Section 2.5's default reading: each 10 + 10 virtual batch is one batch of 20 of the
+    published-style val net (batch statistics). Checked against Caffe reading that batch
+    from an LMDB of its own; the estimate is the same under both bootstrap readings."""
+    import caffe
+    import lmdb
+
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 40, 30, seed=4)
+    solver = caffe_tiny.write_solver(tmp_path / "net", max_iter=10, batch=20)
+    run = tmp_path / "run"
+    train(TrainSettings(dataset=str(ds), solver=str(solver), run=str(run), seed=1),
+          progress=False)  # fmt: skip
+    rc = main(["evaluate", "--weights", str(run / "latest.caffemodel"), "--dataset", str(ds),
+               "--resamples", "5000"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((run / "evaluation" / "evaluation.json").read_text())
+    idx = np.array(doc["virtual_batch_records"])
+    assert idx.shape == (100, 20)
+    val = doc["modes"]["published_val"]
+    assert set(val["readings"]) == {"batch_statistics", "fixed_pass"}
+    assert set(doc["modes"]["global_stats"]["readings"]) == {"fixed_pass"}
+    assert val["virtual_batch_source"] == "batch_statistics"
+    table = np.array(val["virtual_batch_correct"]["batch_statistics"], bool)
+    for src, per in val["readings"].items():
+        t = np.array(val["virtual_batch_correct"][src], bool)
+        assert per["classifications"]["estimate"] == pytest.approx(t.mean())
+        assert per["batches"]["estimate"] == pytest.approx(t.mean())
+    assert doc["accuracy"] == pytest.approx(table.mean())
+    # Caffe's own val net on batches 0..2, each written as an LMDB of exactly that batch
+    env = lmdb.open(str(ds / "test.lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        records = [v for _, v in txn.cursor()]
+    env.close()
+    net_text = (run / "train_val.prototxt").read_text()
+    for b in range(3):
+        one = tmp_path / f"batch{b}.lmdb"
+        benv = lmdb.open(str(one), map_size=1 << 26)
+        with benv.begin(write=True) as txn:
+            for k, i in enumerate(idx[b]):
+                txn.put(b"%02d" % k, records[i])
+        benv.close()
+        net_file = tmp_path / f"val{b}.prototxt"
+        net_file.write_text(net_text.replace(str((ds / "test.lmdb").resolve()), str(one)))
+        net = caffe.Net(str(net_file), str(run / "latest.caffemodel"), caffe.TEST)
+        net.forward()
+        pred = net.blobs["score"].data.argmax(axis=1)
+        labels = net.blobs["label"].data.astype(int)
+        np.testing.assert_array_equal(pred == labels, table[b])

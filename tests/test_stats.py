@@ -45,12 +45,53 @@ def test_bca_on_discrete_batch_accuracies_matches_hand_bca():
     rng = np.random.default_rng(5)
     correct = rng.random(126) < 0.94
     labels = np.r_[np.zeros(60, int), np.ones(66, int)]
-    acc = stats.virtual_batches(correct, labels, rng)
-    assert acc.shape == (100,) and np.all(acc * 20 == np.round(acc * 20))
-    got = stats.bca(acc, np.random.default_rng(6), n_resamples=100_000)
+    table = stats.virtual_batches(correct, labels, rng)
+    assert table.shape == (100, 20)
+    acc = table.mean(axis=1)
+    got = stats.batch_table_accuracy(table, np.random.default_rng(6), "batches", 100_000)
     lo, hi = hand_bca(acc, np.random.default_rng(7), 100_000)
     assert got.low == pytest.approx(lo, abs=0.003) and got.high == pytest.approx(hi, abs=0.003)
     assert got.low < acc.mean() < got.high
+    assert got.method == "bootstrap BCa, resampling the batches"
+
+
+def exact_bca_of_bernoulli_mean(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """BCa of the mean of k ones and n - k zeros with the bootstrap taken to infinity.
+
+    A resample's mean is Binomial(n, k / n) / n exactly, so its distribution function is
+    known without any resampling; the jackknife means are (k - 1) / (n - 1) (k times) and
+    k / (n - 1) (n - k times). The quantile is the binomial's (a step function).
+    """
+    from scipy.stats import binom
+
+    theta = k / n
+    z0 = ndtri(binom.cdf(k - 1, n, theta))  # P(resample mean < estimate)
+    jack = np.r_[np.full(k, (k - 1) / (n - 1)), np.full(n - k, k / (n - 1))]
+    d = jack.mean() - jack
+    a = (d**3).sum() / (6 * ((d**2).sum()) ** 1.5)
+    out = []
+    for alpha in ((1 - conf) / 2, (1 + conf) / 2):
+        z = ndtri(alpha)
+        out.append(binom.ppf(ndtr(z0 + (z0 + z) / (1 - a * (z0 + z))), n, theta) / n)
+    return out[0], out[1]
+
+
+def test_classifications_reading_matches_the_exact_binomial_bca():
+    """The default reading resamples the 2000 classifications (a small fixed table)."""
+    table = np.zeros((100, 20), bool)
+    table.ravel()[:1514] = True  # 1514 of 2000 correct
+    np.random.default_rng(8).shuffle(table.ravel())
+    got = stats.batch_table_accuracy(table, np.random.default_rng(9), n_resamples=100_000)
+    lo, hi = exact_bca_of_bernoulli_mean(1514, 2000)
+    assert got.estimate == pytest.approx(0.757)
+    assert got.method == "bootstrap BCa, resampling the classifications"
+    assert got.low == pytest.approx(lo, abs=0.0015) and got.high == pytest.approx(hi, abs=0.0015)
+    # the batch reading of the same table has the same estimate and a different interval
+    other = stats.batch_table_accuracy(table, np.random.default_rng(9), "batches", 100_000)
+    assert other.estimate == pytest.approx(got.estimate)
+    assert (other.low, other.high) != (got.low, got.high)
+    with pytest.raises(ValueError, match="reading"):
+        stats.batch_table_accuracy(table, np.random.default_rng(9), "crops")
 
 
 def test_degenerate_all_correct_falls_back_to_clopper_pearson():
@@ -73,10 +114,12 @@ def test_virtual_batches_are_class_balanced():
     """All healthy correct, all sick wrong: every balanced batch scores exactly 0.5."""
     labels = np.r_[np.zeros(40, int), np.ones(15, int)]
     correct = labels == 0
-    acc = stats.virtual_batches(correct, labels, np.random.default_rng(0))
+    acc = stats.virtual_batches(correct, labels, np.random.default_rng(0)).mean(axis=1)
     np.testing.assert_array_equal(acc, 0.5)
     # fewer than 10 of a class: drawn with replacement, still balanced
-    acc = stats.virtual_batches(correct[:45], labels[:45], np.random.default_rng(0))
+    acc = stats.virtual_batches(correct[:45], labels[:45], np.random.default_rng(0)).mean(axis=1)
     np.testing.assert_array_equal(acc, 0.5)
+    idx = stats.virtual_batch_indices(labels, np.random.default_rng(0))
+    np.testing.assert_array_equal(labels[idx], np.repeat([[0, 1]], 10, axis=1).repeat(100, 0))
     with pytest.raises(ValueError, match="both classes"):
         stats.virtual_batches(correct[:40], labels[:40], np.random.default_rng(0))

@@ -329,3 +329,61 @@ def test_resume_skips_a_snapshot_truncated_by_a_kill(tmp_path, capsys):
     assert "Resuming from published_iter_10.solverstate" in (run / "caffe.log").read_text()
     assert res.iteration == 30
     assert [i for i, _ in snapshots(run)] == [10, 20, 30]
+
+
+def test_fine_tuning_starts_from_the_given_weights(trained, tmp_path):
+    """--weights W (Caffe's -weights): iteration 0's loss is W's loss on that batch (pycaffe,
+    TRAIN phase), and the layers copied by name keep W's weights (base_lr 0: the one update
+    changes nothing); a renamed layer is not copied but filled anew."""
+    import caffe
+
+    w = trained[0] / "latest.caffemodel"
+    old = _weights(w, trained[0] / "train_val.prototxt")
+    # one batch of stored crops as large as the net's input: no random crop, no dropout
+    ds = caffe_tiny.write_dataset(tmp_path / "ds", 8, 8, seed=5, side=caffe_tiny.CROP)
+    for name, new_name in (("same", "score"), ("renamed", "new")):
+        folder = tmp_path / name
+        caffe_tiny.write_solver(folder, batch=8, dropout=False)
+        text = (folder / "train_val.prototxt").read_text()
+        (folder / "train_val.prototxt").write_text(
+            text.replace('"score" type', f'"{new_name}" type')
+        )
+        run = tmp_path / f"run_{name}"
+        rc = main(["train", "--dataset", str(ds), "--solver", str(folder / "solver.prototxt"),
+                   "--run", str(run), "--weights", str(w), "--max-iter", "1", "--base-lr", "0",
+                   "--seed", "2", "--no-progress"])  # fmt: skip
+        assert rc == 0
+        assert f"Finetuning from {w.resolve()}" in (run / "caffe.log").read_text()
+        got = parse_log(run / "caffe.log").train_loss[0]
+        after = caffe.Net(str(run / "train_val.prototxt"), str(run / "latest.caffemodel"),
+                          caffe.TEST)  # fmt: skip
+        for layer in ("conv1", "scale1", "fc1"):
+            for x, y in zip(old[layer], after.params[layer], strict=True):
+                np.testing.assert_array_equal(x, y.data)
+        ref = caffe.Net(str(run / "train_val.prototxt"), caffe.TRAIN)
+        ref.copy_from(str(w))
+        if name == "same":
+            np.testing.assert_array_equal(old["score"][0], after.params["score"][0].data)
+            assert got == pytest.approx(float(ref.forward()["loss"]), rel=1e-4)
+        else:
+            assert not np.array_equal(old["score"][0], after.params["new"][0].data)
+            for i in (0, 1):
+                ref.params["new"][i].data[...] = after.params["new"][i].data
+            assert got == pytest.approx(float(ref.forward()["loss"]), rel=1e-4)
+
+
+def test_fine_tuning_bad_weights_and_paper_iterations(trained, tmp_path, capsys):
+    ds, solver = trained[1], caffe_tiny.write_solver(tmp_path / "net")
+    run = tmp_path / "run"
+    rc = main(["train", "--dataset", str(ds), "--solver", str(solver), "--run", str(run),
+               "--weights", str(tmp_path / "no.caffemodel")])  # fmt: skip
+    assert rc == 2 and not run.exists()
+    assert "--weights: " in capsys.readouterr().err
+    rc = main(["train", "--dataset", str(ds), "--solver", str(solver), "--run", str(run),
+               "--paper-iterations", "--max-iter", "5"])  # fmt: skip
+    assert rc == 2 and not run.exists()
+    assert "--paper-iterations" in capsys.readouterr().err
+    from deadnet_caffe.train import prepare
+
+    s = TrainSettings(dataset=str(ds), solver=str(solver), run=str(run), paper_iterations=True)
+    assert prepare(s)[2] == paper.MAX_ITER_PAPER == 500_000

@@ -58,6 +58,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
+from data_prep.concordance import count_disagreement
 from data_prep.votes import Vote
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.paper import OVERLAP_EVERY_NTH, VOTE_LABELS
@@ -483,12 +484,12 @@ def concordance(engine: Engine) -> dict:
     dict
         ``annotators``: ``[{"name", "healthy", "sick", "unsure", "total"}]``;
         ``overlap``: ``{"items", "disagree", "disagree_fraction", "items_with_unsure"}``: as in
-        section 3.1 ("Out of 263 images with overlapping annotations, for which neither
-        annotator labeled it as 'unsure', there was disagreement on 49"), ``items`` counts
-        the items voted by two or more annotators with no "unsure" vote, ``disagree`` those
-        of them whose labels are not all equal; ``items_with_unsure`` the other overlapping
-        items; ``by_dose``: ``[{"dose_s", "healthy", "sick",
-        "unsure"}]``; ``items``: pool size; ``votes``: total votes.
+        section 3.1, counted by :func:`data_prep.concordance.count_disagreement` (an
+        annotator's last vote counts): ``items`` counts the items voted by two or more
+        annotators with no "unsure" vote, ``disagree`` those of them whose labels are not
+        all equal; ``items_with_unsure`` the other overlapping items; ``by_dose``:
+        ``[{"dose_s", "healthy", "sick", "unsure"}]``; ``items``: pool size; ``votes``: total
+        votes.
     """
     with engine.connect() as conn:
         per_annotator: dict[str, dict[str, int]] = {}
@@ -501,12 +502,16 @@ def concordance(engine: Engine) -> dict:
         )
         for name, label, n in rows:
             per_annotator[name][label] = int(n)
-        labels_of: dict[str, list[str]] = {}
-        for item_id, label in conn.execute(select(votes.c.item_id, votes.c.label)):
-            labels_of.setdefault(item_id, []).append(label)
-        shared = [labels for labels in labels_of.values() if len(labels) >= 2]
-        decided = [labels for labels in shared if "unsure" not in labels]
-        disagree = sum(1 for labels in decided if len(set(labels)) > 1)
+        cast = conn.execute(
+            select(votes.c.item_id, annotators.c.name, votes.c.label)
+            .select_from(votes.join(annotators))
+            .order_by(votes.c.id)
+        ).all()
+        voters: dict[str, set[str]] = {}
+        for item_id, name, _ in cast:
+            voters.setdefault(item_id, set()).add(name)
+        shared = sum(len(who) >= 2 for who in voters.values())
+        decided, disagree = count_disagreement(cast)
         by_dose: dict[float, dict[str, int]] = {}
         rows = conn.execute(
             select(items.c.dose_s, votes.c.label, func.count())
@@ -521,14 +526,14 @@ def concordance(engine: Engine) -> dict:
             {"name": k, **v, "total": sum(v.values())} for k, v in per_annotator.items()
         ],
         "overlap": {
-            "items": len(decided),
+            "items": decided,
             "disagree": disagree,
-            "disagree_fraction": disagree / len(decided) if decided else None,
-            "items_with_unsure": len(shared) - len(decided),
+            "disagree_fraction": disagree / decided if decided else None,
+            "items_with_unsure": shared - decided,
         },
         "by_dose": [{"dose_s": d, **by_dose[d]} for d in sorted(by_dose)],
         "items": int(n_items),
-        "votes": sum(len(labels) for labels in labels_of.values()),
+        "votes": len(cast),
     }
 
 

@@ -11,16 +11,19 @@ annotator sees comes from the pool already scored by another annotator (paper 2.
 vote is marked ``overlap``.
 
 The common noise scale ``c`` is calibrated (bisection, on the same random draws) so that the
-disagreement on overlapping items, unsure votes excluded, is the paper's 49 / 263 = 18.6%
-(section 3.1); :func:`disagreement` measures it.
+disagreement under section 3.1's rule (items voted by two or more annotators, none Unsure,
+whose labels differ: :func:`data_prep.concordance.count_disagreement`) is the paper's
+49 / 263 = 18.6%; :func:`disagreement` measures it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 
+from data_prep.concordance import count_disagreement
 from data_prep.votes import Item, Vote
 from deadnet_caffe import paper
 
@@ -69,26 +72,20 @@ def _labels(truth: np.ndarray, sched, draws: np.ndarray, scale: float) -> list[s
 
 
 def _disagreement(sched, labels: list[str]) -> float:
-    first: dict[int, str] = {}
-    pairs = differ = 0
-    for (item, _, overlap), lab in zip(sched, labels, strict=True):
-        if overlap and item in first and "unsure" not in (lab, first[item]):
-            pairs += 1
-            differ += lab != first[item]
-        first.setdefault(item, lab)
-    return differ / pairs if pairs else float("nan")
+    n, d = count_disagreement(
+        (str(item), str(j), lab) for (item, j, _), lab in zip(sched, labels, strict=True)
+    )
+    return d / n if n else float("nan")
 
 
 def disagreement(votes: list[Vote]) -> float:
-    """Fraction of overlapping votes that disagree with the item's first vote (paper 3.1).
+    """Section 3.1's disagreement D / N (:func:`data_prep.concordance.count_disagreement`).
 
-    Pairs where either vote is ``unsure`` are left out; NaN if there are no pairs.
+    NaN if no item overlaps.
     """
-    sched, labels, ids = [], [], {}
-    for v in sorted(votes, key=lambda v: v.created_at):
-        sched.append((ids.setdefault(v.item_id, len(ids)), v.annotator, v.overlap))
-        labels.append(v.label)
-    return _disagreement(sched, labels)
+    ordered = sorted(votes, key=lambda v: v.created_at)
+    n, d = count_disagreement((v.item_id, v.annotator, v.label) for v in ordered)
+    return d / n if n else float("nan")
 
 
 def simulate_votes(
@@ -136,3 +133,87 @@ def simulate_votes(
         for k, ((item, j, overlap), lab) in enumerate(zip(sched, labels, strict=True))
     ]
     return votes, scale
+
+
+def item_truth(ground_truth: Path, items: list[Item]) -> np.ndarray:
+    """True sick fraction of ``items`` of one position, as the simulated experts saw it.
+
+    Parameters
+    ----------
+    ground_truth : Path
+        The position's ground-truth folder (``sick.tif``, :mod:`data_prep.sim.truth`).
+    items : list of Item
+        Items of that position.
+
+    Returns
+    -------
+    (len(items),) float64
+        Mean over the item's 10 frames of the fraction of cell pixels that are sick in its
+        256 px crop (a frame without cells counts 0), as :func:`simulate_votes` uses.
+    """
+    import tifffile
+
+    from data_prep.sim.truth import SICK_HEALTHY, SICK_SICK
+
+    frames = sorted({t for it in items for t in range(it.t0, it.t0 + paper.SEQUENCE_FRAMES)})
+    frac: dict[tuple[int, int, int], float] = {}
+    with tifffile.TiffFile(Path(ground_truth) / "sick.tif") as tif:
+        for t in frames:
+            sick = tif.pages[t].asarray()
+            for it in items:
+                if it.t0 <= t < it.t0 + paper.SEQUENCE_FRAMES:
+                    crop = sick[it.y0 : it.y0 + paper.CROP_PX, it.x0 : it.x0 + paper.CROP_PX]
+                    n_sick = int((crop == SICK_SICK).sum())
+                    n_cell = n_sick + int((crop == SICK_HEALTHY).sum())
+                    frac[(t, it.y0, it.x0)] = n_sick / n_cell if n_cell else 0.0
+    return np.array(
+        [
+            np.mean([frac[(t, it.y0, it.x0)] for t in range(it.t0, it.t0 + paper.SEQUENCE_FRAMES)])
+            for it in items
+        ]
+    )
+
+
+def truth_label(sick_fraction: np.ndarray) -> np.ndarray:
+    """The item's true state as a label: 1 (sick) where its sick fraction exceeds
+    :data:`THRESHOLD`, the point at which an unbiased simulated expert is undecided."""
+    return (np.asarray(sick_fraction) > THRESHOLD).astype(np.int64)
+
+
+def vote_truth_agreement(votes: list[Vote], truth: dict[str, int]) -> dict:
+    """How often the simulated votes agree with the simulated truth.
+
+    Parameters
+    ----------
+    votes : list of Vote
+    truth : dict
+        item id -> true label (:func:`truth_label`).
+
+    Returns
+    -------
+    dict
+        ``votes``: healthy/sick votes and the fraction equal to the truth; ``labels``: items
+        whose healthy/sick votes all agree (Data Set B's labels) and the fraction of those
+        labels equal to the truth, overall and per true class.
+    """
+    from data_prep.labels import label_items_b
+
+    code = {"healthy": 0, "sick": 1}
+    decided = [v for v in votes if v.label in code and v.item_id in truth]
+    labels = {it.id: lab for it, lab in label_items_b(votes).labels.items() if it.id in truth}
+    hits = [labels[i] == truth[i] for i in labels]
+    by_class = {
+        name: float(np.mean([labels[i] == c for i in labels if truth[i] == c]))
+        if any(truth[i] == c for i in labels)
+        else None
+        for c, name in paper.LABELS.items()
+    }
+    return {
+        "votes": len(decided),
+        "votes_agree": float(np.mean([code[v.label] == truth[v.item_id] for v in decided]))
+        if decided
+        else None,
+        "labels": len(labels),
+        "labels_agree": float(np.mean(hits)) if hits else None,
+        "labels_agree_per_true_class": by_class,
+    }

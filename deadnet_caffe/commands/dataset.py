@@ -112,6 +112,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=paper.AUG_B["n"],
         help="noisy copies n (0: no noise)",
     )
+    b.add_argument(
+        "--balance",
+        action="store_true",
+        help="class-balanced training LMDB: the rarer class's items get extra augmented copies",
+    )
     p.add_argument(
         "--rotations",
         type=int,
@@ -146,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         noise_copies=args.noise_copies,
         rotations=args.rotations,
         hdf5_rows=args.hdf5_rows,
+        balance=args.balance,
         **blurs,
     )
     card = build(cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deadnet_caffe.checks import positive_float, positive_int, seed
-from deadnet_caffe.demo import DEMO_BASE_LR, DemoConfig, run_demo
+from deadnet_caffe.demo import DEMO_B_BASE_LR, DEMO_B_MAX_ITER, DemoConfig, run_demo
 
 NAME = "demo"
 HELP = "run the whole pipeline on the simulated default (make demo)"
@@ -25,8 +25,22 @@ def add_arguments(p) -> None:
         help="simulator preset (tiny: the reduced CI demo)",
     )
     p.add_argument("--seed", type=seed, default=_D.seed, help="seed of every step")
-    p.add_argument("--max-iter", type=positive_int, default=_D.max_iter, help="training iterations")
-    p.add_argument("--base-lr", type=positive_float, default=DEMO_BASE_LR, help="derived base_lr")
+    p.add_argument(
+        "--max-iter",
+        type=positive_int,
+        help=f"training iterations (A: {_D.max_iter}; B: {DEMO_B_MAX_ITER}, fine-tuning)",
+    )
+    p.add_argument(
+        "--base-lr",
+        type=positive_float,
+        help=f"derived base_lr (A: {_D.base_lr}; B: {DEMO_B_BASE_LR}, fine-tuning)",
+    )
+    p.add_argument(
+        "--pretrained",
+        type=Path,
+        help="Data Set B: A weights to fine-tune (default: the A demo's, "
+        "OUT/../demo/train/latest.caffemodel; trained here if absent)",
+    )
     p.add_argument(
         "--test-interval",
         type=positive_int,
@@ -54,13 +68,17 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    b = args.dataset == "B"
     cfg = DemoConfig(
         out=args.out,
         dataset=args.dataset,
         preset=args.preset,
         seed=args.seed,
-        max_iter=args.max_iter,
-        base_lr=args.base_lr,
+        max_iter=args.max_iter or (DEMO_B_MAX_ITER if b else _D.max_iter),
+        base_lr=args.base_lr or (DEMO_B_BASE_LR if b else _D.base_lr),
+        pretrained=(args.pretrained or args.out.parent / "demo" / "train" / "latest.caffemodel")
+        if b
+        else None,
         test_interval=args.test_interval,
         report_every=args.report_every,
         classmodel_iterations=args.classmodel_iterations,
@@ -75,6 +93,10 @@ def run(args) -> int:
     acc = s["test_accuracy"]
     if acc is not None:
         print(f"[demo] test accuracy {acc:.3f} (95% BCa {s['ci_low']:.3f}-{s['ci_high']:.3f})")
+    if s.get("ceiling") is not None:
+        vt = s.get("accuracy_vs_truth")
+        print(f"[demo] concordance ceiling {s['ceiling']:.3f}; against the simulated truth "
+              f"{'n/a' if vt is None else f'{vt:.3f}'}")  # fmt: skip
     if s.get("heatmap_auroc") is not None:
         print(f"[demo] heat-map AUROC against ground truth {s['heatmap_auroc']:.3f}")
     print(f"[demo] results: {args.out / 'index.html'}, {args.out / 'summary.json'}")

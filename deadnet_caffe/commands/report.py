@@ -14,7 +14,13 @@ import json
 from pathlib import Path
 
 from data_prep.experiment import read_manifest
-from deadnet_caffe.checks import check_image_sources, nonnegative_int, positive_int, probability
+from deadnet_caffe.checks import (
+    check_image_sources,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    probability,
+)
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.infer import DeployNet, add_net_arguments
@@ -42,6 +48,12 @@ def add_arguments(p) -> None:
         help="sick fraction above the dose-0 baseline that flags a position",
     )
     p.add_argument(
+        "--max-dose",
+        type=nonnegative_float,
+        default=None,
+        help="analyse only the positions with at most this dose (s), e.g. 80 for Data Set B's",
+    )
+    p.add_argument(
         "--gradcam-crops",
         type=nonnegative_int,
         default=4,
@@ -54,6 +66,10 @@ def run(args) -> int:
     if min(args.stride, args.every, args.late_frames) < 1 or args.gradcam_crops < 0:
         raise UserError("--stride, --every and --late-frames must be >= 1, --gradcam-crops >= 0.")
     positions = read_manifest(args.experiment)
+    if args.max_dose is not None:
+        positions = [p for p in positions if p.dose_s <= args.max_dose]
+        if not positions:
+            raise UserError(f"--max-dose {args.max_dose:g}: no position of the experiment.")
     check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
     inputs = [args.experiment, args.model, args.weights]
     with output_dir(args.out, NAME, inputs) as tmp:

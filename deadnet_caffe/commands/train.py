@@ -35,8 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--resume", action="store_true", help="continue the run from its newest solverstate"
     )
+    io.add_argument(
+        "--weights",
+        metavar="CAFFEMODEL",
+        help="fine-tune: start from these weights (Caffe's -weights; layers matched by name)",
+    )
     ov = parser.add_argument_group("solver overrides (written to the run's derived solver)")
     ov.add_argument("--max-iter", type=positive_int, help="solver max_iter")
+    ov.add_argument(
+        "--paper-iterations",
+        action="store_true",
+        help="max_iter = the paper's approx. 500k (section 2.4) instead of the published 1M",
+    )
     ov.add_argument("--snapshot-interval", type=positive_int, help="solver snapshot")
     ov.add_argument("--test-interval", type=positive_int, help="solver test_interval")
     ov.add_argument(
@@ -68,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         gpu=args.gpu,
         resume=args.resume,
+        weights=args.weights,
+        paper_iterations=args.paper_iterations,
     )
     try:
         result = train(settings, progress=not args.no_progress)
