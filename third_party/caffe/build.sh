@@ -136,6 +136,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # protoc's version is part of the key: on a fresh machine it was missing a moment ago, so
+  # the key is computed again (else the next run would build a second time).
+  key=$(key_input | sha256sum | cut -c1-16)
+  dest=$cache_root/caffe-$variant-$key
 fi
 [ -f "$dest/.complete" ] && mkl_ok && { [ "$link" = 1 ] && link_into_venv "$dest"; exit 0; }
 
