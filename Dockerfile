@@ -33,6 +33,19 @@ RUN python3 -m venv .venv \
         p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
         print(" ".join(p["dependencies"] \
               + [d for d in p["optional-dependencies"]["dev"] if d.startswith("pytest")]))')
+# build.sh's system packages for --cuda, installed in a layer of their own so that a change of
+# build.sh or the patches recompiles Caffe without downloading the toolkit again (build.sh
+# installs whatever this list lacks).
+COPY third_party/caffe/apt-sources.sh third_party/caffe/
+RUN third_party/caffe/apt-sources.sh non-free \
+ && third_party/caffe/apt-sources.sh deb-src \
+ && apt-get update \
+ && apt-get install -y -qq --no-install-recommends build-essential cmake dpkg-dev \
+        libboost-dev libboost-filesystem-dev libboost-system-dev libboost-thread-dev \
+        libboost-python-dev libgflags-dev libgoogle-glog-dev libhdf5-dev liblmdb-dev \
+        libsnappy-dev libopenblas-dev libopencv-dev libprotobuf-dev protobuf-compiler \
+        nvidia-cuda-toolkit g++-11 > /dev/null \
+ && rm -rf /var/cache/apt/archives/*.deb
 COPY third_party/caffe third_party/caffe
 RUN third_party/caffe/build.sh --venv .venv --cuda \
  && rm -rf /var/lib/apt/lists/* "$DEADNET_CACHE"/src-*
