@@ -12,12 +12,14 @@ owner() {
   # ldd finds under /lib may be shipped as /usr/lib, or the other way round.
   local f=$1 alt
   case "$f" in /usr/*) alt=${f#/usr} ;; *) alt=/usr$f ;; esac
-  { dpkg -S "$f" 2>/dev/null || dpkg -S "$alt" 2>/dev/null; } | head -1 | cut -d: -f1
+  local hit
+  hit=$(dpkg -S "$f" 2>/dev/null || dpkg -S "$alt" 2>/dev/null || true)
+  echo "${hit%%:*}"
 }
 find "$@" -type f \( -name '*.so' -o -name '*.so.*' -o -perm -u+x \) -print0 |
   while IFS= read -r -d '' f; do
-    head -c 4 "$f" | grep -q ELF || continue
-    ldd "$f" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}'
+    [ "$(head -c 4 "$f" | tr -d '\0')" = $'\177ELF' ] || continue
+    ldd "$f" < /dev/null 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}'
   done | sort -u | while read -r lib; do
-    owner "$lib"
+    owner "$lib" < /dev/null
   done | grep -v '^$' | sort -u

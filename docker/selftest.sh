@@ -32,7 +32,7 @@ lib=$(python -c 'import caffe, pathlib; print(pathlib.Path(caffe.__file__).resol
 import_caffe() {
   python -c 'import caffe; print("pycaffe", caffe.__file__)' || return 1
   ldd "$lib"/libcaffe.so.* "$lib"/../python/caffe/_caffe.so | tee "$work/ldd.txt" |
-    grep -E 'libcudart|libcublas|libcurand|libmkl_core|not found' | sort -u
+    grep -E 'libcudart|libcublas|libcurand|libmkl_core|not found' | sed 's/ (0x[0-9a-f]*)//' | sort -u
   ! grep -q 'not found' "$work/ldd.txt" && grep -q libcudart "$work/ldd.txt"
 }
 
