@@ -20,11 +20,13 @@ PYTEST_ARGS ?=
 CAFFE_FLAGS ?=
 
 .PHONY: help setup test lint demo demo-b simulate dataset-A dataset-B train evaluate heatmap \
-        gradcam classmodel figures annotate report bench docker cuda-build clean
+        gradcam classmodel figures annotate report bench docker docker-base docker-check test-gpu \
+        cuda-build clean
 
 help:
 	@echo "make setup | test | demo | demo-b | simulate | dataset-A | dataset-B | train | evaluate"
-	@echo "     heatmap | gradcam | classmodel | figures | annotate | report | bench | docker | cuda-build"
+	@echo "     heatmap | gradcam | classmodel | figures | annotate | report | bench | test-gpu"
+	@echo "     docker | docker-base | docker-check | cuda-build"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,8 +90,22 @@ bench: setup
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(DEADNET) bench --out $(RUNS)/bench
 
+# The GPU smoke test (tests/gpu): on a GPU host with the CUDA build (make setup
+# CAFFE_FLAGS=--cuda, or inside the image); a missing GPU fails here instead of skipping.
+test-gpu: setup
+	DEADNET_REQUIRE_GPU=1 tests/run.sh tests/gpu $(PYTEST_ARGS)
+
+# The GPU image, with docker or podman (docker/image.sh; docs/gpu.md). docker-base provides
+# and pins the base image (pulled, or bootstrapped from this machine's apt configuration);
+# docker-check builds through the self-test stage.
+docker-base:
+	docker/image.sh base
+
 docker:
-	docker build -t deadnet-caffe:gpu .
+	docker/image.sh image
+
+docker-check:
+	docker/image.sh check
 
 # Compiles (does not run) the CUDA build on a machine without a GPU; not part of make test.
 cuda-build: $(VENV)/.deps
