@@ -130,6 +130,24 @@ def analyse_position(
             for t in tqdm(ids, desc=pos.key, unit="frame", leave=False)
         ]
     )
+    return score_position(pos, frames, ids, probs, gc, gradcam_crops)
+
+
+def score_position(
+    pos: Position,
+    frames: np.ndarray,
+    ids: list[int],
+    probs: np.ndarray,
+    gc: GradCam | None,
+    gradcam_crops: int = 4,
+) -> PositionResult:
+    """A position's result from its heat maps: sick fraction, and the ground-truth checks.
+
+    Parameters
+    ----------
+    frames : (T, H, W) the whole time-lapse; ids : the analysed frame indices (n,);
+    probs : (n, H, W) float32 heat maps of those frames.
+    """
     res = PositionResult(pos, ids, np.asarray(ids) * pos.frame_interval_min, sick_fraction(probs))
     masks = read_sick_masks(pos.ground_truth)
     if masks is not None and masks.shape[1:] == frames.shape[1:] and len(masks) == len(frames):

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from data_prep.experiment import read_manifest
+from deadnet_caffe import cluster
 from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
 from deadnet_caffe.errors import UserError
 from deadnet_caffe.heatmap import (
@@ -62,6 +63,7 @@ def add_arguments(p) -> None:
         help="minutes between frames of loose inputs (experiments use the manifest)",
     )
     add_net_arguments(p)
+    cluster.add_cluster_arguments(p)
 
 
 def _sources(args) -> list[tuple[str, Path, int | None, float]]:
@@ -82,6 +84,19 @@ def _sources(args) -> list[tuple[str, Path, int | None, float]]:
     return [(path.stem, path, None, args.frame_interval_min) for path in args.inputs]
 
 
+def _cluster_run(args, sources, inputs) -> tuple[cluster.ClusterRun, list[list[Path]]]:
+    """Compute every heat map on the Dask scheduler: the run, each source's chunk files."""
+    dense_model = args.dense_model if args.mode == "dense" else None
+    spec = cluster.net_spec(args, dense_model=dense_model)
+    counts = [
+        (path.resolve(), channel, len(read_image_stack(path, channel)))
+        for _, path, channel, _ in sources
+    ]
+    with cluster.ClusterRun(args, spec, inputs) as run_:
+        files = run_.heatmap_chunks(counts, args.mode, args.stride, args.every, args.batch)
+    return run_, files
+
+
 def run(args) -> int:
     if args.stride < 1 or args.every < 1:
         raise UserError("--stride and --every must be at least 1.")
@@ -92,16 +107,25 @@ def run(args) -> int:
     if args.mode == "dense":
         inputs.append(args.dense_model)
     with output_dir(args.out, NAME, inputs) as tmp:
-        net = DeployNet(args.model, args.weights, args.gpu)
-        if args.mode == "dense":
-            dense = DenseNet.from_deploy(args.dense_model, net)
-            heat = partial(dense_heatmap, dense=dense)
+        if args.scheduler:
+            run_, chunk_files = _cluster_run(args, sources, inputs)
+            heats = iter(chunk_files)
         else:
-            heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
+            net = DeployNet(args.model, args.weights, args.gpu)
+            if args.mode == "dense":
+                dense = DenseNet.from_deploy(args.dense_model, net)
+                heat = partial(dense_heatmap, dense=dense)
+            else:
+                heat = partial(
+                    exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch
+                )
         rows = []
         for name, path, channel, dt in sources:
             frames = read_image_stack(path, channel)[:: args.every]
             ids = [t * args.every for t in range(len(frames))]
+            if args.scheduler:
+                maps = cluster.chunk_maps(next(heats), *frames.shape[1:])
+                heat = lambda _frame, maps=maps: next(maps)  # noqa: E731
             frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat)
             for t, f, m in zip(ids, frac, mean, strict=True):
                 rows.append(
@@ -116,5 +140,7 @@ def run(args) -> int:
         write_fraction_table(tmp / "sick_fraction.csv", rows)
         plot_fractions(tmp / "sick_fraction.png", rows)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    if args.scheduler:
+        run_.done()
     print(f"wrote {args.out} ({len(sources)} time-lapse(s), {len(rows)} frames)")
     return 0
