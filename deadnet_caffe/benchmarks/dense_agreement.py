@@ -4,8 +4,8 @@ Weights: the first that exists of ``snapshots/dataset_A/latest.caffemodel`` and
 ``runs/demo/train/latest.caffemodel`` (``make demo``); without trained weights the figures
 are those of Caffe's fillers and say nothing about trained nets (``weights`` says which).
 Experiment: the first position of each well of ``runs/demo/experiment`` (``make demo``),
-else a small simulated one (tiny preset, 512 x 512). Reports :func:`deadnet_caffe.dense.measure` and whether the
-issue's goals hold (``dense_goals_hold``).
+else a small simulated one (tiny preset, 512 x 512). Reports
+:func:`deadnet_caffe.dense.measure` and whether the issue's goals hold (``dense_goals_hold``).
 """
 
 from __future__ import annotations
