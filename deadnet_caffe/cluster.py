@@ -101,6 +101,22 @@ def connect(address: str, timeout: float) -> Client:
         if not Path(address).is_file():
             raise UserError(f"--scheduler {address}: no such scheduler file.")
         where = {"scheduler_file": address}
+    else:
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import parse_host_port
+        from distributed.comm.registry import backends
+
+        scheme, loc = parse_address(address)
+        if scheme not in backends:  # the client would wait forever, not for the timeout
+            raise UserError(
+                f"--scheduler {address}: unknown protocol {scheme!r} "
+                f"(Dask speaks {', '.join(sorted(backends))})."
+            )
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            try:
+                parse_host_port(loc)
+            except ValueError as err:
+                raise UserError(f"--scheduler {address}: {err}; give tcp://HOST:PORT.") from None
     try:
         return Client(**where, timeout=timeout, set_as_default=False)
     except Exception as err:  # OSError / TimeoutError, or ValueError for a malformed address
@@ -157,6 +173,11 @@ class NetPlugin(WorkerPlugin):
             with self._lock:
                 NET_LOADS[self.name] += 1
         return nets
+
+
+def net_loads() -> dict[str, int]:
+    """:data:`NET_LOADS` of this process (``client.run(net_loads)`` asks every worker)."""
+    return dict(NET_LOADS)
 
 
 @lru_cache(maxsize=2)
@@ -386,7 +407,7 @@ class ClusterRun:
             )
             futures[fut] = i
         bar = tqdm(total=len(futures), desc="positions", unit="position", leave=False)
-        for fut in as_completed(list(futures)):
+        for fut in as_completed(list(futures), loop=self.client.loop):
             results[futures[fut]] = fut.result()
             bar.update()
         bar.close()

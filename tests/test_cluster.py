@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from infer_nets import write_net
 
+from deadnet_caffe.benchmarks.caffe_speed import caffe_threads
 from deadnet_caffe.cli import main
+from deadnet_caffe.cluster import net_loads
 from deadnet_caffe.outdir import MARKER
 
 BIN = Path(sys.executable).parent
@@ -95,8 +97,11 @@ def _report(experiment, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def local_report(experiment, tmp_path_factory):
+    """The local run, Caffe's BLAS on one thread like each worker (MKL's GEMM rounds by
+    thread count: about 3e-8 in P(sick) otherwise; docs/scale.md)."""
     out = tmp_path_factory.mktemp("local") / "report"
-    assert main(_report(experiment, out)) == 0
+    with caffe_threads(1):
+        assert main(_report(experiment, out)) == 0
     return _files(out)
 
 
@@ -112,21 +117,16 @@ def test_report_on_dask_equals_local(cluster, experiment, local_report, tmp_path
         assert got[name] == data, f"{name} differs from the local run"
     assert not (tmp_path / "report.dask-work").exists()  # the work folder is removed
     with Client(cluster) as client:  # each worker built the net once (one thread each)
-        loads = client.run(_net_loads)
+        loads = client.run(net_loads)
     assert all(max(n.values(), default=1) == 1 for n in loads.values()), loads
-
-
-def _net_loads() -> dict:
-    from deadnet_caffe import cluster
-
-    return dict(cluster.NET_LOADS)
 
 
 def test_heatmap_on_dask_equals_local(cluster, experiment, tmp_path):
     exp, model, weights = experiment
     args = ["heatmap", "--experiment", str(exp), "--model", str(model), "--weights",
             str(weights), "--stride", "64", "--every", "2"]  # fmt: skip
-    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    with caffe_threads(1):
+        assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert main([*args, "--out", str(tmp_path / "dask"), "--scheduler", cluster]) == 0
     local, dask = _files(tmp_path / "local"), _files(tmp_path / "dask")
     assert sorted(local) == sorted(dask) and any(n.endswith("_prob.tif") for n in local)
