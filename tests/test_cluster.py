@@ -9,6 +9,7 @@ settings.json (it records the options) and the output marker (it records the pro
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -195,3 +196,43 @@ def test_unreachable_scheduler(experiment, tmp_path, capsys):
     assert err.startswith(f"deadnet report: --scheduler tcp://127.0.0.1:{port}: no Dask")
     assert "within 2 s" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_plate_summary_of_two_experiments(cluster, experiment, local_report, tmp_path):
+    """Two experiments from a list file: each report as alone, plates from its fractions."""
+    import csv
+    import json
+    import shutil
+
+    import numpy as np
+
+    exp = experiment[0]
+    shutil.copytree(exp, tmp_path / "b" / exp.name)
+    (tmp_path / "list.txt").write_text(f"# the screen\n{exp}\nb/{exp.name}\n")
+    out = tmp_path / "screen"
+    argv = _report(experiment, out, "--scheduler", cluster)
+    argv[argv.index("--experiment") : argv.index("--experiment") + 2] = [
+        "--experiments", str(tmp_path / "list.txt")
+    ]  # fmt: skip
+    assert main(argv) == 0
+    got = _files(out / exp.name)
+    assert got == local_report
+    rows = list(csv.DictReader(io.StringIO(local_report["fractions.csv"].decode())))
+    late: dict[tuple, list[float]] = {}
+    for r in rows:
+        late.setdefault((r["dose_s"], r["well"], r["position"]), []).append(
+            float(r["sick_fraction"])
+        )
+    by_dose: dict[float, list[float]] = {}
+    for (dose, _, _), f in late.items():
+        by_dose.setdefault(float(dose), []).append(np.mean(f[-3:]))  # --late-frames 3
+    plates = json.loads((out / "plates.json").read_text())
+    alone = json.loads(local_report["summary.json"])["highest_safe_dose"]
+    assert list(plates) == [f"{exp.name}/sim", f"{exp.name}-2/sim"]
+    for p in plates.values():
+        assert p["highest_safe_dose"] == alone
+        means = {d["dose_s"]: d["mean"] for d in p["dose_response"]}
+        assert means == pytest.approx({d: np.mean(v) for d, v in by_dose.items()})
+        for d in p["dose_response"]:
+            assert d["ci"][0] <= d["mean"] <= d["ci"][1]
+    assert "exp-2/sim" in (out / "plates.md").read_text()
