@@ -374,7 +374,8 @@ class ClusterRun:
         self.work.remove()
 
     def _chunks(self, key, path, channel, ids, mode, stride, batch) -> list:
-        """Futures of the chunk files of one time-lapse (found files are not submitted)."""
+        """Futures of the chunk files of one time-lapse (a task finds a finished file and
+        returns it at once)."""
         out = []
         for i in range(0, len(ids), self.chunk_frames):
             part = tuple(ids[i : i + self.chunk_frames])
