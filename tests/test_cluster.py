@@ -92,7 +92,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 def _report(experiment, out: Path, *extra: str) -> list[str]:
     exp, model, weights = experiment
     net = ["--model", str(model), "--weights", str(weights)]
-    opts = ["--stride", "16", "--gradcam-crops", "2"]
+    opts = ["--stride", "32", "--gradcam-crops", "2"]
     return ["report", "--experiment", str(exp), *net, "--out", str(out), *opts, *extra]
 
 
