@@ -253,13 +253,33 @@ def _npz(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def chunk_maps(paths: list[Path], height: int, width: int):
-    """Yield the (H, W) float32 heat maps of chunk files in order (the same as a local run)."""
-    for path in paths:
-        with np.load(path) as z:
-            values, cy, cx = z["values"], z["cy"], z["cx"]
-        for v in values:
-            yield upsample_at(v, cy, cx, height, width)
+class ChunkHeat:
+    """A ``heat`` function (frame -> P(sick) map) that replays chunk files in order.
+
+    Called once per analysed frame, in the order of ``files`` (sources, then chunks, then
+    frames), it returns the frame's (H, W) float32 map upsampled from the chunk's values
+    with :func:`~deadnet_caffe.infer.upsample_at`: the same map as a local run.
+
+    Parameters
+    ----------
+    files : chunk files of each source, ``[[path, ...], ...]``.
+    """
+
+    def __init__(self, files: list[list[Path]]) -> None:
+        self._values = self._replay(files)
+
+    @staticmethod
+    def _replay(files):
+        for paths in files:
+            for path in paths:
+                with np.load(path) as z:
+                    values, cy, cx = z["values"], z["cy"], z["cx"]
+                for v in values:
+                    yield v, cy, cx
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        v, cy, cx = next(self._values)
+        return upsample_at(v, cy, cx, *frame.shape)
 
 
 @dataclass(frozen=True)
@@ -281,7 +301,8 @@ def position_task(job: PositionJob, chunk_paths: list[Path]):
 
     _, _, gc = get_worker().plugins[job.plugin].nets()
     frames = _read(job.pos.path, job.pos.channel)
-    probs = np.stack(list(chunk_maps(chunk_paths, *frames.shape[1:])))
+    heat = ChunkHeat([chunk_paths])
+    probs = np.stack([heat(frames[t]) for t in job.ids])
     res = score_position(job.pos, frames, list(job.ids), probs, gc, job.gradcam_crops)
     _write_atomic(job.dest, pickle.dumps(res))
     return res

@@ -109,7 +109,7 @@ def run(args) -> int:
     with output_dir(args.out, NAME, inputs) as tmp:
         if args.scheduler:
             run_, chunk_files = _cluster_run(args, sources, inputs)
-            heats = iter(chunk_files)
+            heat = cluster.ChunkHeat(chunk_files)
         else:
             net = DeployNet(args.model, args.weights, args.gpu)
             if args.mode == "dense":
@@ -123,9 +123,6 @@ def run(args) -> int:
         for name, path, channel, dt in sources:
             frames = read_image_stack(path, channel)[:: args.every]
             ids = [t * args.every for t in range(len(frames))]
-            if args.scheduler:
-                maps = cluster.chunk_maps(next(heats), *frames.shape[1:])
-                heat = lambda _frame, maps=maps: next(maps)  # noqa: E731
             frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat)
             for t, f, m in zip(ids, frac, mean, strict=True):
                 rows.append(
