@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from infer_nets import write_net
+from infer_nets import deadnet_deploy, write_net
 
 from deadnet_caffe.benchmarks.caffe_speed import caffe_threads
 from deadnet_caffe.cli import main
@@ -122,10 +122,14 @@ def test_report_on_dask_equals_local(cluster, experiment, local_report, tmp_path
     assert all(max(n.values(), default=1) == 1 for n in loads.values()), loads
 
 
-def test_heatmap_on_dask_equals_local(cluster, experiment, tmp_path):
+@pytest.mark.parametrize("mode", ["exact", "dense"])
+def test_heatmap_on_dask_equals_local(cluster, experiment, tmp_path, mode):
     exp, model, weights = experiment
+    fcn = tmp_path / "fcn.prototxt"
+    fcn.write_text(deadnet_deploy(fully_conv=True))
     args = ["heatmap", "--experiment", str(exp), "--model", str(model), "--weights",
-            str(weights), "--stride", "64", "--every", "2"]  # fmt: skip
+            str(weights), "--stride", "64", "--every", "2", "--mode", mode,
+            "--dense-model", str(fcn)]  # fmt: skip
     with caffe_threads(1):
         assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert main([*args, "--out", str(tmp_path / "dask"), "--scheduler", cluster]) == 0
