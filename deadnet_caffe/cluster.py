@@ -6,12 +6,16 @@ position (the position's result: sick fraction, ground-truth checks, Grad-CAM), 
 for its chunks. Every worker loads the net once per thread, on its first task, through a
 worker plugin (:class:`NetPlugin`, ``Client.register_plugin``). The commands assemble
 their outputs from the results with the same code as a local run, so the outputs are the
-same, byte for byte, apart from ``settings.json`` (which records the options).
+same, byte for byte, apart from ``settings.json`` (which records the options), as a local
+run with one BLAS thread like each worker's (MKL's GEMM rounds by thread count: with more
+threads P(sick) may differ by one float32 step; docs/scale.md).
 
 Faults. Each task writes its result into the *work folder* (``--work``, by default
 ``OUT.dask-work`` beside ``--out``; it must be on a file system that the workers and the
-client share) under a name made of a digest of everything the result depends on, first
-into a temporary name, then renamed into place (atomic). A task whose file already exists
+client share) under a name made of a digest of everything the result depends on (the
+options; weights, prototxts and image files by path, size and modification time; folders,
+such as a folder of frames or of ground truth, by path only), first into a temporary name,
+then renamed into place (atomic). A task whose file already exists
 returns it without computing. So:
 
 - a worker killed mid-task loses only that task; the scheduler runs it again elsewhere,
