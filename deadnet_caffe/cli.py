@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_prep.core.errors import UserError
 from deadnet_caffe import __version__, commands
-from deadnet_caffe.errors import UserError
 
 
 def _summaries() -> dict[str, tuple[str, str, str]]:

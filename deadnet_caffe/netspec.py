@@ -17,10 +17,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from data_prep.checks import read_text
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
 from deadnet_caffe.caffe_env import check_net_builds, import_caffe
 from deadnet_caffe.checks import check_net_param, check_solver_param, check_weights
-from deadnet_caffe.errors import UserError
 
 
 def _pb2():
