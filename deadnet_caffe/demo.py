@@ -26,8 +26,7 @@ from data_prep.core.outdir import claim_dir, die_with_parent
 from data_prep.core.paper import BATCH_SIZE, DATASET_B_DOSE_RANGE_S
 from data_prep.core.runinfo import write_settings
 from deadnet_caffe.demo_page import summarise, write_page
-
-PROJECT = Path(__file__).resolve().parent.parent
+from deadnet_caffe.netspec import published
 
 STAMP = ".step.json"
 
@@ -248,7 +247,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
                 "--workers", str(cfg.jobs), *aug]  # fmt: skip
 
     def train_argv(name: str, data: Path, folder: Path, max_iter: int, lr: float) -> list[str]:
-        solver = PROJECT / f"prototxt/dataset_{name.lower()}/solver.prototxt"
+        solver = published(f"dataset_{name.lower()}/solver.prototxt")
         return ["train", "--dataset", str(data), "--solver", str(solver), "--run", str(folder),
                 "--max-iter", str(max_iter), "--base-lr", str(lr),
                 "--test-interval", str(cfg.test_interval),

@@ -464,7 +464,10 @@ class EvalSettings:
 
 def default_net(weights: Path) -> Path:
     """The net beside the weights (a run folder's train_val.prototxt), else Data Set A's."""
-    for p in (weights.parent / "train_val.prototxt", Path("prototxt/dataset_a/train_val.prototxt")):
+    for p in (
+        weights.parent / "train_val.prototxt",
+        netspec.published("dataset_a/train_val.prototxt"),
+    ):
         if p.is_file():
             return p
     raise UserError(f"no train_val.prototxt beside {weights}; pass --net.")

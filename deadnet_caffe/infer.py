@@ -23,9 +23,9 @@ from data_prep.core.normalize import variance_normalize
 from data_prep.core.paper import NET_INPUT_PX
 from deadnet_caffe.caffe_env import set_device
 from deadnet_caffe.checks import check_weights, nonnegative_int, positive_int
-from deadnet_caffe.netspec import load_net_param, net_from_param
+from deadnet_caffe.netspec import load_net_param, net_from_param, published
 
-DEFAULT_MODEL = Path("prototxt/deploy.prototxt")
+DEFAULT_MODEL = published("deploy.prototxt")
 DEFAULT_BATCH = 20  # crops per forward pass; the published batch size (paper.BATCH_SIZE)
 SICK = 1  # label index of "sick" (paper.LABELS)
 
@@ -245,19 +245,9 @@ def image_summary(results: list[CropResult], threshold: float = 0.5) -> list[dic
 def add_image_arguments(p) -> None:
     """How loose image inputs are read (:mod:`data_prep.core.stack`): channel and axes."""
     g = p.add_argument_group("loose images")
-    g.add_argument(
-        "--channel",
-        type=nonnegative_int,
-        default=None,
-        help="channel (0-based) of multi-channel stacks",
-    )
-    g.add_argument(
-        "--axes",
-        type=str.upper,
-        default=None,
-        help="the TIFFs' axes, one letter per dimension, replacing the files' own "
-        "(e.g. TYX reads an ImageJ stack labelled CYX as frames)",
-    )
+    g.add_argument("--channel", type=nonnegative_int, help="channel (0-based) of a C axis")
+    axes_help = "the TIFFs' axes, one letter per dimension, replacing the files' own (TYX reads"
+    g.add_argument("--axes", type=str.upper, help=f"{axes_help} an ImageJ CYX stack as frames)")
 
 
 def add_net_arguments(p) -> None:

@@ -20,11 +20,12 @@ import numpy as np
 from data_prep.core.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX, NET_INPUT_PX
 from deadnet_caffe.heatmap import DenseNet, dense_heatmap, exact_heatmap, local_normalize
 from deadnet_caffe.infer import DEFAULT_BATCH, DeployNet, crop_to_input
+from deadnet_caffe.netspec import published
 
 NAME = "inference"
 ROOT = Path(__file__).resolve().parent.parent.parent
-MODEL = ROOT / "prototxt" / "deploy.prototxt"
-FCN_MODEL = ROOT / "prototxt" / "deploy_fcn.prototxt"
+MODEL = published("deploy.prototxt")
+FCN_MODEL = published("deploy_fcn.prototxt")
 TRAINED = ROOT / "snapshots" / "dataset_A" / "latest.caffemodel"
 
 

@@ -29,10 +29,11 @@ from deadnet_caffe.heatmap import (
     write_fraction_table,
 )
 from deadnet_caffe.infer import DeployNet, add_image_arguments, add_net_arguments
+from deadnet_caffe.netspec import published
 
 NAME = "heatmap"
 HELP = "sliding-window P(sick) heat maps of time-lapses (PNG, TIFF, GIF, sick fraction)"
-DEFAULT_DENSE_MODEL = Path("prototxt/deploy_fcn.prototxt")
+DEFAULT_DENSE_MODEL = published("deploy_fcn.prototxt")
 
 
 def add_arguments(p) -> None:
