@@ -8,12 +8,19 @@ import sqlite3
 
 import numpy as np
 import pytest
-from annotate_helpers import SMALL_ITEMS, Client, dump, large_experiment, small_experiment
+from annotate_helpers import (
+    SMALL_ITEMS,
+    Client,
+    dump,
+    large_experiment,
+    serve_in_thread,
+    small_experiment,
+)
 from PIL import Image
 
 from data_prep.annotate import db
 from data_prep.annotate.pool import build_pool, stretch_to_uint8
-from data_prep.annotate.server import make_server, serve_in_thread
+from data_prep.annotate.server import make_server
 from data_prep.core.errors import UserError
 from data_prep.votes_csv import read_votes
 from deadnet_caffe.cli import main
