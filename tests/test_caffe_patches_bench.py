@@ -17,9 +17,9 @@ from deadnet_caffe.caffe_env import import_caffe
 caffe = import_caffe()
 
 
-def test_netspec_has_published_layers_and_blob_sizes(tmp_path):
+def test_train_net_is_the_published_one_with_input_layers(tmp_path):
     path = tmp_path / "net.prototxt"
-    path.write_text(caffe_speed.deadnet_netspec(batch=1))
+    path.write_text(caffe_speed.deadnet_train_net(batch=1))
     net = caffe.Net(str(path), caffe.TRAIN)
     sides = [net.blobs[name].data.shape[2] for name, *_ in paper.CONV_LAYERS[::2]]
     assert tuple(sides) == paper.BLOB_SIDES_PUBLISHED[:4]  # 212, 106, 53, 27
