@@ -298,7 +298,8 @@ def write_page(cfg, summary: dict) -> Path:
         f"<p>Test accuracy, {html.escape(str(summary['evaluation_mode']))}: {acc}. "
         f"With BatchNorm's running averages (deploy net): "
         f"{_pct(summary['accuracy_global_stats'])}. The paper reports "
-        f"{_pct(paper_acc)} on its Data Set {cfg.dataset} after ~{paper.MAX_ITER_PAPER // 1000}k GPU iterations.</p>",
+        f"{_pct(paper_acc)} on its Data Set {cfg.dataset} after "
+        f"~{paper.MAX_ITER_PAPER // 1000}k GPU iterations.</p>",
         f"<p>Training: the published net and solver, with base_lr "
         f"{summary['solver']['changes']['base_lr'][1]} instead of "
         f"{summary['solver']['changes']['base_lr'][0]} and "
