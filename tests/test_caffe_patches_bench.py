@@ -78,3 +78,28 @@ def test_import_caffe_asks_mkl_for_reproducible_results(preset, expected):
         check=True,
     )
     assert out.stdout.strip() == expected
+
+
+def test_interleaved_seconds_on_fake_timings():
+    """Known answer: the warm-up round is dropped, each step's best round is kept, and the
+    steps alternate within every round (so both see the same drift of the machine's load)."""
+    calls = []
+
+    def fake(name, times):
+        it = iter(times)
+
+        def step():
+            calls.append(name)
+            return next(it)
+
+        return step
+
+    best = caffe_speed.interleaved_seconds(
+        {
+            "caffe": fake("caffe", [0.1, 5.0, 3.0, 4.0]),
+            "torch": fake("torch", [9.0, 2.0, 6.0, 1.5]),
+        },
+        iters=3,
+    )
+    assert best == {"caffe": 3.0, "torch": 1.5}
+    assert calls == ["caffe", "torch"] * 4
