@@ -11,6 +11,7 @@ import tifffile
 
 from data_prep.core import paper
 from data_prep.core.manifest import read_manifest
+from data_prep.core.stack import check_stack
 from data_prep.sim.annotators import TARGET_DISAGREEMENT, disagreement, simulate_votes
 from data_prep.sim.biology import DEAD, DYING, Population
 from data_prep.sim.optics import PhaseContrast
@@ -123,13 +124,13 @@ def test_output_round_trips_and_is_deterministic(tmp_path):
     for p in positions:
         assert p.n_frames == 4 and p.frame_interval_min == 40.0
         assert p.pixel_size_um == pytest.approx(paper.PIXEL_SIZE_UM)
-        with tifffile.TiffFile(p.path) as tf:
+        with tifffile.TiffFile(p.path) as tf:  # the ImageJ metadata
             assert tf.is_imagej and tf.series[0].axes == "TYX"
-            stack = tf.asarray()
-            assert stack.shape == (4, 256, 384) and stack.dtype == np.uint16
             assert tf.imagej_metadata["finterval"] == pytest.approx(40 * 60.0)
             num, den = tf.pages[0].tags["XResolution"].value
             assert num / den == pytest.approx(1 / paper.PIXEL_SIZE_UM, rel=1e-4)
+        stack = check_stack(p, range(p.n_frames)).frames()  # the toolkit's one reader
+        assert stack.shape == (4, 256, 384) and stack.dtype == np.uint16
         labels = tifffile.imread(p.ground_truth / "labels.tif")
         assert labels.shape == (4, 256, 384)
         assert stack.std() > 0 and stack.max() < 2**12  # 12-bit counts in 16 bits
