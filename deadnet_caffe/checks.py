@@ -202,7 +202,8 @@ _LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 def check_solver_param(param, path: Path | str) -> None:
     """Check a parsed solver's numbers before Caffe's solver CHECKs them (or trains on NaN).
 
-    Every float field that is set must be finite; ``base_lr`` and ``max_iter`` positive,
+    Every float field that is set must be finite; ``base_lr`` not negative (0 freezes every
+    layer, which Caffe allows and the fine-tuning test uses), ``max_iter`` positive,
     ``test_iter`` and ``test_interval`` positive where given, ``lr_policy`` one of Caffe's.
 
     Raises
@@ -213,7 +214,9 @@ def check_solver_param(param, path: Path | str) -> None:
     for field, value in param.ListFields():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{path}: solver field {field.name} is {value}, not a finite number.")
-    for name in ("base_lr", "max_iter", "test_interval"):
+    if param.HasField("base_lr") and param.base_lr < 0:
+        raise UserError(f"{path}: solver field base_lr is {param.base_lr}; it must be >= 0.")
+    for name in ("max_iter", "test_interval"):
         if param.HasField(name) and getattr(param, name) <= 0:
             raise UserError(
                 f"{path}: solver field {name} is {getattr(param, name)}; it must be positive."

@@ -201,7 +201,6 @@ CASES = [
          "bad.prototxt",
          _write("bad.prototxt", _INPUT + 'layer { name: "r" type: "ReLU" bottom: "nowhere" '
                 'top: "r" }\n'), out="o"),
-    Case("describe-size-zero", "describe net/deploy.prototxt --size 0 0", "--size 0 0"),
     Case("describe-size-too-small", "describe net/deploy.prototxt --size 4 4", "--size 4 4"),
     # ---- images and TIFFs -----------------------------------------------------------------
     Case("classify-corrupt-first-ifd", f"classify {NET} --out o img/bad.tif", "img/bad.tif",

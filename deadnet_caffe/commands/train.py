@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from data_prep.core.progress import add_progress_argument
-from deadnet_caffe.checks import positive_float, positive_int, seed
+from deadnet_caffe.checks import nonnegative_float, positive_int, seed
 from deadnet_caffe.train import TrainResult, TrainSettings, train, usable_snapshots
 
 NAME = "train"
@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ov.add_argument(
         "--base-lr",
-        type=positive_float,
-        help="solver base_lr (a stated derivative of the paper's 0.0003)",
+        type=nonnegative_float,
+        help="solver base_lr (a stated derivative of the paper's 0.0003; 0 freezes every layer)",
     )
     ov.add_argument("--seed", type=seed, help="solver random_seed (fillers, crops, dropout)")
     dev = parser.add_argument_group("device")
