@@ -10,13 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lmdb
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from deadnet_caffe import paper
+from data_prep.core import paper
+from data_prep.core.datum import read_datum
+from data_prep.core.figures import subplots
 
 MISCLASSIFIED_PNG = "figure3c_misclassified.png"
 CORRECT_PNG = "figure3d_correct.png"
@@ -44,7 +42,7 @@ def draw(
 ) -> Path:
     """Draw rows of (H, W) crops, one row per class, into ``path``."""
     n = max(1, *(len(v) for v in crops.values()))
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         2, n, figsize=(1.6 * n + 0.8, 4.2), dpi=100, squeeze=False, layout="constrained"
     )
     for c in (0, 1):
@@ -64,21 +62,19 @@ def draw(
                     ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def draw_galleries(
-    out: Path, dataset: Path, rec, probs: np.ndarray, transform, n: int, caffe_pb2
+    out: Path, dataset: Path, rec, probs: np.ndarray, transform, n: int
 ) -> list[str]:
     """Figure 3c,d PNGs for the test records ``rec`` and their P(sick) ``probs``.
 
     Returns the file names written in ``out``.
     """
-    from deadnet_caffe.evaluate import datum_array
-
     names = []
-    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
+    path = dataset / "test.lmdb"
+    env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
         for wrong, fname, what in (
             (True, MISCLASSIFIED_PNG, "c) misclassified"),
@@ -88,8 +84,7 @@ def draw_galleries(
             crops, titles = {}, {}
             for c, idx in chosen.items():
                 crops[c] = [
-                    transform(datum_array(txn.get(rec.keys[i].encode()), caffe_pb2)[0])[0]
-                    for i in idx
+                    transform(read_datum(txn, path, rec.keys[i].encode())[0])[0] for i in idx
                 ]
                 titles[c] = [f"P(sick) {probs[i]:.2f}" for i in idx]
             draw(crops, titles, out / fname, f"Figure 3{what} test crops")

@@ -16,23 +16,24 @@ inference`` measures the difference, and exact mode stays the default.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.grids import Grid
+from data_prep.core.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
+from data_prep.core.progress import progress_bar
 from deadnet_caffe.infer import (
     DEFAULT_BATCH,
     SICK,
-    Grid,
     Predictor,
     grid_probs,
     upsample,
     upsample_at,
 )
 from deadnet_caffe.netspec import load_net, load_net_param
-from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 from deadnet_caffe.surgery import transplant_fcn
 
 SICK_THRESHOLD = 0.5  # a pixel counts as sick when its P(sick) >= 0.5 (this toolkit's choice)
@@ -57,7 +58,7 @@ def local_normalize(frame: np.ndarray, size: int = CROP_PX) -> np.ndarray:
     """
     import cv2
 
-    from data_prep.normalize import MIN_STD
+    from data_prep.core.normalize import MIN_STD
 
     x = np.asarray(frame, dtype=np.float64)
     mean = cv2.boxFilter(x, -1, (size, size), borderType=cv2.BORDER_REFLECT)
@@ -153,6 +154,7 @@ def heatmap_timelapse(
     heat: Callable[[np.ndarray], np.ndarray],
     gif_max_side: int = 512,
     gif_ms: int = 200,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps of a time-lapse, written frame by frame into ``out_dir``.
 
@@ -172,19 +174,19 @@ def heatmap_timelapse(
     import cv2
     import tifffile
     from PIL import Image
-    from tqdm import tqdm
 
     png_dir = out_dir / name
     png_dir.mkdir(parents=True, exist_ok=True)
     gif, frac, mean = [], [], []
 
     def pages():
-        for t, frame in tqdm(
+        for t, frame in progress_bar(
             zip(frame_ids, frames, strict=True),
             total=len(frames),
             desc=name,
             unit="frame",
             leave=False,
+            progress=progress,
         ):
             prob = heat(frame).astype(np.float32)
             frac.append(float(sick_fraction(prob[None])[0]))
@@ -220,12 +222,9 @@ def write_fraction_table(path: Path, rows: list[dict]) -> None:
 
 def plot_fractions(path: Path, rows: list[dict]) -> None:
     """Sick fraction over time, one line per position (PNG)."""
-    import matplotlib
+    from data_prep.core.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     by_pos: dict[str, list[dict]] = {}
     for r in rows:
         by_pos.setdefault(r["position"], []).append(r)
@@ -238,4 +237,42 @@ def plot_fractions(path: Path, rows: list[dict]) -> None:
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def write_heatmaps(
+    out_dir: Path,
+    timelapses: Iterable[tuple[str, np.ndarray, float]],
+    heat: Callable[[np.ndarray], np.ndarray],
+    every: int = 1,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Heat maps of every ``every``-th frame of each time-lapse (:func:`heatmap_timelapse`),
+    then ``sick_fraction.csv`` and ``sick_fraction.png`` for all of them together.
+
+    Parameters
+    ----------
+    timelapses : (name, frames (T, H, W), minutes between frames) each; read one at a time
+        when given as a generator.
+    heat : (H, W) frame -> (H, W) P(sick), e.g. :func:`exact_heatmap` with its net bound.
+
+    Returns
+    -------
+    list of dict: one row per frame (position, frame, time_min, sick_fraction, mean_p_sick).
+    """
+    rows = []
+    for name, frames, dt in timelapses:
+        ids = list(range(0, len(frames), every))
+        frac, mean = heatmap_timelapse(out_dir, name, frames[::every], ids, heat, progress=progress)
+        rows += [
+            {
+                "position": name,
+                "frame": t,
+                "time_min": t * dt,
+                "sick_fraction": float(f),
+                "mean_p_sick": float(m),
+            }
+            for t, f, m in zip(ids, frac, mean, strict=True)
+        ]
+    write_fraction_table(Path(out_dir) / "sick_fraction.csv", rows)
+    plot_fractions(Path(out_dir) / "sick_fraction.png", rows)
+    return rows
