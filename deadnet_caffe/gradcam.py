@@ -30,6 +30,7 @@ import numpy as np
 
 from deadnet_caffe.checks import check_lmdb, load_npz
 from deadnet_caffe.errors import UserError
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, upsample_at
 from deadnet_caffe.paper import GRADCAM_LAYER, NET_INPUT_PX
 
@@ -372,7 +373,12 @@ def overlay(gray: np.ndarray, cam: np.ndarray, vmax: float | None = None) -> np.
 
 
 def figure_examples(
-    path: Path, images: np.ndarray, own: np.ndarray, avg: np.ndarray, titles: list[str]
+    path: Path,
+    images: np.ndarray,
+    own: np.ndarray,
+    avg: np.ndarray,
+    titles: list[str],
+    formats: tuple[str, ...] = ("png",),
 ) -> None:
     """Figure 5-like panel: per example the crop, eq. 1 Grad-CAM and eq. 3 Grad-CAM overlays.
 
@@ -402,11 +408,12 @@ def figure_examples(
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=110)
 
 
-def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched) -> None:
+def figure_stitched(
+    path: Path, frame: np.ndarray, own: Stitched, avg: Stitched, formats=("png",)
+) -> None:
     """Whole-frame Grad-CAM stitched with per-crop (eq. 1) vs averaged (eq. 3) weights."""
     import matplotlib
 
@@ -422,5 +429,4 @@ def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched)
         ax.set_title(f"{name}\nseam index {s.seam:.3f}, all-zero crops {s.n_all_zero}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=110)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.infer import (
     DEFAULT_BATCH,
     SICK,
@@ -34,6 +35,7 @@ from deadnet_caffe.infer import (
 from deadnet_caffe.netspec import load_net, load_net_param
 from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 from deadnet_caffe.surgery import transplant_fcn
+from deadnet_caffe.tiffout import Calibration, StackWriter, write_stack
 
 SICK_THRESHOLD = 0.5  # a pixel counts as sick when its P(sick) >= 0.5 (this toolkit's choice)
 
@@ -151,32 +153,41 @@ def heatmap_timelapse(
     frames: np.ndarray,
     frame_ids: list[int],
     heat: Callable[[np.ndarray], np.ndarray],
+    cal: Calibration | None = None,
     gif_max_side: int = 512,
     gif_ms: int = 200,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps of a time-lapse, written frame by frame into ``out_dir``.
 
     - ``{name}_prob.tif``: ImageJ/Fiji float32 stack (T, H, W) of P(sick), axes TYX;
-    - ``{name}/overlay_t{frame:04d}.png``: red = sick overlays (Figure 4);
+    - ``{name}_overlay.tif``: the red = sick overlays as an RGB stack (T, H, W, 3), axes TYXS;
+    - ``{name}/overlay_t{frame:04d}.png``: the same overlays as PNG (Figure 4);
     - ``{name}.gif``: the overlays as an animated GIF, longest side <= ``gif_max_side``.
+
+    Both TIFFs carry ``cal`` (pixel size, unit, frame interval; :mod:`deadnet_caffe.tiffout`).
 
     Parameters
     ----------
     frames : (T, H, W) images; frame_ids : their indices in the original time-lapse.
     heat : (H, W) frame -> (H, W) float32 P(sick), e.g. :func:`exact_heatmap` bound to a net.
+    cal : calibration of the analysed frames (the frame interval of every kept frame);
+        None: uncalibrated.
 
     Returns
     -------
     sick fraction (T,) and mean P(sick) (T,) per frame, float64.
     """
     import cv2
-    import tifffile
     from PIL import Image
     from tqdm import tqdm
 
+    cal = cal or Calibration()
     png_dir = out_dir / name
     png_dir.mkdir(parents=True, exist_ok=True)
     gif, frac, mean = [], [], []
+    overlay = StackWriter(
+        out_dir / f"{name}_overlay.tif", (*frames.shape, 3), np.uint8, "TYXS", cal
+    )
 
     def pages():
         for t, frame in tqdm(
@@ -190,24 +201,57 @@ def heatmap_timelapse(
             frac.append(float(sick_fraction(prob[None])[0]))
             mean.append(float(prob.mean()))
             rgb = red_overlay(frame, prob)
+            overlay.put(rgb)
             cv2.imwrite(str(png_dir / f"overlay_t{t:04d}.png"), rgb[..., ::-1])
             scale = min(1.0, gif_max_side / max(rgb.shape[:2]))
             small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             gif.append(Image.fromarray(small))
             yield prob
 
-    tifffile.imwrite(
-        out_dir / f"{name}_prob.tif",
-        data=pages(),
-        shape=frames.shape,
-        dtype=np.float32,
-        imagej=True,
-        metadata={"axes": "TYX", "Info": "P(sick) from deadnet heatmap"},
-    )
+    try:
+        write_stack(
+            out_dir / f"{name}_prob.tif",
+            pages(),
+            "TYX",
+            cal,
+            shape=frames.shape,
+            dtype=np.float32,
+            info="P(sick) from deadnet heatmap",
+        )
+    except BaseException:
+        overlay.close(check=False)  # the first error is the one to report
+        raise
+    overlay.close()
     gif[0].save(
         out_dir / f"{name}.gif", save_all=True, append_images=gif[1:], duration=gif_ms, loop=0
     )
     return np.asarray(frac), np.asarray(mean)
+
+
+def write_maps(
+    out_dir: Path, name: str, frames: np.ndarray, probs: np.ndarray, cal: Calibration
+) -> None:
+    """Keep computed heat maps: ``{name}_prob.tif`` (T, H, W) float32, axes TYX, and
+    ``{name}_overlay.tif`` (T, H, W, 3) RGB, axes TYXS, both calibrated with ``cal``.
+
+    ``frames`` (T, H, W) are the images the maps ``probs`` (T, H, W) were computed on.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_stack(
+        out_dir / f"{name}_prob.tif",
+        np.asarray(probs, dtype=np.float32),
+        "TYX",
+        cal,
+        info="P(sick) from deadnet report",
+    )
+    write_stack(
+        out_dir / f"{name}_overlay.tif",
+        (red_overlay(f, p) for f, p in zip(frames, probs, strict=True)),
+        "TYXS",
+        cal,
+        shape=(*probs.shape, 3),
+        dtype=np.uint8,
+    )
 
 
 def write_fraction_table(path: Path, rows: list[dict]) -> None:
@@ -218,8 +262,8 @@ def write_fraction_table(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def plot_fractions(path: Path, rows: list[dict]) -> None:
-    """Sick fraction over time, one line per position (PNG)."""
+def plot_fractions(path: Path, rows: list[dict], formats: tuple[str, ...] = ("png",)) -> None:
+    """Sick fraction over time, one line per position (``path`` in each of ``formats``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,5 +281,4 @@ def plot_fractions(path: Path, rows: list[dict]) -> None:
     if len(by_pos) <= 12:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=120)

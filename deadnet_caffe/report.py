@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.experiment import Position
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.gradcam import GradCam
-from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
+from deadnet_caffe.heatmap import exact_heatmap, sick_fraction, write_maps
 from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, read_image_stack
 from deadnet_caffe.paper import NET_INPUT_PX
+from deadnet_caffe.tiffout import Calibration
 from deadnet_caffe.validate import (
     SICK_HEALTHY,
     SICK_NONE,
@@ -118,8 +120,13 @@ def analyse_position(
     every: int,
     batch: int,
     gradcam_crops: int = 4,
+    keep_maps: Path | None = None,
 ) -> PositionResult:
-    """Heat maps of every ``every``-th frame of a position, and the ground-truth checks."""
+    """Heat maps of every ``every``-th frame of a position, and the ground-truth checks.
+
+    With ``keep_maps`` (a folder), the heat maps are kept there as calibrated TIFFs
+    (:func:`deadnet_caffe.heatmap.write_maps`), named after the position's key.
+    """
     from tqdm import tqdm
 
     frames = read_image_stack(pos.path, pos.channel)
@@ -130,6 +137,9 @@ def analyse_position(
             for t in tqdm(ids, desc=pos.key, unit="frame", leave=False)
         ]
     )
+    if keep_maps is not None:
+        name = pos.key.replace("/", "_")
+        write_maps(keep_maps, name, frames[ids], probs, Calibration.of_position(pos, every))
     res = PositionResult(pos, ids, np.asarray(ids) * pos.frame_interval_min, sick_fraction(probs))
     masks = read_sick_masks(pos.ground_truth)
     if masks is not None and masks.shape[1:] == frames.shape[1:] and len(masks) == len(frames):
@@ -217,7 +227,9 @@ def highest_safe_dose(
 # --- Writing the report ---------------------------------------------------------------------
 
 
-def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) -> None:
+def _plots(
+    out: Path, results: list[PositionResult], n_late: int, limit: float, formats: tuple[str, ...]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,8 +253,7 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.set_ylim(-0.02, 1.02)
     ax.legend(title="dose", fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "fraction_over_time.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "fraction_over_time.png", formats, dpi=120)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for r in results:
@@ -255,19 +266,24 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "dose_response.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "dose_response.png", formats, dpi=120)
 
 
 def write_report(
-    out: Path, experiment: Path, results: list[PositionResult], margin: float, n_late: int
+    out: Path,
+    experiment: Path,
+    results: list[PositionResult],
+    margin: float,
+    n_late: int,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
-    """Write report.md, its PNGs and CSV tables into ``out``; return the summary dict."""
+    """Write report.md, its figures (PNG and the other ``formats``) and CSV tables into
+    ``out``; return the summary dict."""
     import csv
 
     flags = flag_positions(results, margin, n_late)
     safe = highest_safe_dose(results, margin, n_late)
-    _plots(out, results, n_late, safe["limit"])
+    _plots(out, results, n_late, safe["limit"], formats)
     with (out / "fractions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["plate", "well", "position", "dose_s", "frame", "time_min", "sick_fraction"])
@@ -374,7 +390,12 @@ def write_report(
             md.append(f"- {zero} sick crops had an all-zero Grad-CAM map (not scored).")
     md += [
         "",
-        "Tables: `fractions.csv` (per frame), `summary.json`; settings: `settings.json`.",
+        "Tables: `fractions.csv` (per frame), `summary.json`; settings: `settings.json`."
+        + (
+            " Heat maps: `maps/` (P(sick) and RGB overlay per position, calibrated TIFFs)."
+            if (out / "maps").is_dir()
+            else ""
+        ),
         "",
     ]
     (out / "report.md").write_text("\n".join(md))

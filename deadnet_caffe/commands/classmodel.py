@@ -16,6 +16,7 @@ import numpy as np
 from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
 from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
 from deadnet_caffe.errors import UserError
+from deadnet_caffe.figout import add_figure_argument, save_figure
 from deadnet_caffe.gradcam import read_lmdb_crops
 from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input, read_image_stack
 from deadnet_caffe.outdir import output_dir
@@ -65,6 +66,7 @@ def add_arguments(p) -> None:
         metavar=("HEALTHY", "SICK"),
         help="a healthy and a sick image (centre crop) instead of --dataset",
     )
+    add_figure_argument(p)
     add_net_arguments(p)
 
 
@@ -92,7 +94,7 @@ def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndar
     return inits[1 - cls]
 
 
-def _figure(path: Path, panels: dict) -> None:
+def _figure(path: Path, panels: dict, formats: tuple[str, ...]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,8 +112,7 @@ def _figure(path: Path, panels: dict) -> None:
             )
             axes[r, j].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=110)
 
 
 def run(args) -> int:
@@ -132,7 +133,7 @@ def run(args) -> int:
             panels[(c, "zeros")] = class_model(grad, c, None, settings)
             if inits is not None:
                 panels[(c, "opposing")] = class_model(grad, c, inits[1 - c], settings)
-        _figure(tmp / "classmodel.png", panels)
+        _figure(tmp / "classmodel.png", panels, args.figure_format)
         np.savez_compressed(
             tmp / "classmodels.npz",
             **{

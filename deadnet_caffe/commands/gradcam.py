@@ -18,6 +18,7 @@ import numpy as np
 
 from deadnet_caffe.checks import check_image_sources, positive_int
 from deadnet_caffe.errors import UserError
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.gradcam import (
     GradCam,
     class_weights,
@@ -35,6 +36,7 @@ from deadnet_caffe.infer import (
 from deadnet_caffe.outdir import output_dir
 from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS
 from deadnet_caffe.runinfo import write_settings
+from deadnet_caffe.tiffout import Calibration, write_stack
 
 NAME = "gradcam"
 HELP = "Grad-CAM overlays, class-averaged weights (eq. 3) and stitched whole-frame maps"
@@ -71,6 +73,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--stride", type=positive_int, default=CROP_STRIDE_PX, help="crop step of --frame"
     )
+    add_figure_argument(p)
     add_net_arguments(p)
 
 
@@ -127,7 +130,7 @@ def run(args) -> int:
             f"{n}: {LABELS[int(c)]}, P(sick) {p:.2f}"
             for n, c, p in zip(names, labels, p_sick, strict=True)
         ]
-        figure_examples(tmp / "gradcam_examples.png", z, up_own, up_avg, titles)
+        figure_examples(tmp / "gradcam_examples.png", z, up_own, up_avg, titles, args.figure_format)
         np.savez_compressed(
             tmp / "gradcam_examples.npz",
             z=z,
@@ -146,14 +149,14 @@ def run(args) -> int:
             c = 1 if args.frame_class == "sick" else 0
             s_own = stitch_frame(gc, frame, c, None, args.stride, args.batch)
             s_avg = stitch_frame(gc, frame, c, cw["alpha"][c], args.stride, args.batch)
-            figure_stitched(tmp / "whole_frame.png", frame, s_own, s_avg)
-            import tifffile
-
-            tifffile.imwrite(
+            figure_stitched(tmp / "whole_frame.png", frame, s_own, s_avg, args.figure_format)
+            write_stack(
                 tmp / "whole_frame_cam.tif",
-                np.stack([s_own.cam, s_avg.cam]),
-                imagej=True,
-                metadata={"axes": "ZYX", "Labels": ["eq1", "eq3"]},
+                np.stack([s_own.cam, s_avg.cam]).astype(np.float32),
+                "CYX",
+                Calibration.of_tiff(args.frame),
+                labels=["eq1", "eq3"],
+                info=f"Grad-CAM of class {args.frame_class} at {args.layer}",
             )
             summary["whole_frame"] = {
                 "class": args.frame_class,

@@ -2,7 +2,9 @@
 
 Inputs are an experiment (--experiment, every position of its manifest) or loose TIFF
 stacks / images / folders. For each time-lapse, writes an ImageJ/Fiji TIFF stack of
-P(sick), red = sick overlays as PNG, an animated GIF, and the fraction of the area with
+P(sick) and an RGB TIFF stack of the red = sick overlays, both calibrated (pixel size and
+unit, frame interval: from the manifest, or from the input TIFF's tags), the overlays as
+PNG, an animated GIF, and the fraction of the area with
 P(sick) >= 0.5 per frame (sick_fraction.csv and .png for all time-lapses together).
 Exact mode (default) normalises every window as in training; dense mode runs the fully
 convolutional net once per frame with local normalisation (faster, approximate).
@@ -10,12 +12,14 @@ convolutional net once per frame with local normalisation (faster, approximate).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from data_prep.experiment import read_manifest
 from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
 from deadnet_caffe.errors import UserError
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.heatmap import (
     DenseNet,
     dense_heatmap,
@@ -28,6 +32,7 @@ from deadnet_caffe.infer import DeployNet, add_net_arguments, read_image_stack
 from deadnet_caffe.outdir import output_dir
 from deadnet_caffe.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
 from deadnet_caffe.runinfo import write_settings
+from deadnet_caffe.tiffout import Calibration
 
 NAME = "heatmap"
 HELP = "sliding-window P(sick) heat maps of time-lapses (PNG, TIFF, GIF, sick fraction)"
@@ -58,28 +63,40 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--frame-interval-min",
         type=positive_float,
-        default=FRAME_INTERVAL_MIN,
-        help="minutes between frames of loose inputs (experiments use the manifest)",
+        default=None,
+        help="minutes between frames of loose inputs (default: the TIFF's ImageJ frame "
+        f"interval, else {FRAME_INTERVAL_MIN:g}; experiments use the manifest)",
     )
+    add_figure_argument(p)
     add_net_arguments(p)
 
 
-def _sources(args) -> list[tuple[str, Path, int | None, float]]:
-    """(name, path, channel, frame interval) of every time-lapse, each read and checked."""
+def _sources(args) -> list[tuple[str, Path, int | None, Calibration]]:
+    """(name, path, channel, calibration) of every time-lapse, each read and checked.
+
+    Experiments take pixel size and frame interval from the manifest; loose inputs from their
+    own TIFF tags, with ``--frame-interval-min`` overriding (or filling in) the interval.
+    """
     if bool(args.inputs) == bool(args.experiment):
         raise UserError("give either input files or --experiment, not both or neither.")
     if args.experiment:
         positions = read_manifest(args.experiment)
         check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
         return [
-            (pos.key.replace("/", "_"), pos.path, pos.channel, pos.frame_interval_min)
+            (pos.key.replace("/", "_"), pos.path, pos.channel, Calibration.of_position(pos))
             for pos in positions
         ]
     for path in args.inputs:
         if not path.exists():
             raise UserError(f"{path}: no such file or folder.")
     check_image_sources([(path, None, None) for path in args.inputs])
-    return [(path.stem, path, None, args.frame_interval_min) for path in args.inputs]
+    sources = []
+    for path in args.inputs:
+        cal = Calibration.of_tiff(path)
+        if args.frame_interval_min is not None:
+            cal = replace(cal, frame_interval_s=args.frame_interval_min * 60.0)
+        sources.append((path.stem, path, None, cal.or_interval(FRAME_INTERVAL_MIN * 60.0)))
+    return sources
 
 
 def run(args) -> int:
@@ -99,10 +116,11 @@ def run(args) -> int:
         else:
             heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
         rows = []
-        for name, path, channel, dt in sources:
+        for name, path, channel, cal in sources:
             frames = read_image_stack(path, channel)[:: args.every]
             ids = [t * args.every for t in range(len(frames))]
-            frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat)
+            frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat, cal.every(args.every))
+            dt = cal.frame_interval_s / 60.0
             for t, f, m in zip(ids, frac, mean, strict=True):
                 rows.append(
                     {
@@ -114,7 +132,7 @@ def run(args) -> int:
                     }
                 )
         write_fraction_table(tmp / "sick_fraction.csv", rows)
-        plot_fractions(tmp / "sick_fraction.png", rows)
+        plot_fractions(tmp / "sick_fraction.png", rows, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(f"wrote {args.out} ({len(sources)} time-lapse(s), {len(rows)} frames)")
     return 0
