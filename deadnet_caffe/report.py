@@ -283,6 +283,7 @@ def write_report(
 
     flags = flag_positions(results, margin, n_late)
     safe = highest_safe_dose(results, margin, n_late)
+    shown = next((f for f in ("png", "svg") if f in formats), formats[0])  # linked in report.md
     _plots(out, results, n_late, safe["limit"], formats)
     with (out / "fractions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -330,9 +331,9 @@ def write_report(
         f"{n_late} analysed frames; a position is flagged when it exceeds the limit; a dose is "
         "safe when its positions' mean is within the limit and so are all lower doses.",
         "",
-        "![sick fraction over time](fraction_over_time.png)",
+        f"![sick fraction over time](fraction_over_time.{shown})",
         "",
-        "![dose response](dose_response.png)",
+        f"![dose response](dose_response.{shown})",
         "",
         "## Doses",
         "",
