@@ -26,13 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.experiment import Position
+from data_prep.core.grids import Grid
+from data_prep.core.manifest import Position
+from data_prep.core.paper import NET_INPUT_PX
+from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
+from data_prep.core.tiffout import Calibration
 from deadnet_caffe.figout import save_figure
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.heatmap import exact_heatmap, sick_fraction, write_maps
-from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, read_image_stack
-from deadnet_caffe.paper import NET_INPUT_PX
-from deadnet_caffe.tiffout import Calibration
+from deadnet_caffe.infer import DeployNet, crop_to_input
 from deadnet_caffe.validate import (
     SICK_HEALTHY,
     SICK_NONE,
@@ -129,7 +131,7 @@ def analyse_position(
     """
     from tqdm import tqdm
 
-    frames = read_image_stack(pos.path, pos.channel)
+    frames = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
     ids = list(range(0, len(frames), every))
     probs = np.stack(
         [

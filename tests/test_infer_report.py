@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from infer_nets import phase_like, write_net
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core.manifest import Position, write_manifest
 from deadnet_caffe.cli import main
 from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
 from deadnet_caffe.infer import DeployNet

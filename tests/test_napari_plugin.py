@@ -17,9 +17,9 @@ import pytest
 import tifffile
 from infer_nets import deadnet_deploy, make_weights, phase_like, write_net
 
-from data_prep.experiment import Position, write_manifest
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.tiffout import Calibration, write_stack
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import Position, write_manifest
+from data_prep.core.tiffout import Calibration, write_stack
 
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6:UserWarning")
 

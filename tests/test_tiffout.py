@@ -1,4 +1,4 @@
-"""Calibrated ImageJ TIFFs (deadnet_caffe.tiffout) and figure formats (deadnet_caffe.figout).
+"""Calibrated ImageJ TIFFs (data_prep.core.tiffout) and figure formats (deadnet_caffe.figout).
 
 Every writer is read back with tifffile: resolution tags, the ImageJ description's unit,
 finterval, axes and labels, and the pixels themselves.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from data_prep.core.tiffout import Calibration, StackWriter, write_stack
 from deadnet_caffe.figout import figure_formats, save_figure
-from deadnet_caffe.tiffout import Calibration, StackWriter, write_stack
 
 
 def calibration_of(path):

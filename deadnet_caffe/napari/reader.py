@@ -1,6 +1,6 @@
 """napari reader: an experiment folder (``manifest.csv``) as calibrated layers.
 
-For every position of the manifest (:mod:`data_prep.experiment`) it gives:
+For every position of the manifest (:mod:`data_prep.core.manifest`) it gives:
 
 - the movie, an image layer named after the position key, (T, H, W), with scale (frame
   interval in minutes, pixel size in um, pixel size in um) and those units, so positions,
@@ -10,8 +10,8 @@ For every position of the manifest (:mod:`data_prep.experiment`) it gives:
   labels layer ``KEY sick`` with 1 = healthy cell, 2 = sick cell, 0 = no cell (the file's
   0 / 1 / 255 shifted so that "no cell" is napari's transparent background).
 
-The movies are read whole into memory (:func:`deadnet_caffe.infer.read_image_stack`, which
-also checks them).
+The movies are read whole into memory (:func:`data_prep.core.stack.read_stack`, which also
+checks them; the manifest's channel column picks the channel).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.experiment import MANIFEST_NAME, Position, read_manifest
+from data_prep.core.manifest import MANIFEST_NAME, Position, read_manifest
 
 #: Axis units of every layer the plugin makes: time in minutes, lengths in micrometres.
 UNITS = ("min", "um", "um")
@@ -70,11 +70,11 @@ def read_experiment(path) -> list[tuple]:
     """
     import tifffile
 
-    from deadnet_caffe.infer import read_image_stack
+    from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 
     layers: list[tuple] = []
     for pos in read_manifest(experiment_root(path)):
-        movie = read_image_stack(pos.path, pos.channel)
+        movie = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
         common = {"scale": position_scale(pos), "units": UNITS, "axis_labels": AXIS_LABELS}
         meta = {"position": pos.key, "dose_s": pos.dose_s, "path": str(pos.path)}
         layers.append((movie, {"name": pos.key, "metadata": meta, **common}, "image"))

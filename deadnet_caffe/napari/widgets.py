@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import Container
 
+from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS, NET_INPUT_PX
 from deadnet_caffe.infer import DEFAULT_BATCH, DEFAULT_MODEL
-from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS, NET_INPUT_PX
+from deadnet_caffe.netspec import published
 
-DEFAULT_DENSE_MODEL = Path("prototxt/deploy_fcn.prototxt")
+DEFAULT_DENSE_MODEL = published("deploy_fcn.prototxt")
 HEAT_COLORMAP = "inferno"
 CAM_COLORMAP = "turbo"
 
@@ -76,8 +77,9 @@ def crop_gradcam(
     origin : (row, column) of the cam's top-left pixel in ``frame``.
     p_sick : the net's P(sick) of the crop.
     """
+    from data_prep.core.grids import window_size
     from deadnet_caffe.gradcam import GradCam
-    from deadnet_caffe.infer import DeployNet, crop_to_input, window_size
+    from deadnet_caffe.infer import DeployNet, crop_to_input
 
     h, w = frame.shape
     size = window_size(h, w)

@@ -1,20 +1,20 @@
 """Simulate a whole experiment and write it in the raw-experiment format.
 
-Output (``data_prep.experiment`` documents the manifest)::
+Output (``data_prep.core.manifest`` documents the manifest)::
 
     OUT/manifest.csv                      one row per position, dead_at_end from the truth
     OUT/images/<well>_<position>.tif      (T, H, W) uint16 ImageJ hyperstack (axes TYX) with
                                           pixel size (um) and frame interval (s)
     OUT/ground_truth/<well>_<position>/   labels.tif, sick.tif, cells.csv (data_prep.sim.truth);
                                           the TIFFs calibrated like the images (zlib)
-    OUT/votes.csv                         simulated expert votes (data_prep.sim.votes)
+    OUT/votes.csv                         simulated expert votes (data_prep.sim.annotators)
     OUT/settings.json                     the settings, seed and versions
 
 Each position is simulated independently from its own random streams, derived from the seed
 and the (well, position) indices; the camera noise of a frame has its own stream per 8-min
 step. So the bytes depend only on the settings and seed (not on ``jobs``), and a frame looks
 the same whatever ``render_every`` is. Frames are rendered and written one at a time
-(:class:`deadnet_caffe.tiffout.StackWriter`), so memory does not grow with the length of the
+(:class:`data_prep.core.tiffout.StackWriter`), so memory does not grow with the length of the
 time-lapse; the biology runs every 8 min but only every ``render_every``-th frame is rendered.
 """
 
@@ -28,7 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core import paper
+from data_prep.core.manifest import Position, write_manifest
+from data_prep.core.outdir import die_with_parent, output_dir
+from data_prep.core.runinfo import write_settings
+from data_prep.core.tiffout import Calibration, StackWriter
+from data_prep.sim.annotators import simulate_votes
 from data_prep.sim.biology import Population
 from data_prep.sim.optics import PhaseContrast
 from data_prep.sim.params import Settings
@@ -40,12 +45,7 @@ from data_prep.sim.truth import (
     dead_at_end,
     sick_mask,
 )
-from data_prep.sim.votes import simulate_votes
-from data_prep.votes import VOTES_NAME, Item, write_votes
-from deadnet_caffe import paper
-from deadnet_caffe.outdir import die_with_parent, output_dir
-from deadnet_caffe.runinfo import write_settings
-from deadnet_caffe.tiffout import Calibration, StackWriter
+from data_prep.votes_csv import VOTES_NAME, Item, write_votes
 
 _ROWS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -196,7 +196,7 @@ def simulate_experiment(
     settings : Settings
     out : path
         Written atomically: a temporary sibling renamed to ``out`` when complete (the rules
-        of :mod:`deadnet_caffe.outdir`).
+        of :mod:`data_prep.core.outdir`).
     jobs : int
         Positions simulated in parallel (processes); the output does not depend on it.
     progress : bool

@@ -49,7 +49,7 @@ class Calibration:
 
     @classmethod
     def of_position(cls, pos, every: int = 1) -> Calibration:
-        """From a manifest row (:class:`data_prep.experiment.Position`), keeping every
+        """From a manifest row (:class:`data_prep.core.manifest.Position`), keeping every
         ``every``-th frame."""
         return cls(pos.pixel_size_um, "um", pos.frame_interval_min * 60.0 * every)
 
