@@ -38,6 +38,9 @@ from deadnet_caffe.netspec import load_net, load_net_param
 from deadnet_caffe.surgery import transplant_fcn
 
 SICK_THRESHOLD = 0.5  # a pixel counts as sick when its P(sick) >= 0.5 (this toolkit's choice)
+#: Heat-map TIFFs are zlib ("ZIP") compressed, without a predictor: Fiji reads them, and the
+#: smooth P(sick) maps shrink many times over (the RGB overlays about twofold).
+MAPS_TIFF = {"compression": "zlib"}
 
 
 def exact_heatmap(
@@ -164,7 +167,8 @@ def heatmap_timelapse(
     - ``{name}/overlay_t{frame:04d}.png``: the same overlays as PNG (Figure 4);
     - ``{name}.gif``: the overlays as an animated GIF, longest side <= ``gif_max_side``.
 
-    Both TIFFs carry ``cal`` (pixel size, unit, frame interval; :mod:`data_prep.core.tiffout`).
+    Both TIFFs carry ``cal`` (pixel size, unit, frame interval; :mod:`data_prep.core.tiffout`)
+    and are zlib compressed (:data:`MAPS_TIFF`).
 
     Parameters
     ----------
@@ -186,7 +190,7 @@ def heatmap_timelapse(
     png_dir.mkdir(parents=True, exist_ok=True)
     gif, frac, mean = [], [], []
     overlay = StackWriter(
-        out_dir / f"{name}_overlay.tif", (*frames.shape, 3), np.uint8, "TYXS", cal
+        out_dir / f"{name}_overlay.tif", (*frames.shape, 3), np.uint8, "TYXS", cal, **MAPS_TIFF
     )
 
     def pages():
@@ -217,6 +221,7 @@ def heatmap_timelapse(
             shape=frames.shape,
             dtype=np.float32,
             info="P(sick) from deadnet heatmap",
+            **MAPS_TIFF,
         )
     except BaseException:
         overlay.close(check=False)  # the first error is the one to report
@@ -232,7 +237,8 @@ def write_maps(
     out_dir: Path, name: str, frames: np.ndarray, probs: np.ndarray, cal: Calibration
 ) -> None:
     """Keep computed heat maps: ``{name}_prob.tif`` (T, H, W) float32, axes TYX, and
-    ``{name}_overlay.tif`` (T, H, W, 3) RGB, axes TYXS, both calibrated with ``cal``.
+    ``{name}_overlay.tif`` (T, H, W, 3) RGB, axes TYXS, both calibrated with ``cal`` and zlib
+    compressed (:data:`MAPS_TIFF`).
 
     ``frames`` (T, H, W) are the images the maps ``probs`` (T, H, W) were computed on.
     """
@@ -243,6 +249,7 @@ def write_maps(
         "TYX",
         cal,
         info="P(sick) from deadnet report",
+        **MAPS_TIFF,
     )
     write_stack(
         out_dir / f"{name}_overlay.tif",
@@ -251,6 +258,7 @@ def write_maps(
         cal,
         shape=(*probs.shape, 3),
         dtype=np.uint8,
+        **MAPS_TIFF,
     )
 
 

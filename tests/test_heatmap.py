@@ -78,6 +78,7 @@ def test_heatmap_cli_simulated_16bit_experiment_stride_32(tmp_path, net_files, r
             num, den = tags["XResolution"].value
             assert num / den == pytest.approx(1 / 0.3225, rel=1e-7)
             assert tif.series[0].axes == ("TYX" if "prob" in name else "TYXS")
+            assert tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE  # zlib
     rows = list(csv.DictReader((out / "sick_fraction.csv").open()))
     assert [(r["position"], r["time_min"]) for r in rows] == [
         ("plate1_B2_p0", "0.0"), ("plate1_B2_p0", "8.0"),
