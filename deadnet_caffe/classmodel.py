@@ -27,6 +27,7 @@ from data_prep.core.paper import (
     CLASSMODEL_LAMBDA2,
     NET_INPUT_PX,
 )
+from data_prep.core.progress import progress_bar
 from deadnet_caffe.infer import DeployNet
 
 
@@ -82,7 +83,11 @@ class ScoreGradient:
 
 
 def class_model(
-    grad_fn, cls: int, init: np.ndarray | None = None, settings: ClassModelSettings | None = None
+    grad_fn,
+    cls: int,
+    init: np.ndarray | None = None,
+    settings: ClassModelSettings | None = None,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ascent on the class score (eq. 4).
 
@@ -93,6 +98,7 @@ def class_model(
     cls : class c (0 healthy, 1 sick).
     init : (220, 220) starting image in z units (an image of the opposing class), or None
         for zeros.
+    progress : a bar of iterations (None: only on a terminal, :mod:`data_prep.core.progress`).
 
     Returns
     -------
@@ -106,7 +112,8 @@ def class_model(
         else np.asarray(init, dtype=np.float32).copy()
     )
     scores = []
-    for _ in range(s.iterations):
+    steps = range(s.iterations)
+    for _ in progress_bar(steps, desc=f"class {cls}", unit="step", leave=False, progress=progress):
         score, grad = grad_fn(img, cls)
         scores.append(score)
         img = update(img, grad, s)

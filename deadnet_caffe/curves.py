@@ -8,12 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from data_prep.core.errors import UserError
+from data_prep.core.figures import subplots
 from deadnet_caffe import logparse
 
 LOG_NAME = "caffe.log"
@@ -49,7 +45,7 @@ def draw(
     """
     out_dir = Path(out_dir)
     paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = subplots(figsize=(5, 3.5), dpi=120)
     for name, label, style in (("train_loss", "train", "-"), ("test_loss", "validation", "o-")):
         x, y = _points(cols, name)
         if x:
@@ -61,7 +57,7 @@ def draw(
         ax.legend()
     fig.tight_layout()
     paths += _save(fig, out_dir / LOSS_PNG, formats)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = subplots(figsize=(5, 3.5), dpi=120)
     x, y = _points(cols, "test_accuracy")
     if x:
         ax.plot(x, y, "o-", color="C1", markersize=3, label="validation")
@@ -85,7 +81,6 @@ def _save(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
         fig.savefig(tmp, format=fmt)
         tmp.replace(final)
         paths.append(final)
-    plt.close(fig)
     return paths
 
 

@@ -37,11 +37,7 @@ def add_figure_argument(p) -> None:
 
 
 def save_figure(fig, path: Path, formats: tuple[str, ...] = ("png",), dpi: int = 120) -> None:
-    """Save a matplotlib figure as ``path`` with each suffix of ``formats``, then close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        for fmt in formats:
-            fig.savefig(Path(path).with_suffix(f".{fmt}"), dpi=dpi, format=fmt)
-    finally:
-        plt.close(fig)
+    """Save a bare matplotlib Figure (:mod:`data_prep.core.figures`) as ``path`` with each
+    suffix of ``formats``."""
+    for fmt in formats:
+        fig.savefig(Path(path).with_suffix(f".{fmt}"), dpi=dpi, format=fmt)

@@ -24,6 +24,7 @@ import numpy as np
 
 from data_prep.core.grids import Grid
 from data_prep.core.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
+from data_prep.core.progress import progress_bar
 from data_prep.core.tiffout import Calibration, StackWriter, write_stack
 from deadnet_caffe.figout import save_figure
 from deadnet_caffe.infer import (
@@ -159,6 +160,7 @@ def heatmap_timelapse(
     cal: Calibration | None = None,
     gif_max_side: int = 512,
     gif_ms: int = 200,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps of a time-lapse, written frame by frame into ``out_dir``.
 
@@ -183,7 +185,6 @@ def heatmap_timelapse(
     """
     import cv2
     from PIL import Image
-    from tqdm import tqdm
 
     cal = cal or Calibration()
     png_dir = out_dir / name
@@ -194,12 +195,13 @@ def heatmap_timelapse(
     )
 
     def pages():
-        for t, frame in tqdm(
+        for t, frame in progress_bar(
             zip(frame_ids, frames, strict=True),
             total=len(frames),
             desc=name,
             unit="frame",
             leave=False,
+            progress=progress,
         ):
             prob = heat(frame).astype(np.float32)
             frac.append(float(sick_fraction(prob[None])[0]))
@@ -272,12 +274,9 @@ def write_fraction_table(path: Path, rows: list[dict]) -> None:
 
 def plot_fractions(path: Path, rows: list[dict], formats: tuple[str, ...] = ("png",)) -> None:
     """Sick fraction over time, one line per position (``path`` in each of ``formats``)."""
-    import matplotlib
+    from data_prep.core.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     by_pos: dict[str, list[dict]] = {}
     for r in rows:
         by_pos.setdefault(r["position"], []).append(r)

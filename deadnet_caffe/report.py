@@ -29,6 +29,7 @@ import numpy as np
 from data_prep.core.grids import Grid
 from data_prep.core.manifest import Position
 from data_prep.core.paper import NET_INPUT_PX
+from data_prep.core.progress import progress_bar
 from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 from data_prep.core.tiffout import Calibration
 from deadnet_caffe.figout import save_figure
@@ -122,6 +123,7 @@ def analyse_position(
     every: int,
     batch: int,
     gradcam_crops: int = 4,
+    progress: bool | None = None,
     keep_maps: Path | None = None,
 ) -> PositionResult:
     """Heat maps of every ``every``-th frame of a position, and the ground-truth checks.
@@ -129,14 +131,12 @@ def analyse_position(
     With ``keep_maps`` (a folder), the heat maps are kept there as calibrated TIFFs
     (:func:`deadnet_caffe.heatmap.write_maps`), named after the position's key.
     """
-    from tqdm import tqdm
-
     frames = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
     ids = list(range(0, len(frames), every))
     probs = np.stack(
         [
             exact_heatmap(frames[t], net.p_sick, stride, batch)
-            for t in tqdm(ids, desc=pos.key, unit="frame", leave=False)
+            for t in progress_bar(ids, desc=pos.key, unit="frame", leave=False, progress=progress)
         ]
     )
     if keep_maps is not None:
@@ -232,14 +232,13 @@ def highest_safe_dose(
 def _plots(
     out: Path, results: list[PositionResult], n_late: int, limit: float, formats: tuple[str, ...]
 ) -> None:
-    import matplotlib
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     doses = sorted({r.pos.dose_s for r in results})
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    cmap = colormaps["viridis"]
+    fig, ax = subplots(figsize=(6.5, 4))
     for i, d in enumerate(doses):
         rs = [r for r in results if r.pos.dose_s == d]
         for j, r in enumerate(rs):
@@ -257,7 +256,7 @@ def _plots(
     fig.tight_layout()
     save_figure(fig, out / "fraction_over_time.png", formats, dpi=120)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for r in results:
         ax.plot(r.pos.dose_s, r.late(n_late), "o", color="0.6", ms=4)
     means = [np.mean([r.late(n_late) for r in results if r.pos.dose_s == d]) for d in doses]

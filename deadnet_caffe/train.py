@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError
 from data_prep.core import outdir, paper, runinfo
 from data_prep.core.datum import check_lmdb
 from data_prep.core.errors import UserError
+from data_prep.core.progress import progress_bar
 from deadnet_caffe import caffe_env, curves, logparse, netspec
 from deadnet_caffe.checks import check_net_param
 
@@ -472,7 +473,7 @@ def update_latest(run: Path) -> Path | None:
     return link
 
 
-def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
+def train(settings: TrainSettings, progress: bool | None = None) -> TrainResult:
     """Run (or resume) a training session; see the module docstring for what it writes.
 
     Raises
@@ -480,8 +481,6 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     UserError
         Bad inputs (nothing is written), or Caffe failed (its fatal line is quoted).
     """
-    from tqdm import tqdm
-
     run, state, max_iter = prepare(settings)
     cmd = [str(caffe_binary()), "train", f"-solver={SOLVER_NAME}", "-sigint_effect=stop"]
     if state is not None:
@@ -533,11 +532,11 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     try:
         with (
             open(run / curves.LOG_NAME, "a", buffering=1) as log,
-            tqdm(
+            progress_bar(
                 total=max_iter,
                 initial=start,
                 unit="iter",
-                disable=not progress,
+                progress=progress,
                 dynamic_ncols=True,
                 file=sys.stderr,
             ) as bar,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from data_prep.core.figures import subplots
 from data_prep.core.tiffout import Calibration, StackWriter, write_stack
 from deadnet_caffe.figout import figure_formats, save_figure
 
@@ -125,15 +126,9 @@ def test_figure_formats_option_and_files(tmp_path):
     for bad in ("jpg", "", "png,eps"):
         with pytest.raises(argparse.ArgumentTypeError):
             figure_formats(bad)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
+    fig, ax = subplots()
     ax.plot([0, 1], [1, 0])
     save_figure(fig, tmp_path / "f.png", ("png", "svg", "pdf"))
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:1000]
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
-    assert not plt.get_fignums()  # closed

@@ -9,6 +9,7 @@ Figure 6), classmodels.npz (the images and score traces) and settings.json.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from data_prep.core.paper import (
     LABELS,
     NET_INPUT_PX,
 )
+from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import read_stack
 from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
@@ -69,6 +71,7 @@ def add_arguments(p) -> None:
     )
     add_figure_argument(p)
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def _inits(args) -> dict[int, np.ndarray] | None:
@@ -96,13 +99,10 @@ def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndar
 
 
 def _figure(path: Path, panels: dict, formats: tuple[str, ...]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     cols = sorted({k[1] for k in panels}, key=["zeros", "opposing"].index)
-    fig, axes = plt.subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
+    fig, axes = subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
     for r, c in enumerate((0, 1)):
         for j, start in enumerate(cols):
             img, scores = panels[(c, start)]
@@ -131,9 +131,10 @@ def run(args) -> int:
         grad = ScoreGradient(net)
         panels = {}
         for c in (0, 1):
-            panels[(c, "zeros")] = class_model(grad, c, None, settings)
+            panels[(c, "zeros")] = class_model(grad, c, None, settings, args.progress)
             if inits is not None:
-                panels[(c, "opposing")] = class_model(grad, c, inits[1 - c], settings)
+                start = inits[1 - c]
+                panels[(c, "opposing")] = class_model(grad, c, start, settings, args.progress)
         _figure(tmp / "classmodel.png", panels, args.figure_format)
         np.savez_compressed(
             tmp / "classmodels.npz",
@@ -158,7 +159,8 @@ def run(args) -> int:
         if v["unchanged"]:
             print(
                 f"warning: {key}: dS_c/dI was zero at the start image, so the class model never "
-                "moved (e.g. a zero image into a net whose biases are all zero)."
+                "moved (e.g. a zero image into a net whose biases are all zero).",
+                file=sys.stderr,
             )
     print(f"wrote {args.out}")
     return 0

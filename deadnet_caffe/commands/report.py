@@ -20,6 +20,7 @@ from data_prep.core.errors import UserError
 from data_prep.core.manifest import read_manifest
 from data_prep.core.outdir import output_dir
 from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER
+from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import MANIFEST_CHANNEL
 from deadnet_caffe.checks import (
@@ -72,6 +73,7 @@ def add_arguments(p) -> None:
     )
     add_figure_argument(p)
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def run(args) -> int:
@@ -98,6 +100,7 @@ def run(args) -> int:
                 args.every,
                 args.batch,
                 args.gradcam_crops,
+                args.progress,
                 tmp / "maps" if args.keep_maps else None,
             )
             for p in positions
