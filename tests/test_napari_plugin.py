@@ -122,7 +122,10 @@ def test_heatmap_widget_exact_all_frames_and_dense_on_screen(
     widget = HeatmapWidget(viewer)
     viewer.window.add_dock_widget(widget)
     src = viewer.layers["pl/B2/p1"]
-    widget.image.value = src
+    viewer.layers.selection.active = viewer.layers["pl/B2/p0"]
+    assert widget.image.value is viewer.layers["pl/B2/p0"]  # follows the current image layer
+    viewer.layers.selection.active = src
+    assert widget.image.value is src
     widget.model.value, widget.weights.value, widget.dense_model.value = model, weights, fcn
     widget.stride.value = 64
     _run(qtbot, widget)
@@ -135,6 +138,7 @@ def test_heatmap_widget_exact_all_frames_and_dense_on_screen(
     np.testing.assert_allclose(heat.translate, src.translate)
     assert heat.units == src.units and heat.colormap.name == "inferno"
     assert tuple(heat.contrast_limits) == (0.0, 1.0) and widget.progress.value == T
+    assert viewer.layers.selection.active is heat and widget.image.value is src  # not followed
 
     # Dense mode, only the frame on screen: one frame placed at that time.
     viewer.dims.set_point(0, DT_MIN)  # world time of frame 1

@@ -136,10 +136,22 @@ class _NetWidget:
         return [self.image, self.weights, self.model]
 
     def _watch_layers(self) -> None:
+        """Keep the layer choices current, and follow the viewer's active image layer."""
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self.reset_choices)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
+        self._follow_active()
         self.run_button.changed.connect(self.start)
+
+    def _follow_active(self, _=None) -> None:
+        import napari
+
+        active = self.viewer.layers.selection.active
+        # not the layers this plugin adds (they become active when added)
+        if isinstance(active, napari.layers.Image) and "deadnet" not in active.metadata:
+            self.reset_choices()
+            self.image.value = active
 
     def _frame_index(self, layer) -> int:
         """The source layer's frame shown by the viewer now (data index of axis 0)."""
@@ -233,7 +245,12 @@ class HeatmapWidget(_NetWidget, Container):
                 contrast_limits=(0.0, 1.0),
                 opacity=0.6,
                 blending="additive",
-                metadata={"source": src.name, "mode": self.mode.value, "frame": t},
+                metadata={
+                    "deadnet": "heatmap",
+                    "source": src.name,
+                    "mode": self.mode.value,
+                    "frame": t,
+                },
                 **_placed(src, t),
             )
 
@@ -305,7 +322,13 @@ class GradCamWidget(_NetWidget, Container):
                 colormap=CAM_COLORMAP,
                 opacity=0.5,
                 blending="additive",
-                metadata={"source": src.name, "frame": t, "origin": origin, "p_sick": p_sick},
+                metadata={
+                    "deadnet": "gradcam",
+                    "source": src.name,
+                    "frame": t,
+                    "origin": origin,
+                    "p_sick": p_sick,
+                },
                 **_placed(src, t, origin),
             )
 
