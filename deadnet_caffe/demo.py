@@ -85,7 +85,7 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
 
 #: The demo's solver: the published Data Set A solver with one stated change. The published
 #: base_lr 0.0003 needs tens of thousands of iterations (the paper trained ~500k on a GPU);
-#: on 2 CPU cores the demo has ~400 iterations, so base_lr is 10x higher. Everything else
+#: on 2 CPU cores the demo has DemoConfig.max_iter, so base_lr is 10x higher. Everything else
 #: (Nesterov, inv policy, momentum, weight decay, batch 20, the net) stays as published.
 DEMO_BASE_LR = 0.003
 

@@ -192,7 +192,8 @@ def resolve_net(net, dataset: Path, shapes: dict, where: Path, default_phase: in
     return net
 
 
-def _net_file(solver_path: Path, name: str) -> Path:
+def solver_net_file(solver_path: Path, name: str) -> Path:
+    """The net file a solver names: beside the solver, else in the current folder."""
     for base in (solver_path.parent, Path.cwd()):
         if (base / name).is_file():
             return base / name
@@ -218,7 +219,7 @@ def derive(settings: TrainSettings, shapes: dict) -> tuple[object, dict[str, obj
     solver = netspec.load_solver_param(solver_path)
     nets = {}
     if solver.HasField("net"):
-        nets["train_val.prototxt"] = (_net_file(solver_path, solver.net), None)
+        nets["train_val.prototxt"] = (solver_net_file(solver_path, solver.net), None)
         solver.net = "train_val.prototxt"
     elif solver.HasField("net_param"):
         nets["train_val.prototxt"] = (solver.net_param, None)
@@ -227,10 +228,10 @@ def derive(settings: TrainSettings, shapes: dict) -> tuple[object, dict[str, obj
     else:
         if not solver.HasField("train_net"):
             raise UserError(f"{solver_path} names no net (net, net_param or train_net).")
-        nets["train_net.prototxt"] = (_net_file(solver_path, solver.train_net), 0)
+        nets["train_net.prototxt"] = (solver_net_file(solver_path, solver.train_net), 0)
         solver.train_net = "train_net.prototxt"
         for i, name in enumerate(list(solver.test_net)):
-            nets[f"test_net_{i}.prototxt"] = (_net_file(solver_path, name), 1)
+            nets[f"test_net_{i}.prototxt"] = (solver_net_file(solver_path, name), 1)
             solver.test_net[i] = f"test_net_{i}.prototxt"
     out_nets = {}
     for fname, (src, phase) in nets.items():
