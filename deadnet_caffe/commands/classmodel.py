@@ -22,15 +22,18 @@ from data_prep.core.paper import (
     CLASSMODEL_ITERATIONS,
     CLASSMODEL_LAMBDA1,
     CLASSMODEL_LAMBDA2,
-    LABELS,
-    NET_INPUT_PX,
 )
 from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import read_stack
 from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
-from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
-from deadnet_caffe.figout import add_figure_argument, save_figure
+from deadnet_caffe.classmodel import (
+    ClassModelSettings,
+    ScoreGradient,
+    class_models,
+    write_class_models,
+)
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input
 
 NAME = "classmodel"
@@ -91,31 +94,6 @@ def _inits(args) -> dict[int, np.ndarray] | None:
     return None
 
 
-def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndarray:
-    """The starting image of a panel: zeros, or the opposing class's image."""
-    if start == "zeros" or inits is None:
-        return np.zeros((NET_INPUT_PX, NET_INPUT_PX), np.float32)
-    return inits[1 - cls]
-
-
-def _figure(path: Path, panels: dict, formats: tuple[str, ...]) -> None:
-    from data_prep.core.figures import subplots
-
-    cols = sorted({k[1] for k in panels}, key=["zeros", "opposing"].index)
-    fig, axes = subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
-    for r, c in enumerate((0, 1)):
-        for j, start in enumerate(cols):
-            img, scores = panels[(c, start)]
-            lim = np.percentile(np.abs(img), 99.5) or 1.0
-            axes[r, j].imshow(img, cmap="gray", vmin=-lim, vmax=lim)
-            axes[r, j].set_title(
-                f"{LABELS[c]} from {start}\nS_c {scores[0]:.2f} -> {scores[-1]:.2f}", fontsize=8
-            )
-            axes[r, j].axis("off")
-    fig.tight_layout()
-    save_figure(fig, path, formats, dpi=110)
-
-
 def run(args) -> int:
     if args.iterations < 1:
         raise UserError("--iterations must be at least 1.")
@@ -128,31 +106,8 @@ def run(args) -> int:
         )
         inits = _inits(args)
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-        grad = ScoreGradient(net)
-        panels = {}
-        for c in (0, 1):
-            panels[(c, "zeros")] = class_model(grad, c, None, settings, args.progress)
-            if inits is not None:
-                start = inits[1 - c]
-                panels[(c, "opposing")] = class_model(grad, c, start, settings, args.progress)
-        _figure(tmp / "classmodel.png", panels, args.figure_format)
-        np.savez_compressed(
-            tmp / "classmodels.npz",
-            **{
-                f"{LABELS[c]}_from_{s}_{part}": arr
-                for (c, s), (img, scores) in panels.items()
-                for part, arr in (("image", img), ("scores", scores))
-            },
-        )
-        summary = {
-            f"{LABELS[c]}_from_{s}": {
-                "score_start": float(sc[0]),
-                "score_end": float(sc[-1]),
-                "unchanged": bool(np.array_equal(img, _start(inits, c, s))),
-            }
-            for (c, s), (img, sc) in panels.items()
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        panels = class_models(ScoreGradient(net), inits, settings, args.progress)
+        summary = write_class_models(tmp, panels, inits, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(json.dumps(summary, indent=1))
     for key, v in summary.items():
