@@ -20,6 +20,7 @@ All-zero maps
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import tempfile
@@ -31,8 +32,9 @@ import numpy as np
 from data_prep.core.datum import sample_crops
 from data_prep.core.errors import UserError
 from data_prep.core.grids import Grid
-from data_prep.core.paper import GRADCAM_LAYER, NET_INPUT_PX
+from data_prep.core.paper import GRADCAM_LAYER, LABELS, NET_INPUT_PX
 from data_prep.core.progress import progress_bar
+from data_prep.core.tiffout import Calibration, write_stack
 from deadnet_caffe.checks import load_npz
 from deadnet_caffe.figout import save_figure
 from deadnet_caffe.infer import DeployNet, crop_to_input, upsample_at
@@ -371,7 +373,7 @@ def figure_examples(
 
 
 def figure_stitched(
-    path: Path, frame: np.ndarray, own: Stitched, avg: Stitched, formats=("png",)
+    path: Path, frame: np.ndarray, own: Stitched, avg: Stitched, formats: tuple[str, ...] = ("png",)
 ) -> None:
     """Whole-frame Grad-CAM stitched with per-crop (eq. 1) vs averaged (eq. 3) weights."""
     from data_prep.core.figures import subplots
@@ -386,3 +388,99 @@ def figure_stitched(
         ax.axis("off")
     fig.tight_layout()
     save_figure(fig, path, formats, dpi=110)
+
+
+def write_examples(
+    out_dir: Path,
+    gc: GradCam,
+    z: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    alpha_eq3: np.ndarray,
+    formats: tuple[str, ...] = ("png",),
+) -> dict:
+    """Grad-CAM of example crops with each crop's own (eq. 1) and the class-averaged (eq. 3)
+    weights: ``gradcam_examples.png`` / ``.npz`` / ``.csv`` in ``out_dir``.
+
+    Parameters
+    ----------
+    z : (N, 220, 220) float32 net inputs; labels : (N,) int64 classes to explain;
+    names : N names for the figure and table; alpha_eq3 : (2, K) eq. 3 weights;
+    formats : figure formats (:mod:`deadnet_caffe.figout`).
+
+    Returns
+    -------
+    dict: ``examples`` and the counts of all-zero maps, ``all_zero_eq1`` / ``all_zero_eq3``.
+    """
+    out_dir = Path(out_dir)
+    cb = gc.compute(z, labels)
+    own, avg = cb.cams(), cb.cams(alpha_eq3[labels])
+    p_sick = gc.net.p_sick(z)
+    zero_own, zero_avg = cb.all_zero(own), cb.all_zero(avg)
+    titles = [
+        f"{n}: {LABELS[int(c)]}, P(sick) {p:.2f}"
+        for n, c, p in zip(names, labels, p_sick, strict=True)
+    ]
+    up_own, up_avg = gc.upsample(own), gc.upsample(avg)
+    figure_examples(out_dir / "gradcam_examples.png", z, up_own, up_avg, titles, formats)
+    np.savez_compressed(
+        out_dir / "gradcam_examples.npz",
+        z=z,
+        labels=labels,
+        cam_eq1=own,
+        cam_eq3=avg,
+        alpha_eq1=cb.alphas,
+        alpha_eq3=alpha_eq3,
+    )
+    with (out_dir / "gradcam_examples.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["example", "class", "p_sick", "all_zero_eq1", "all_zero_eq3"])
+        for row in zip(names, labels, p_sick, zero_own, zero_avg, strict=True):
+            w.writerow([row[0], LABELS[int(row[1])], f"{row[2]:.4f}", int(row[3]), int(row[4])])
+    return {
+        "examples": len(z),
+        "all_zero_eq1": int(zero_own.sum()),
+        "all_zero_eq3": int(zero_avg.sum()),
+    }
+
+
+def write_whole_frame(
+    out_dir: Path,
+    gc: GradCam,
+    frame: np.ndarray,
+    cls: int,
+    alpha: np.ndarray,
+    stride: int,
+    batch: int,
+    cal: Calibration | None = None,
+    formats: tuple[str, ...] = ("png",),
+) -> dict:
+    """Whole-frame Grad-CAM of class ``cls`` stitched from overlapping crops
+    (:func:`stitch_frame`) with per-crop and with eq. 3 weights ``alpha`` (K,):
+    ``whole_frame.png`` (and the other ``formats``) and the ImageJ stack
+    ``whole_frame_cam.tif``, float32 (2, H, W), axes CYX: channels ``eq1`` and ``eq3``
+    (ImageJ Labels), calibrated with ``cal`` (the frame's pixel size;
+    :mod:`data_prep.core.tiffout`).
+
+    Returns
+    -------
+    dict: the seam index and the number of all-zero crops of each stitching.
+    """
+    out_dir = Path(out_dir)
+    s_own = stitch_frame(gc, frame, cls, None, stride, batch)
+    s_avg = stitch_frame(gc, frame, cls, alpha, stride, batch)
+    figure_stitched(out_dir / "whole_frame.png", frame, s_own, s_avg, formats)
+    write_stack(
+        out_dir / "whole_frame_cam.tif",
+        np.stack([s_own.cam, s_avg.cam]).astype(np.float32),
+        "CYX",
+        cal or Calibration(),
+        labels=["eq1", "eq3"],
+        info=f"Grad-CAM of class {LABELS[cls]} at {gc.layer}",
+    )
+    return {
+        "seam_index_eq1": s_own.seam,
+        "seam_index_eq3": s_avg.seam,
+        "all_zero_crops_eq1": s_own.n_all_zero,
+        "all_zero_crops_eq3": s_avg.n_all_zero,
+    }
