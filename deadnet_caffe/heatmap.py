@@ -16,7 +16,7 @@ inference`` measures the difference, and exact mode stays the default.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,3 +289,48 @@ def plot_fractions(path: Path, rows: list[dict], formats: tuple[str, ...] = ("pn
         ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path, formats, dpi=120)
+
+
+def write_heatmaps(
+    out_dir: Path,
+    timelapses: Iterable[tuple[str, np.ndarray, Calibration]],
+    heat: Callable[[np.ndarray], np.ndarray],
+    every: int = 1,
+    progress: bool | None = None,
+    formats: tuple[str, ...] = ("png",),
+) -> list[dict]:
+    """Heat maps of every ``every``-th frame of each time-lapse (:func:`heatmap_timelapse`),
+    then ``sick_fraction.csv`` and ``sick_fraction.png`` (and the other ``formats``) for all
+    of them together.
+
+    Parameters
+    ----------
+    timelapses : (name, frames (T, H, W), calibration) each; read one at a time when given
+        as a generator. The calibration's frame interval is that of the whole time-lapse
+        (it sets ``time_min``, NaN without one; the TIFFs get it times ``every``).
+    heat : (H, W) frame -> (H, W) P(sick), e.g. :func:`exact_heatmap` with its net bound.
+
+    Returns
+    -------
+    list of dict: one row per frame (position, frame, time_min, sick_fraction, mean_p_sick).
+    """
+    rows = []
+    for name, frames, cal in timelapses:
+        ids = list(range(0, len(frames), every))
+        frac, mean = heatmap_timelapse(
+            out_dir, name, frames[::every], ids, heat, cal.every(every), progress=progress
+        )
+        dt = cal.frame_interval_s / 60.0 if cal.frame_interval_s else float("nan")
+        rows += [
+            {
+                "position": name,
+                "frame": t,
+                "time_min": t * dt,
+                "sick_fraction": float(f),
+                "mean_p_sick": float(m),
+            }
+            for t, f, m in zip(ids, frac, mean, strict=True)
+        ]
+    write_fraction_table(Path(out_dir) / "sick_fraction.csv", rows)
+    plot_fractions(Path(out_dir) / "sick_fraction.png", rows, formats)
+    return rows

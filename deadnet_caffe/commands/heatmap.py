@@ -30,9 +30,7 @@ from deadnet_caffe.heatmap import (
     DenseNet,
     dense_heatmap,
     exact_heatmap,
-    heatmap_timelapse,
-    plot_fractions,
-    write_fraction_table,
+    write_heatmaps,
 )
 from deadnet_caffe.infer import DeployNet, add_image_arguments, add_net_arguments
 from deadnet_caffe.netspec import published
@@ -136,26 +134,11 @@ def run(args) -> int:
             heat = partial(dense_heatmap, dense=dense)
         else:
             heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
-        rows = []
-        for name, path, channel, axes, channel_source, cal in sources:
-            frames = read_stack(path, channel, axes, channel_source=channel_source)[:: args.every]
-            ids = [t * args.every for t in range(len(frames))]
-            frac, mean = heatmap_timelapse(
-                tmp, name, frames, ids, heat, cal.every(args.every), progress=args.progress
-            )
-            dt = cal.frame_interval_s / 60.0
-            for t, f, m in zip(ids, frac, mean, strict=True):
-                rows.append(
-                    {
-                        "position": name,
-                        "frame": t,
-                        "time_min": t * dt,
-                        "sick_fraction": float(f),
-                        "mean_p_sick": float(m),
-                    }
-                )
-        write_fraction_table(tmp / "sick_fraction.csv", rows)
-        plot_fractions(tmp / "sick_fraction.png", rows, args.figure_format)
+        timelapses = (
+            (name, read_stack(path, channel, axes, channel_source=channel_source), cal)
+            for name, path, channel, axes, channel_source, cal in sources
+        )
+        rows = write_heatmaps(tmp, timelapses, heat, args.every, args.progress, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(f"wrote {args.out} ({len(sources)} time-lapse(s), {len(rows)} frames)")
     return 0
