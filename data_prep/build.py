@@ -479,7 +479,8 @@ def build(cfg: BuildConfig, progress: bool | None = None) -> dict:
             for part in ("train", "test")
         }
         _execute(tasks, cfg, lmdbs, total, progress)
-        _write_test_index(tmp / "test.lmdb", tmp / "test_index.csv", tasks, positions)
+        for part in ("train", "test"):
+            _write_index(tmp / f"{part}.lmdb", tmp / f"{part}_index.csv", tasks, positions)
         card = _card(cfg, positions, tasks, crops_task, labels, parts, frames, extra)
         if "hdf5" in cfg.formats:
             for part in ("train", "test"):
@@ -493,10 +494,11 @@ def build(cfg: BuildConfig, progress: bool | None = None) -> dict:
     return card
 
 
-def _write_test_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
-    """``test_index.csv``: per test record its LMDB key, position, dose, frame, label and (Data
-    Set B) annotated item, for evaluation per dose, per position and against the simulator's
-    truth per item (the key's middle field is the task index)."""
+def _write_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
+    """``test_index.csv`` / ``train_index.csv``: per record its LMDB key, position, dose,
+    frame, label and (Data Set B) annotated item (the key's middle field is the task index):
+    for evaluation per dose, per position and against the simulator's truth per item, and to
+    trace any training record back to its stage position."""
     dose = {p.key: p.dose_s for p in positions}
     env = lmdb.open(str(db), readonly=True, lock=False)
     with env.begin() as txn, path.open("w", newline="") as fh:

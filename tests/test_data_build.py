@@ -321,3 +321,26 @@ def test_dataset_a_full_multiplicities_on_tiny_frames(experiment, tmp_path, argv
     assert card["counts"]["train"]["crops"] == n_train * per_crop * crops
     with lmdb.open(str(out / "train.lmdb"), readonly=True, lock=False) as env:
         assert env.stat()["entries"] == n_train * per_crop * crops
+
+
+def _positions_of(dataset: Path, part: str) -> set[str]:
+    """Every key of ``part``.lmdb, looked up in its index: the set of its stage positions."""
+    with (dataset / f"{part}_index.csv").open(newline="") as fh:
+        index = {r["key"]: r["position"] for r in csv.DictReader(fh)}
+    with lmdb.open(str(dataset / f"{part}.lmdb"), readonly=True, lock=False) as env:
+        keys = [k.decode() for k in env.begin().cursor().iternext(values=False)]
+    assert keys and set(keys) == set(index)  # every record is indexed, and only those
+    return {index[k] for k in keys}
+
+
+@pytest.mark.parametrize("dataset", ["A", "B"])
+def test_no_stage_position_in_both_lmdbs(experiment, tmp_path, dataset):
+    out = tmp_path / dataset
+    extra = ["--time-frames", "2", "--noise-copies", "1"] if dataset == "B" else ["--warps", "1"]
+    assert main(["dataset", dataset, "--experiment", str(experiment), "--out", str(out),
+                 "--blurs", "1", "--rotations", "2", "--workers", "1", *extra]) == 0  # fmt: skip
+    train, test = _positions_of(out, "train"), _positions_of(out, "test")
+    assert train and test and not train & test
+    with (out / "split.csv").open(newline="") as fh:
+        parts = {r["key"]: r["part"] for r in csv.DictReader(fh)}
+    assert {parts[p] for p in train} == {"train"} and {parts[p] for p in test} == {"test"}
