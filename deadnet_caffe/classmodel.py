@@ -31,6 +31,7 @@ from data_prep.core.paper import (
     NET_INPUT_PX,
 )
 from data_prep.core.progress import progress_bar
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.infer import DeployNet
 
 
@@ -145,8 +146,9 @@ def class_models(
     return panels
 
 
-def draw_class_models(path: Path, panels: Panels) -> None:
-    """Figure 6: one row per class, one column per start, each titled with S_c's change."""
+def draw_class_models(path: Path, panels: Panels, formats: tuple[str, ...] = ("png",)) -> None:
+    """Figure 6: one row per class, one column per start, each titled with S_c's change
+    (``path`` in each of ``formats``, :mod:`deadnet_caffe.figout`)."""
     from data_prep.core.figures import subplots
 
     cols = sorted({k[1] for k in panels}, key=["zeros", "opposing"].index)
@@ -161,7 +163,7 @@ def draw_class_models(path: Path, panels: Panels) -> None:
             )
             axes[r, j].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, formats, dpi=110)
 
 
 def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndarray:
@@ -172,14 +174,17 @@ def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndar
 
 
 def write_class_models(
-    out_dir: Path, panels: Panels, inits: dict[int, np.ndarray] | None = None
+    out_dir: Path,
+    panels: Panels,
+    inits: dict[int, np.ndarray] | None = None,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
-    """Write ``classmodel.png``, ``classmodels.npz`` (images and score traces) and
-    ``summary.json`` into ``out_dir``; return the summary (per panel: S_c at the start and
-    the end, and whether the image never moved from its start, ``inits`` as given to
-    :func:`class_models`: dS_c/dI was zero there)."""
+    """Write ``classmodel.png`` (and the other ``formats``), ``classmodels.npz`` (images and
+    score traces) and ``summary.json`` into ``out_dir``; return the summary (per panel: S_c
+    at the start and the end, and whether the image never moved from its start, ``inits`` as
+    given to :func:`class_models`: dS_c/dI was zero there)."""
     out_dir = Path(out_dir)
-    draw_class_models(out_dir / "classmodel.png", panels)
+    draw_class_models(out_dir / "classmodel.png", panels, formats)
     np.savez_compressed(
         out_dir / "classmodels.npz",
         **{

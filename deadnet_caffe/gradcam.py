@@ -34,7 +34,9 @@ from data_prep.core.errors import UserError
 from data_prep.core.grids import Grid
 from data_prep.core.paper import GRADCAM_LAYER, LABELS, NET_INPUT_PX
 from data_prep.core.progress import progress_bar
+from data_prep.core.tiffout import Calibration, write_stack
 from deadnet_caffe.checks import load_npz
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.infer import DeployNet, crop_to_input, upsample_at
 
 
@@ -335,7 +337,12 @@ def overlay(gray: np.ndarray, cam: np.ndarray, vmax: float | None = None) -> np.
 
 
 def figure_examples(
-    path: Path, images: np.ndarray, own: np.ndarray, avg: np.ndarray, titles: list[str]
+    path: Path,
+    images: np.ndarray,
+    own: np.ndarray,
+    avg: np.ndarray,
+    titles: list[str],
+    formats: tuple[str, ...] = ("png",),
 ) -> None:
     """Figure 5-like panel: per example the crop, eq. 1 Grad-CAM and eq. 3 Grad-CAM overlays.
 
@@ -362,10 +369,12 @@ def figure_examples(
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, formats, dpi=110)
 
 
-def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched) -> None:
+def figure_stitched(
+    path: Path, frame: np.ndarray, own: Stitched, avg: Stitched, formats: tuple[str, ...] = ("png",)
+) -> None:
     """Whole-frame Grad-CAM stitched with per-crop (eq. 1) vs averaged (eq. 3) weights."""
     from data_prep.core.figures import subplots
 
@@ -378,7 +387,7 @@ def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched)
         ax.set_title(f"{name}\nseam index {s.seam:.3f}, all-zero crops {s.n_all_zero}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, formats, dpi=110)
 
 
 def write_examples(
@@ -388,6 +397,7 @@ def write_examples(
     labels: np.ndarray,
     names: list[str],
     alpha_eq3: np.ndarray,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
     """Grad-CAM of example crops with each crop's own (eq. 1) and the class-averaged (eq. 3)
     weights: ``gradcam_examples.png`` / ``.npz`` / ``.csv`` in ``out_dir``.
@@ -395,7 +405,8 @@ def write_examples(
     Parameters
     ----------
     z : (N, 220, 220) float32 net inputs; labels : (N,) int64 classes to explain;
-    names : N names for the figure and table; alpha_eq3 : (2, K) eq. 3 weights.
+    names : N names for the figure and table; alpha_eq3 : (2, K) eq. 3 weights;
+    formats : figure formats (:mod:`deadnet_caffe.figout`).
 
     Returns
     -------
@@ -410,7 +421,8 @@ def write_examples(
         f"{n}: {LABELS[int(c)]}, P(sick) {p:.2f}"
         for n, c, p in zip(names, labels, p_sick, strict=True)
     ]
-    figure_examples(out_dir / "gradcam_examples.png", z, gc.upsample(own), gc.upsample(avg), titles)
+    up_own, up_avg = gc.upsample(own), gc.upsample(avg)
+    figure_examples(out_dir / "gradcam_examples.png", z, up_own, up_avg, titles, formats)
     np.savez_compressed(
         out_dir / "gradcam_examples.npz",
         z=z,
@@ -440,26 +452,31 @@ def write_whole_frame(
     alpha: np.ndarray,
     stride: int,
     batch: int,
+    cal: Calibration | None = None,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
     """Whole-frame Grad-CAM of class ``cls`` stitched from overlapping crops
     (:func:`stitch_frame`) with per-crop and with eq. 3 weights ``alpha`` (K,):
-    ``whole_frame.png`` and the ImageJ stack ``whole_frame_cam.tif`` (Z = eq1, eq3).
+    ``whole_frame.png`` (and the other ``formats``) and the ImageJ stack
+    ``whole_frame_cam.tif``, float32 (2, H, W), axes CYX: channels ``eq1`` and ``eq3``
+    (ImageJ Labels), calibrated with ``cal`` (the frame's pixel size;
+    :mod:`data_prep.core.tiffout`).
 
     Returns
     -------
     dict: the seam index and the number of all-zero crops of each stitching.
     """
-    import tifffile
-
     out_dir = Path(out_dir)
     s_own = stitch_frame(gc, frame, cls, None, stride, batch)
     s_avg = stitch_frame(gc, frame, cls, alpha, stride, batch)
-    figure_stitched(out_dir / "whole_frame.png", frame, s_own, s_avg)
-    tifffile.imwrite(
+    figure_stitched(out_dir / "whole_frame.png", frame, s_own, s_avg, formats)
+    write_stack(
         out_dir / "whole_frame_cam.tif",
-        np.stack([s_own.cam, s_avg.cam]),
-        imagej=True,
-        metadata={"axes": "ZYX", "Labels": ["eq1", "eq3"]},
+        np.stack([s_own.cam, s_avg.cam]).astype(np.float32),
+        "CYX",
+        cal or Calibration(),
+        labels=["eq1", "eq3"],
+        info=f"Grad-CAM of class {LABELS[cls]} at {gc.layer}",
     )
     return {
         "seam_index_eq1": s_own.seam,

@@ -31,8 +31,10 @@ from data_prep.core.manifest import Position
 from data_prep.core.paper import NET_INPUT_PX
 from data_prep.core.progress import progress_bar
 from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
+from data_prep.core.tiffout import Calibration
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.gradcam import GradCam
-from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
+from deadnet_caffe.heatmap import exact_heatmap, sick_fraction, write_maps
 from deadnet_caffe.infer import DeployNet, crop_to_input
 from deadnet_caffe.validate import (
     SICK_HEALTHY,
@@ -122,8 +124,13 @@ def analyse_position(
     batch: int,
     gradcam_crops: int = 4,
     progress: bool | None = None,
+    keep_maps: Path | None = None,
 ) -> PositionResult:
-    """Heat maps of every ``every``-th frame of a position, and the ground-truth checks."""
+    """Heat maps of every ``every``-th frame of a position, and the ground-truth checks.
+
+    With ``keep_maps`` (a folder), the heat maps are kept there as calibrated TIFFs
+    (:func:`deadnet_caffe.heatmap.write_maps`), named after the position's key.
+    """
     frames = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
     ids = list(range(0, len(frames), every))
     probs = np.stack(
@@ -132,6 +139,9 @@ def analyse_position(
             for t in progress_bar(ids, desc=pos.key, unit="frame", leave=False, progress=progress)
         ]
     )
+    if keep_maps is not None:
+        name = pos.key.replace("/", "_")
+        write_maps(keep_maps, name, frames[ids], probs, Calibration.of_position(pos, every))
     res = PositionResult(pos, ids, np.asarray(ids) * pos.frame_interval_min, sick_fraction(probs))
     masks = read_sick_masks(pos.ground_truth)
     if masks is not None and masks.shape[1:] == frames.shape[1:] and len(masks) == len(frames):
@@ -219,7 +229,9 @@ def highest_safe_dose(
 # --- Writing the report ---------------------------------------------------------------------
 
 
-def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) -> None:
+def _plots(
+    out: Path, results: list[PositionResult], n_late: int, limit: float, formats: tuple[str, ...]
+) -> None:
     from matplotlib import colormaps
 
     from data_prep.core.figures import subplots
@@ -242,7 +254,7 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.set_ylim(-0.02, 1.02)
     ax.legend(title="dose", fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "fraction_over_time.png", dpi=120)
+    save_figure(fig, out / "fraction_over_time.png", formats, dpi=120)
 
     fig, ax = subplots(figsize=(5.5, 4))
     for r in results:
@@ -255,18 +267,25 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "dose_response.png", dpi=120)
+    save_figure(fig, out / "dose_response.png", formats, dpi=120)
 
 
 def write_report(
-    out: Path, experiment: Path, results: list[PositionResult], margin: float, n_late: int
+    out: Path,
+    experiment: Path,
+    results: list[PositionResult],
+    margin: float,
+    n_late: int,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
-    """Write report.md, its PNGs and CSV tables into ``out``; return the summary dict."""
+    """Write report.md, its figures (PNG and the other ``formats``) and CSV tables into
+    ``out``; return the summary dict."""
     import csv
 
     flags = flag_positions(results, margin, n_late)
     safe = highest_safe_dose(results, margin, n_late)
-    _plots(out, results, n_late, safe["limit"])
+    shown = next((f for f in ("png", "svg") if f in formats), formats[0])  # linked in report.md
+    _plots(out, results, n_late, safe["limit"], formats)
     with (out / "fractions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["plate", "well", "position", "dose_s", "frame", "time_min", "sick_fraction"])
@@ -313,9 +332,9 @@ def write_report(
         f"{n_late} analysed frames; a position is flagged when it exceeds the limit; a dose is "
         "safe when its positions' mean is within the limit and so are all lower doses.",
         "",
-        "![sick fraction over time](fraction_over_time.png)",
+        f"![sick fraction over time](fraction_over_time.{shown})",
         "",
-        "![dose response](dose_response.png)",
+        f"![dose response](dose_response.{shown})",
         "",
         "## Doses",
         "",
@@ -373,7 +392,12 @@ def write_report(
             md.append(f"- {zero} sick crops had an all-zero Grad-CAM map (not scored).")
     md += [
         "",
-        "Tables: `fractions.csv` (per frame), `summary.json`; settings: `settings.json`.",
+        "Tables: `fractions.csv` (per frame), `summary.json`; settings: `settings.json`."
+        + (
+            " Heat maps: `maps/` (P(sick) and RGB overlay per position, calibrated TIFFs)."
+            if (out / "maps").is_dir()
+            else ""
+        ),
         "",
     ]
     (out / "report.md").write_text("\n".join(md))

@@ -222,17 +222,25 @@ def test_gradcam_cli(tmp_path, deadnet_files, dataset, rng):
     import tifffile
 
     model, weights = deadnet_files
-    tifffile.imwrite(tmp_path / "frame.tif", phase_like(rng, 300, 420))
+    tifffile.imwrite(  # a frame with 0.5 um pixels in centimetres (a plain TIFF's unit)
+        tmp_path / "frame.tif", phase_like(rng, 300, 420), resolution=(2e4, 2e4), resolutionunit=3
+    )
     out = tmp_path / "gc"
     cache = tmp_path / "w.eq3.npz"
     args = ["gradcam", "--dataset", str(dataset), "--out", str(out), "--per-class", "2"]
     args += ["--model", str(model), "--weights", str(weights), "--cache", str(cache)]
+    args += ["--figure-format", "svg"]
     assert main([*args, "--examples", "1", "--frame", str(tmp_path / "frame.tif")]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eq3_counts"] == [2, 2] and summary["examples"] == 2
     assert np.isfinite(summary["whole_frame"]["seam_index_eq3"])
-    for name in ("gradcam_examples.png", "gradcam_examples.csv", "whole_frame.png",
+    for name in ("gradcam_examples.svg", "gradcam_examples.csv", "whole_frame.svg",
                  "whole_frame_cam.tif", "settings.json"):  # fmt: skip
         assert (out / name).is_file()
-    assert tifffile.imread(out / "whole_frame_cam.tif").shape == (2, 300, 420)
+    assert not (out / "whole_frame.png").exists()
+    with tifffile.TiffFile(out / "whole_frame_cam.tif") as tif:
+        assert tif.series[0].shape == (2, 300, 420) and tif.series[0].axes == "CYX"
+        md = tif.imagej_metadata
+        assert md["channels"] == 2 and md["Labels"] == ["eq1", "eq3"] and md["unit"] == "um"
+        assert tif.pages.first.tags["XResolution"].value == (2, 1)
     assert cache.is_file()

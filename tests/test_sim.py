@@ -131,6 +131,12 @@ def test_output_round_trips_and_is_deterministic(tmp_path):
             assert num / den == pytest.approx(1 / paper.PIXEL_SIZE_UM, rel=1e-4)
         stack = check_stack(p, range(p.n_frames)).frames()  # the toolkit's one reader
         assert stack.shape == (4, 256, 384) and stack.dtype == np.uint16
+        for truth in ("labels.tif", "sick.tif"):  # calibrated like the movie
+            with tifffile.TiffFile(p.ground_truth / truth) as tf:
+                assert tf.series[0].axes == "TYX" and tf.imagej_metadata["unit"] == "um"
+                assert tf.imagej_metadata["finterval"] == pytest.approx(40 * 60.0)
+                num, den = tf.pages[0].tags["XResolution"].value
+                assert num / den == pytest.approx(1 / paper.PIXEL_SIZE_UM, rel=1e-4)
         labels = tifffile.imread(p.ground_truth / "labels.tif")
         assert labels.shape == (4, 256, 384)
         assert stack.std() > 0 and stack.max() < 2**12  # 12-bit counts in 16 bits

@@ -198,6 +198,9 @@ def test_figures_redraws_from_the_log(trained, tmp_path, capsys):
     assert main(["figures", "--run", str(run)]) == 0
     assert (run / "curves.csv").read_text() == before
     assert (run / "figure3a_loss.png").stat().st_size > 0
+    assert main(["figures", "--run", str(run), "--figure-format", "svg,pdf"]) == 0
+    assert b"<svg" in (run / "figure3b_accuracy.svg").read_bytes()[:1000]
+    assert (run / "figure3a_loss.pdf").read_bytes()[:5] == b"%PDF-"
     assert main(["figures", "--run", str(tmp_path)]) == 2
     assert "caffe.log does not exist" in capsys.readouterr().err
 

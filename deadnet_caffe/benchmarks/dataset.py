@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.tiffout import Calibration, write_stack
+
 NAME = "dataset"
+#: The synthetic positions' calibration, as their manifest rows say (0.3225 um, 8 min).
+_CAL = Calibration(0.3225, "um", 8.0 * 60)
 
 
 def _experiment(root: Path, n_positions: int) -> Path:
-    import tifffile
-
     from data_prep.core.manifest import Position, write_manifest
     from data_prep.core.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX
 
@@ -35,7 +37,7 @@ def _experiment(root: Path, n_positions: int) -> Path:
     for i in range(n_positions):
         path = root / f"p{i}.tif"
         img = rng.integers(1000, 3000, size=(1, FRAME_HEIGHT_PX, FRAME_WIDTH_PX), dtype=np.uint16)
-        tifffile.imwrite(path, img, photometric="minisblack")
+        write_stack(path, img, "TYX", _CAL)
         dose = 0.0 if i % 2 == 0 else 200.0
         positions.append(
             Position("B", f"W{i}", "p1", dose, 8.0, 0.3225, 1, path, dead_at_end=dose > 0)
@@ -47,8 +49,6 @@ def _experiment(root: Path, n_positions: int) -> Path:
 def _experiment_b(root: Path, n_positions: int) -> Path:
     """Positions of 10 frames (0 or 80 s) and two annotators' agreeing votes on every
     256 px item (5 x 4 per frame), half of the positions sick."""
-    import tifffile
-
     from data_prep.core.manifest import Position, write_manifest
     from data_prep.core.paper import CROP_PX, FRAME_HEIGHT_PX, FRAME_WIDTH_PX, SEQUENCE_FRAMES
     from data_prep.votes_csv import Item, Vote, write_votes
@@ -59,8 +59,7 @@ def _experiment_b(root: Path, n_positions: int) -> Path:
     shape = (SEQUENCE_FRAMES, FRAME_HEIGHT_PX, FRAME_WIDTH_PX)
     for i in range(n_positions):
         path = root / f"p{i}.tif"
-        tifffile.imwrite(path, rng.integers(1000, 3000, size=shape, dtype=np.uint16),
-                         photometric="minisblack")  # fmt: skip
+        write_stack(path, rng.integers(1000, 3000, size=shape, dtype=np.uint16), "TYX", _CAL)
         dose = 0.0 if i % 2 == 0 else 80.0
         positions.append(Position("B", f"W{i}", "p1", dose, 8.0, 0.3225, SEQUENCE_FRAMES, path))
         for y in range(0, FRAME_HEIGHT_PX - CROP_PX + 1, CROP_PX):

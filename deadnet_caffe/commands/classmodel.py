@@ -33,6 +33,7 @@ from deadnet_caffe.classmodel import (
     class_models,
     write_class_models,
 )
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input
 
 NAME = "classmodel"
@@ -71,6 +72,7 @@ def add_arguments(p) -> None:
         metavar=("HEALTHY", "SICK"),
         help="a healthy and a sick image (centre crop) instead of --dataset",
     )
+    add_figure_argument(p)
     add_net_arguments(p)
     add_progress_argument(p)
 
@@ -105,7 +107,7 @@ def run(args) -> int:
         inits = _inits(args)
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
         panels = class_models(ScoreGradient(net), inits, settings, args.progress)
-        summary = write_class_models(tmp, panels, inits)
+        summary = write_class_models(tmp, panels, inits, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(json.dumps(summary, indent=1))
     for key, v in summary.items():

@@ -23,7 +23,9 @@ from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER
 from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import read_stack
+from data_prep.core.tiffout import Calibration
 from deadnet_caffe.checks import check_image_sources, positive_int
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.gradcam import GradCam, class_weights, write_examples, write_whole_frame
 from deadnet_caffe.infer import (
     DeployNet,
@@ -66,6 +68,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--stride", type=positive_int, default=CROP_STRIDE_PX, help="crop step of --frame"
     )
+    add_figure_argument(p)
     add_net_arguments(p)
     add_progress_argument(p)
 
@@ -111,13 +114,23 @@ def run(args) -> int:
             "A": "post-ReLU activations; dS/dA taken before ReLU backward",
             "eq3_counts": cw["counts"].tolist(),
             "eq3_cache": str(cache),
-            **write_examples(tmp, gc, z, labels, names, cw["alpha"]),
+            **write_examples(tmp, gc, z, labels, names, cw["alpha"], args.figure_format),
         }
         if frame is not None:
             c = 1 if args.frame_class == "sick" else 0
             summary["whole_frame"] = {
                 "class": args.frame_class,
-                **write_whole_frame(tmp, gc, frame, c, cw["alpha"][c], args.stride, args.batch),
+                **write_whole_frame(
+                    tmp,
+                    gc,
+                    frame,
+                    c,
+                    cw["alpha"][c],
+                    args.stride,
+                    args.batch,
+                    Calibration.of_tiff(args.frame),
+                    args.figure_format,
+                ),
             }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})

@@ -2,14 +2,17 @@
 
 Inputs are an experiment (--experiment, every position of its manifest) or loose TIFF
 stacks / images / folders. For each time-lapse, writes an ImageJ/Fiji TIFF stack of
-P(sick), red = sick overlays as PNG, an animated GIF, and the fraction of the area with
-P(sick) >= 0.5 per frame (sick_fraction.csv and .png for all time-lapses together).
+P(sick) and an RGB TIFF stack of the red = sick overlays, both calibrated (pixel size and
+unit, frame interval: from the manifest, or from the input TIFF's tags), the overlays as
+PNG, an animated GIF, and the fraction of the area with P(sick) >= 0.5 per frame
+(sick_fraction.csv and .png, or --figure-format, for all time-lapses together).
 Exact mode (default) normalises every window as in training; dense mode runs the fully
 convolutional net once per frame with local normalisation (faster, approximate).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +23,9 @@ from data_prep.core.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
 from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import MANIFEST_CHANNEL, OPTION_CHANNEL, read_stack
+from data_prep.core.tiffout import Calibration
 from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.heatmap import (
     DenseNet,
     dense_heatmap,
@@ -59,17 +64,23 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--frame-interval-min",
         type=positive_float,
-        default=FRAME_INTERVAL_MIN,
-        help="minutes between frames of loose inputs (experiments use the manifest)",
+        default=None,
+        help="minutes between frames of loose inputs (default: the TIFF's ImageJ frame "
+        f"interval, else {FRAME_INTERVAL_MIN:g}; experiments use the manifest)",
     )
     add_image_arguments(p)
+    add_figure_argument(p)
     add_net_arguments(p)
     add_progress_argument(p)
 
 
-def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, float]]:
-    """(name, path, channel, axes, where the channel is set, frame interval) of every
-    time-lapse, each read and checked."""
+def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, Calibration]]:
+    """(name, path, channel, axes, where the channel is set, calibration) of every
+    time-lapse, each read and checked.
+
+    Experiments take pixel size and frame interval from the manifest; loose inputs from their
+    own TIFF tags, with ``--frame-interval-min`` overriding (or filling in) the interval.
+    """
     if bool(args.inputs) == bool(args.experiment):
         raise UserError("give either input files or --experiment, not both or neither.")
     if args.experiment:
@@ -83,17 +94,28 @@ def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, float]]
             [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
         )
         return [
-            (key.replace("/", "_"), p.path, p.channel, None, MANIFEST_CHANNEL, p.frame_interval_min)
+            (
+                key.replace("/", "_"),
+                p.path,
+                p.channel,
+                None,
+                MANIFEST_CHANNEL,
+                Calibration.of_position(p),
+            )
             for key, p in ((p.key, p) for p in positions)
         ]
     for path in args.inputs:
         if not path.exists():
             raise UserError(f"{path}: no such file or folder.")
     check_image_sources([(path, args.channel, None) for path in args.inputs], args.axes)
-    return [
-        (path.stem, path, args.channel, args.axes, OPTION_CHANNEL, args.frame_interval_min)
-        for path in args.inputs
-    ]
+    sources = []
+    for path in args.inputs:
+        cal = Calibration.of_tiff(path)
+        if args.frame_interval_min is not None:
+            cal = replace(cal, frame_interval_s=args.frame_interval_min * 60.0)
+        cal = cal.or_interval(FRAME_INTERVAL_MIN * 60.0)
+        sources.append((path.stem, path, args.channel, args.axes, OPTION_CHANNEL, cal))
+    return sources
 
 
 def run(args) -> int:
@@ -113,10 +135,10 @@ def run(args) -> int:
         else:
             heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
         timelapses = (
-            (name, read_stack(path, channel, axes, channel_source=channel_source), dt)
-            for name, path, channel, axes, channel_source, dt in sources
+            (name, read_stack(path, channel, axes, channel_source=channel_source), cal)
+            for name, path, channel, axes, channel_source, cal in sources
         )
-        rows = write_heatmaps(tmp, timelapses, heat, args.every, args.progress)
+        rows = write_heatmaps(tmp, timelapses, heat, args.every, args.progress, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(f"wrote {args.out} ({len(sources)} time-lapse(s), {len(rows)} frames)")
     return 0

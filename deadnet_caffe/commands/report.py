@@ -1,15 +1,18 @@
 """Per-experiment phototoxicity report (beyond the paper).
 
 Runs the exact heat map over every analysed frame of every position of an experiment and
-writes report.md (readable without this toolkit) with PNG plots: the fraction of area
+writes report.md (readable without this toolkit) with plots (PNG; SVG or PDF as well with
+--figure-format): the fraction of area
 predicted sick over time, per position, well and dose, a dose-response plot, the positions
 to discard and the highest dose that looks safe with a bootstrap interval. With simulated
 ground truth (the manifest's ground_truth column) it adds the heat-map AUROC and Grad-CAM's
-energy on sick cells and pointing-game hit rate.
+energy on sick cells and pointing-game hit rate. The heat maps are kept in OUT/maps as
+calibrated ImageJ TIFFs (``--no-keep-maps`` to leave them out).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from deadnet_caffe.checks import (
     positive_int,
     probability,
 )
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.infer import DeployNet, add_net_arguments
 from deadnet_caffe.report import analyse_position, write_report
@@ -61,6 +65,13 @@ def add_arguments(p) -> None:
         default=4,
         help="sick crops per position for the Grad-CAM checks (needs ground truth)",
     )
+    p.add_argument(
+        "--keep-maps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the heat maps in OUT/maps as calibrated TIFFs (P(sick) and RGB overlay)",
+    )
+    add_figure_argument(p)
     add_net_arguments(p)
     add_progress_argument(p)
 
@@ -82,11 +93,21 @@ def run(args) -> int:
         gc = GradCam(net, GRADCAM_LAYER)
         results = [
             analyse_position(
-                p, net, gc, args.stride, args.every, args.batch, args.gradcam_crops, args.progress
+                p,
+                net,
+                gc,
+                args.stride,
+                args.every,
+                args.batch,
+                args.gradcam_crops,
+                args.progress,
+                tmp / "maps" if args.keep_maps else None,
             )
             for p in positions
         ]
-        summary = write_report(tmp, args.experiment, results, args.margin, args.late_frames)
+        summary = write_report(
+            tmp, args.experiment, results, args.margin, args.late_frames, args.figure_format
+        )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(json.dumps(summary, indent=1))
