@@ -15,9 +15,9 @@ Scale           ``Mul`` and ``Add`` with (C, 1, 1) parameters (one bottom, ``axi
 ReLU            ``Relu``, or ``LeakyRelu`` when ``negative_slope`` is not 0
 Pooling         ``MaxPool`` / ``AveragePool`` with ``ceil_mode`` 1: Caffe rounds the output
                 size up, ``ceil((H + 2 pad - k) / stride) + 1``, and drops a last window that
-                would start inside the padding; the converter computes Caffe's size and
-                refuses a net where ONNX's rule gives another. Global pooling ->
-                ``GlobalMaxPool`` / ``GlobalAveragePool``
+                would start inside the padding (``round_mode: FLOOR``: ``ceil_mode`` 0); the
+                converter computes Caffe's size and refuses a net where ONNX's rule gives
+                another. Global pooling -> ``GlobalMaxPool`` / ``GlobalAveragePool``
 InnerProduct    ``Flatten`` (Caffe's ``axis``) then ``Gemm`` (``transB`` unless ``transpose``)
 Dropout         nothing (identity at test time)
 Softmax         ``Softmax`` over axis 1 (Caffe's default)
@@ -112,21 +112,25 @@ def _pair(value_list, single, h, w, default):
     return (int(vals[0]), int(vals[-1])) if len(vals) <= 2 else (int(vals[0]), int(vals[1]))
 
 
-def caffe_pool_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    """Caffe's pooling output size along one axis (pooling_layer.cpp, CEIL rounding).
+def caffe_pool_size(size: int, kernel: int, stride: int, pad: int, ceil: bool = True) -> int:
+    """Caffe's pooling output size along one axis (pooling_layer.cpp).
 
-    ``ceil((size + 2 pad - kernel) / stride) + 1``, less one when the last window would start
-    inside the padding (``(out - 1) * stride >= size + pad``).
+    ``ceil((size + 2 pad - kernel) / stride) + 1`` (CEIL, Caffe's default; ``floor`` for
+    ``round_mode: FLOOR``), less one when there is padding and the last window would start
+    inside it (``(out - 1) * stride >= size + pad``).
     """
-    out = math.ceil((size + 2 * pad - kernel) / stride) + 1
+    rnd = math.ceil if ceil else math.floor
+    out = rnd((size + 2 * pad - kernel) / stride) + 1
     if pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
 
-def onnx_pool_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    """ONNX's ``ceil_mode`` output size along one axis, with the window-start clip of opset
-    19's definition, which ONNX Runtime applies at every opset."""
+def onnx_pool_size(size: int, kernel: int, stride: int, pad: int, ceil: bool = True) -> int:
+    """ONNX's output size along one axis: ``ceil_mode`` 1 with the window-start clip of opset
+    19's definition (which ONNX Runtime applies at every opset), or plain floor."""
+    if not ceil:
+        return (size + 2 * pad - kernel) // stride + 1
     out = math.ceil((size + 2 * pad - kernel) / stride) + 1
     if (out - 1) * stride >= size + pad:
         out -= 1
@@ -330,18 +334,19 @@ class _Builder:
             out = self.node(f"Global{kinds[p.pool]}Pool", [x], layer.name)
             self.set_top(layer, out, (c, 1, 1))
             return
-        if p.HasField("round_mode") and p.round_mode != 0:
-            raise self.fail(layer, "uses FLOOR rounding; this Caffe build has CEIL only")
+        ceil = p.round_mode == 0  # CEIL = 0 (Caffe's default), FLOOR = 1
         kh, kw = _pair([], p.kernel_size, p.kernel_h, p.kernel_w, 1)
         sh, sw = _pair([], p.stride, p.stride_h, p.stride_w, 1)
         ph, pw = _pair([], p.pad, p.pad_h, p.pad_w, 0)
-        caffe = (caffe_pool_size(h, kh, sh, ph), caffe_pool_size(w, kw, sw, pw))
-        onnx_ = (onnx_pool_size(h, kh, sh, ph), onnx_pool_size(w, kw, sw, pw))
+        caffe = (caffe_pool_size(h, kh, sh, ph, ceil), caffe_pool_size(w, kw, sw, pw, ceil))
+        onnx_ = (onnx_pool_size(h, kh, sh, ph, ceil), onnx_pool_size(w, kw, sw, pw, ceil))
         if caffe != onnx_:
             raise self.fail(layer, f"gives {caffe} in Caffe but {onnx_} in ONNX")
         if p.pool == 1 and (ph or pw):
             raise self.fail(layer, "averages with padding (Caffe's divisor differs from ONNX's)")
-        attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], ceil_mode=1)
+        attrs = dict(
+            kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], ceil_mode=int(ceil)
+        )
         if p.pool == 1:
             attrs["count_include_pad"] = 0
         out = self.node(f"{kinds[p.pool]}Pool", [x], layer.name, **attrs)

@@ -96,17 +96,20 @@ def test_pool_sizes_follow_caffe_ceil_rule(tmp_path):
     caffe_pool_size, and ONNX Runtime gives the same size for the converted net."""
     import caffe
 
-    cases = [(53, 2, 2, 0), (27, 2, 2, 0), (13, 3, 2, 1), (10, 3, 3, 1), (7, 2, 2, 1)]
-    for size, k, s, pad in cases:
-        model = tmp_path / f"pool_{size}_{k}_{s}_{pad}.prototxt"
+    cases = [(53, 2, 2, 0, "CEIL"), (27, 2, 2, 0, "CEIL"), (13, 3, 2, 1, "CEIL"),
+             (10, 3, 3, 1, "CEIL"), (7, 2, 2, 1, "CEIL"), (53, 2, 2, 0, "FLOOR"),
+             (13, 3, 2, 1, "FLOOR")]  # fmt: skip
+    for size, k, s, pad, mode in cases:
+        model = tmp_path / f"pool_{size}_{k}_{s}_{pad}_{mode}.prototxt"
         model.write_text(
             'layer { name: "data" type: "Input" top: "data" '
             f"input_param {{ shape {{ dim: 1 dim: 1 dim: {size} dim: {size} }} }} }}\n"
             'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" '
-            f"pooling_param {{ pool: MAX kernel_size: {k} stride: {s} pad: {pad} }} }}\n"
+            f"pooling_param {{ pool: MAX kernel_size: {k} stride: {s} pad: {pad} "
+            f"round_mode: {mode} }} }}\n"
         )
         caffe_out = caffe.Net(str(model), caffe.TEST).blobs["pool"].data.shape[-1]
-        assert ox.caffe_pool_size(size, k, s, pad) == caffe_out
+        assert ox.caffe_pool_size(size, k, s, pad, mode == "CEIL") == caffe_out
         g = ox.build_graph(load_net_param(model), {}, model)
         x = np.random.default_rng(0).normal(size=(2, size, size)).astype(np.float32)
         got = ox.run_batches(ox.session(ox.to_model(g, "pool")), x)[0]
@@ -115,7 +118,8 @@ def test_pool_sizes_follow_caffe_ceil_rule(tmp_path):
         net.blobs["data"].reshape(2, 1, size, size)
         net.blobs["data"].data[...] = x[:, None]
         np.testing.assert_array_equal(net.forward()["pool"], got)
-    assert ox.caffe_pool_size(53, 2, 2, 0) == 27  # the published net: 53 -> 27 (Table 1: 26)
+    assert ox.caffe_pool_size(53, 2, 2, 0) == 27  # the published net: 53 -> 27
+    assert ox.caffe_pool_size(53, 2, 2, 0, ceil=False) == 26  # Table 1's FLOOR size
 
 
 def test_tiny_trained_net_onnx_equals_caffe(tiny):
