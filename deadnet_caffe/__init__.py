@@ -1,3 +1,5 @@
 """DeadNet-Caffe: the pycaffe side of the DeadNet reproduction (training, inference, figures)."""
 
-__version__ = "0.1.0"
+from data_prep.core.runinfo import toolkit_version
+
+__version__ = toolkit_version()

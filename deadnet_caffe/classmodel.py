@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deadnet_caffe.infer import DeployNet
-from deadnet_caffe.paper import (
+from data_prep.core.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
     CLASSMODEL_LAMBDA1,
     CLASSMODEL_LAMBDA2,
     NET_INPUT_PX,
 )
+from deadnet_caffe.infer import DeployNet
 
 
 def laplacian(image: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from data_prep.core.errors import UserError
 from deadnet_caffe import logparse
-from deadnet_caffe.errors import UserError
 
 LOG_NAME = "caffe.log"
 CSV_NAME = "curves.csv"

@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 
 
 def _load(path: Path) -> dict:

@@ -16,7 +16,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from deadnet_caffe import paper
+from data_prep.core import paper
+from data_prep.core.datum import read_datum
 
 MISCLASSIFIED_PNG = "figure3c_misclassified.png"
 CORRECT_PNG = "figure3d_correct.png"
@@ -69,16 +70,15 @@ def draw(
 
 
 def draw_galleries(
-    out: Path, dataset: Path, rec, probs: np.ndarray, transform, n: int, caffe_pb2
+    out: Path, dataset: Path, rec, probs: np.ndarray, transform, n: int
 ) -> list[str]:
     """Figure 3c,d PNGs for the test records ``rec`` and their P(sick) ``probs``.
 
     Returns the file names written in ``out``.
     """
-    from deadnet_caffe.evaluate import datum_array
-
     names = []
-    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
+    path = dataset / "test.lmdb"
+    env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
         for wrong, fname, what in (
             (True, MISCLASSIFIED_PNG, "c) misclassified"),
@@ -88,8 +88,7 @@ def draw_galleries(
             crops, titles = {}, {}
             for c, idx in chosen.items():
                 crops[c] = [
-                    transform(datum_array(txn.get(rec.keys[i].encode()), caffe_pb2)[0])[0]
-                    for i in idx
+                    transform(read_datum(txn, path, rec.keys[i].encode())[0])[0] for i in idx
                 ]
                 titles[c] = [f"P(sick) {probs[i]:.2f}" for i in idx]
             draw(crops, titles, out / fname, f"Figure 3{what} test crops")

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.checks import check_lmdb, load_npz
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, upsample_at
-from deadnet_caffe.paper import GRADCAM_LAYER, NET_INPUT_PX
+from data_prep.core.datum import sample_crops
+from data_prep.core.errors import UserError
+from data_prep.core.grids import Grid
+from data_prep.core.paper import GRADCAM_LAYER, NET_INPUT_PX
+from deadnet_caffe.checks import load_npz
+from deadnet_caffe.infer import DeployNet, crop_to_input, upsample_at
 
 
 @dataclass
@@ -177,53 +179,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_lmdb_crops(path: Path, per_class: int, seed: int = 0):
-    """Up to ``per_class`` crops of each label from a Datum LMDB, in a seeded random order.
-
-    The dataset stores crops as Caffe Datum ``float_data``, v = 32767 + 4000 z, 1 x 256 x 256,
-    label 0/1. Returns (z, labels): (N, 220, 220) float32 centre crops (Caffe's TEST
-    transform) and (N,) int64.
-    """
-    import lmdb
-    from caffe.proto import caffe_pb2
-
-    from data_prep.normalize import decode_v
-
-    if not Path(path).is_dir():
-        raise UserError(f"{path}: no such LMDB (the dataset's train.lmdb).")
-    _, shape = check_lmdb(path)
-    if min(shape[1:]) < NET_INPUT_PX:
-        raise UserError(
-            f"{path}: holds {shape[2]} x {shape[1]} px crops, smaller than the net's "
-            f"{NET_INPUT_PX} px input."
-        )
-    env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
-    out: dict[int, list[np.ndarray]] = {0: [], 1: []}
-    with env.begin() as txn:
-        keys = list(txn.cursor().iternext(keys=True, values=False))
-        for i in np.random.default_rng(seed).permutation(len(keys)):
-            datum = caffe_pb2.Datum()
-            datum.ParseFromString(txn.get(keys[i]))
-            if datum.label not in out or len(out[datum.label]) >= per_class:
-                continue
-            shape = (datum.channels, datum.height, datum.width)
-            if datum.float_data:
-                v = np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
-            else:
-                v = np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).astype(np.float32)
-            z = decode_v(v[0])
-            oy, ox = (z.shape[0] - NET_INPUT_PX) // 2, (z.shape[1] - NET_INPUT_PX) // 2
-            out[datum.label].append(z[oy : oy + NET_INPUT_PX, ox : ox + NET_INPUT_PX])
-            if all(len(v) >= per_class for v in out.values()):
-                break
-    env.close()
-    labels = np.concatenate([np.full(len(out[c]), c, dtype=np.int64) for c in (0, 1)])
-    crops = [c for k in (0, 1) for c in out[k]]
-    if not crops:
-        raise UserError(f"{path}: the LMDB holds no crops labelled 0 or 1.")
-    return np.stack(crops).astype(np.float32), labels
-
-
 def average_alphas(alphas: np.ndarray, labels: np.ndarray, n_classes: int = 2) -> np.ndarray:
     """Eq. 3: ``alpha_hat_{c,k} = (1/N_c) sum_i 1_c(i) alpha^{(i)}_{c,k}``.
 
@@ -268,7 +223,7 @@ def class_weights(
             return {"alpha": f["alpha"], "counts": f["counts"], "cached": True, **key}
     from tqdm import tqdm
 
-    z, labels = read_lmdb_crops(lmdb_path, per_class)
+    z, labels = sample_crops(lmdb_path, per_class)
     alphas = []
     for i in tqdm(range(0, len(z), batch), desc="eq. 3 weights", unit="batch", leave=False):
         alphas.append(gc.compute(z[i : i + batch], labels[i : i + batch]).alphas)
@@ -310,7 +265,7 @@ def stitch_frame(
 ) -> Stitched:
     """Grad-CAM of a whole frame from overlapping crops (section 2.6, eq. 3's motivation).
 
-    Each window of a :class:`~deadnet_caffe.infer.Grid` is normalised as in training, its
+    Each window of a :class:`~data_prep.core.grids.Grid` is normalised as in training, its
     map (eq. 2) upsampled to 220 px and placed over the window's centre crop.
 
     Parameters

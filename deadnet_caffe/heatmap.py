@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.grids import Grid
+from data_prep.core.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 from deadnet_caffe.infer import (
     DEFAULT_BATCH,
     SICK,
-    Grid,
     Predictor,
     grid_probs,
     upsample,
     upsample_at,
 )
 from deadnet_caffe.netspec import load_net, load_net_param
-from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 from deadnet_caffe.surgery import transplant_fcn
 
 SICK_THRESHOLD = 0.5  # a pixel counts as sick when its P(sick) >= 0.5 (this toolkit's choice)
@@ -57,7 +57,7 @@ def local_normalize(frame: np.ndarray, size: int = CROP_PX) -> np.ndarray:
     """
     import cv2
 
-    from data_prep.normalize import MIN_STD
+    from data_prep.core.normalize import MIN_STD
 
     x = np.asarray(frame, dtype=np.float64)
     mean = cv2.boxFilter(x, -1, (size, size), borderType=cv2.BORDER_REFLECT)

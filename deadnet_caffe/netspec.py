@@ -6,21 +6,34 @@ them absolute for one data set. Solvers name their net relatively too (``net:
 "train_val.prototxt"``), resolved against the solver file's folder by :func:`resolve_solver_net`.
 Everything here works on copies of Caffe's own protobuf messages (``caffe_pb2``), so the
 files in ``prototxt/`` are never modified.
+
+The published prototxts ship inside the package (``deadnet_caffe/prototxt`` is a link to the
+project's top-level ``prototxt/`` folder, and pyproject.toml lists its files as package
+data), so :func:`published` finds them from any folder, in a checkout, an editable install
+or after ``pip install .``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from data_prep.checks import read_text
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
 from deadnet_caffe.caffe_env import check_net_builds, import_caffe
 from deadnet_caffe.checks import check_net_param, check_solver_param, check_weights
-from deadnet_caffe.errors import UserError
+
+
+def published(name: str) -> Path:
+    """The shipped prototxt ``name``, e.g. ``"deploy.prototxt"`` or
+    ``"dataset_a/solver.prototxt"`` (a file on disk: Caffe reads paths, so the package must be
+    installed unzipped, as pip does)."""
+    return Path(str(resources.files("deadnet_caffe").joinpath("prototxt", *name.split("/"))))
 
 
 def _pb2():

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.experiment import Position
+from data_prep.core.grids import Grid
+from data_prep.core.manifest import Position
+from data_prep.core.paper import NET_INPUT_PX
+from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
-from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, read_image_stack
-from deadnet_caffe.paper import NET_INPUT_PX
+from deadnet_caffe.infer import DeployNet, crop_to_input
 from deadnet_caffe.validate import (
     SICK_HEALTHY,
     SICK_NONE,
@@ -122,7 +124,7 @@ def analyse_position(
     """Heat maps of every ``every``-th frame of a position, and the ground-truth checks."""
     from tqdm import tqdm
 
-    frames = read_image_stack(pos.path, pos.channel)
+    frames = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
     ids = list(range(0, len(frames), every))
     probs = np.stack(
         [

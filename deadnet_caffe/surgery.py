@@ -9,7 +9,7 @@ a convolution kernel's (C_in, kH, kW), so the conversion is a reshape. All other
 (convolutions, BatchNorm statistics, Scale) are copied unchanged.
 
 On an input of 220 + 16 k px the converted net gives k + 1 windows per axis at a stride of
-16 px (:data:`deadnet_caffe.paper.FCN_STRIDE_PX`); docs/FAITHFULNESS.md ("FCN") says when
+16 px (:data:`data_prep.core.paper.FCN_STRIDE_PX`); docs/FAITHFULNESS.md ("FCN") says when
 this equals the crop-wise net exactly.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deadnet_caffe.errors import UserError
+from data_prep.core.errors import UserError
 from deadnet_caffe.netspec import load_net
 
 #: fully connected layer of the deploy nets -> its convolution in the deploy_fcn nets

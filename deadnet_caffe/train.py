@@ -19,7 +19,7 @@ Paper section 2.4 trains the published nets with Caffe; this runner keeps that p
   dies with this process (``PR_SET_PDEATHSIG``), so a SIGKILL leaves no orphan training;
 - a run folder that holds no complete snapshot (stopped or killed before the first) is
   started afresh by the next session; snapshots left incomplete by a kill are removed and
-  the newest whole one is resumed. The run folder follows :mod:`deadnet_caffe.outdir`.
+  the newest whole one is resumed. The run folder follows :mod:`data_prep.core.outdir`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from deadnet_caffe import caffe_env, curves, logparse, netspec, outdir, paper, runinfo
-from deadnet_caffe.checks import check_lmdb, check_net_param
-from deadnet_caffe.errors import UserError
+from data_prep.core import outdir, paper, runinfo
+from data_prep.core.datum import check_lmdb
+from data_prep.core.errors import UserError
+from deadnet_caffe import caffe_env, curves, logparse, netspec
+from deadnet_caffe.checks import check_net_param
 
 SOLVER_NAME = "solver.prototxt"
 LATEST_NAME = "latest.caffemodel"

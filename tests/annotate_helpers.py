@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core.manifest import Position, write_manifest
 
 # The items of small_experiment() with the default 80 s dose limit, in pool order.
 SMALL_ITEMS = (

@@ -14,9 +14,9 @@ from PIL import Image
 from data_prep.annotate import db
 from data_prep.annotate.pool import build_pool, stretch_to_uint8
 from data_prep.annotate.server import make_server, serve_in_thread
-from data_prep.votes import read_votes
+from data_prep.core.errors import UserError
+from data_prep.votes_csv import read_votes
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ import tifffile
 from data_experiment import make_experiment
 from infer_nets import phase_like, write_net
 
-from deadnet_caffe.outdir import write_marker
+from data_prep.core.outdir import write_marker
 
 DEADNET = Path(sys.executable).with_name("deadnet")
 NET = "--model net/deploy.prototxt --weights net/weights.caffemodel"

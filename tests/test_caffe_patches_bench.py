@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.benchmarks import caffe_speed
 from deadnet_caffe.caffe_env import import_caffe
 

@@ -9,22 +9,23 @@ import pytest
 
 from data_prep import augment, tps
 from data_prep.concordance import concordance
-from data_prep.normalize import variance_normalize
+from data_prep.core import grids
+from data_prep.core.normalize import variance_normalize
 
 
 def test_crop_rule_gives_54_per_paper_frame_and_positions():
-    assert augment.crop_origins(1344) == [0, 128, 256, 384, 512, 640, 768, 896, 1024]
-    assert augment.crop_origins(1024) == [0, 128, 256, 384, 512, 640]
-    assert augment.crop_origins(256) == [0]
-    grid = augment.crop_grid(1024, 1344)
-    assert len(grid) == 54 == len(augment.crop_grid(1344, 1024))
+    assert grids.crop_origins(1344) == [0, 128, 256, 384, 512, 640, 768, 896, 1024]
+    assert grids.crop_origins(1024) == [0, 128, 256, 384, 512, 640]
+    assert grids.crop_origins(256) == [0]
+    grid = grids.crop_grid(1024, 1344)
+    assert len(grid) == 54 == len(grids.crop_grid(1344, 1024))
     assert grid[0] == (0, 0) and grid[8] == (0, 1024) and grid[-1] == (640, 1024)
     image = np.arange(1024 * 1344, dtype=np.float32).reshape(1024, 1344)
     c = augment.crops(image)
     assert c.shape == (54, 256, 256)
     assert c[10, 0, 0] == image[128, 128] and c[-1, -1, -1] == image[895, 1279]
     with pytest.raises(ValueError):
-        augment.crop_origins(255)
+        grids.crop_origins(255)
 
 
 def test_dihedral_transforms_are_distinct_and_form_the_group():

@@ -17,15 +17,17 @@ import pytest
 import tifffile
 from data_experiment import make_experiment, make_votes
 
-from data_prep import readers, writers
-from data_prep.experiment import read_manifest, write_manifest
-from data_prep.normalize import encode_z
+from data_prep import writers
+from data_prep.core import datum
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import read_manifest, write_manifest
+from data_prep.core.normalize import encode_z
+from data_prep.core.outdir import MARKER
+from data_prep.core.paper import DATA_MEAN_VALUE, DATA_SCALE, NET_INPUT_PX
+from data_prep.core.stack import Stack
 from data_prep.split import split_positions
 from deadnet_caffe.caffe_env import import_caffe
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import MARKER
-from deadnet_caffe.paper import DATA_MEAN_VALUE, DATA_SCALE, NET_INPUT_PX
 
 QUICK = ["--warps", "1", "--blurs", "1", "--rotations", "2", "--workers", "1"]
 
@@ -56,7 +58,7 @@ def test_datum_round_trip_through_caffe_data_layer(tmp_path, rng):
     z = rng.normal(size=(3, 256, 256)).astype(np.float32)
     db = tmp_path / "rt.lmdb"
     w = writers.LmdbWriter(db)
-    w.write([(b"%02d" % i, writers.datum_bytes(encode_z(z[i]), i % 2)) for i in range(3)])
+    w.write([(b"%02d" % i, datum.datum_bytes(encode_z(z[i]), i % 2)) for i in range(3)])
     w.close()
     data, label = _read_with_caffe(tmp_path, db, 3)
     assert data.shape == (3, 1, 220, 220)
@@ -65,13 +67,13 @@ def test_datum_round_trip_through_caffe_data_layer(tmp_path, rng):
     # protobuf parses the packed bytes into the same Datum as protobuf-Python's own bytes.
     from caffe.proto import caffe_pb2
 
-    fast = writers.datum_bytes(encode_z(z[0]), 1)
+    fast = datum.datum_bytes(encode_z(z[0]), 1)
     slow = writers.datum_bytes_protobuf(encode_z(z[0]), 1)
     a, b = caffe_pb2.Datum(), caffe_pb2.Datum()
     a.ParseFromString(fast)
     b.ParseFromString(slow)
     assert a == b and a.label == 1 and (a.channels, a.height, a.width) == (1, 256, 256)
-    v, lab = writers.parse_datum(fast)
+    v, lab = datum.parse_datum(fast)
     np.testing.assert_array_equal(v[0], encode_z(z[0]))
     assert lab == 1 and len(fast) < len(slow)
 
@@ -80,7 +82,7 @@ def test_lmdb_writer_grows_map_and_reopens(tmp_path, monkeypatch):
     monkeypatch.setattr(writers, "_INITIAL_MAP_SIZE", 1 << 20)
     monkeypatch.setattr(writers, "REOPEN_BYTES", 1 << 20)
     w = writers.LmdbWriter(tmp_path / "g.lmdb")
-    record = writers.datum_bytes(np.zeros((256, 256), np.float32), 0)
+    record = datum.datum_bytes(np.zeros((256, 256), np.float32), 0)
     for i in range(20):  # 20 x 262 kB > 1 MiB
         w.write([(b"%03d" % i, record)])
     w.close()
@@ -197,11 +199,11 @@ def test_readers_hyperstack_ome_lzw_and_folder(tmp_path, rng):
         ("lzw.tif", None, a[:, 0]),
         ("dir", None, a[:, 1].astype(np.uint8)),
     ):
-        s = readers.Stack(tmp_path / name, channel)
+        s = Stack(tmp_path / name, channel)
         assert (s.n_frames, s.height, s.width) == (3, 260, 270)
         np.testing.assert_array_equal(s.read(2), expect[2])
     with pytest.raises(UserError, match="channels"):
-        readers.Stack(tmp_path / "hs.tif", None)
+        Stack(tmp_path / "hs.tif", None)
 
 
 def _bad(root: Path, case: str) -> None:

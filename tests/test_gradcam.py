@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from infer_nets import make_weights, phase_like, write_lmdb, write_net
 
-from data_prep.normalize import variance_normalize
+from data_prep.core.datum import sample_crops
+from data_prep.core.normalize import variance_normalize
 from deadnet_caffe.cli import main
 from deadnet_caffe.gradcam import (
     CamBatch,
     GradCam,
     average_alphas,
     class_weights,
-    read_lmdb_crops,
     stitch_frame,
 )
 from deadnet_caffe.infer import DeployNet, crop_to_input
@@ -186,7 +186,7 @@ def test_class_weights_are_eq3_and_cached(tmp_path, deadnet_files, dataset):
     cache = tmp_path / "eq3.npz"
     cw = class_weights(gc, dataset / "train.lmdb", cache, per_class=2, batch=3)
     assert not cw["cached"] and cw["counts"].tolist() == [2, 2] and cache.is_file()
-    z, labels = read_lmdb_crops(dataset / "train.lmdb", 2)
+    z, labels = sample_crops(dataset / "train.lmdb", 2)
     one = np.stack([gc.compute(z[i : i + 1], labels[i]).alphas[0] for i in range(len(z))])
     for c in (0, 1):
         np.testing.assert_allclose(cw["alpha"][c], one[labels == c].mean(axis=0), rtol=1e-4)

@@ -10,7 +10,7 @@ import tifffile
 from infer_nets import deadnet_deploy, make_weights, nopad_deploy, phase_like, write_net
 from PIL import Image
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core.manifest import Position, write_manifest
 from deadnet_caffe.cli import main
 from deadnet_caffe.heatmap import (
     DenseNet,

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from infer_nets import phase_like, write_net
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core.manifest import Position, write_manifest
 from deadnet_caffe.cli import main
 from deadnet_caffe.report import PositionResult, flag_positions, highest_safe_dose, pooled_auroc
 from deadnet_caffe.validate import (

@@ -1,5 +1,5 @@
 """The published facts (shared/reference/released-settings.md) read from prototxt/ with Caffe's
-own protobuf classes, and their agreement with deadnet_caffe/paper.py.
+own protobuf classes, and their agreement with data_prep/core/paper.py.
 
 The literal numbers below are copied from released-settings.md, so this file checks the
 prototxts and paper.py against the reference independently of either.
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deadnet_caffe import paper
-from deadnet_caffe.errors import UserError
+from data_prep.core import paper
+from data_prep.core.errors import UserError
 from deadnet_caffe.netspec import (
     load_net_param,
     load_solver_param,
@@ -190,7 +190,7 @@ def test_paper_constants_agree_with_reference():
 
 
 def test_every_prototxt_agrees_with_paper_py():
-    """Every net and solver in prototxt/ repeats the numbers of deadnet_caffe/paper.py."""
+    """Every net and solver in prototxt/ repeats the numbers of data_prep/core/paper.py."""
     convs = {c[0]: c[1:] for c in paper.CONV_LAYERS}
     fcs = dict(paper.FC_LAYERS)
     for path in ALL_PROTOTXT:

@@ -21,10 +21,10 @@ import lmdb
 import numpy as np
 import pytest
 
-from deadnet_caffe import paper
+from data_prep.core import paper
+from data_prep.core.errors import UserError
 from deadnet_caffe.cli import main as cli_main
 from deadnet_caffe.describe import describe_net, format_table
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.netspec import (
     check_weights,
     load_net,

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from data_prep.experiment import read_manifest
+from data_prep.core import paper
+from data_prep.core.manifest import read_manifest
+from data_prep.sim.annotators import TARGET_DISAGREEMENT, disagreement, simulate_votes
 from data_prep.sim.biology import DEAD, DYING, Population
 from data_prep.sim.optics import PhaseContrast
 from data_prep.sim.params import PRESETS, Biology, Layout, Optics
 from data_prep.sim.render import CellRenderer
 from data_prep.sim.truth import SICK_NONE, crop_sick_fraction, sick_mask
-from data_prep.sim.votes import TARGET_DISAGREEMENT, disagreement, simulate_votes
-from data_prep.votes import Item, read_votes
-from deadnet_caffe import paper
+from data_prep.votes_csv import Item, read_votes
 from deadnet_caffe.cli import main
 
 LAYOUT = Layout(hours=18.0)
@@ -151,7 +151,7 @@ def test_vote_disagreement_lies_in_band(tmp_path):
     truth = np.concatenate([np.zeros(n // 2), rng.uniform(0, 1, n // 4), np.ones(n - 3 * n // 4)])
     items = [Item("sim/A1/p1", 0, 256 * (i % 4), 256 * (i // 4)) for i in range(n)]
     votes, _ = simulate_votes(items, truth, rng)
-    from data_prep.votes import write_votes
+    from data_prep.votes_csv import write_votes
 
     back = read_votes(write_votes(tmp_path / "votes.csv", votes))
     d = disagreement(back)
@@ -171,8 +171,8 @@ def test_presets_have_a_healthy_and_a_mass_death_well():
 
 def test_a_frame_is_the_same_whatever_is_rendered_around_it():
     """Biology steps every 8 min and each step has its own noise stream (streamed rendering)."""
-    from data_prep.sim.experiment import PositionSim
     from data_prep.sim.params import Settings
+    from data_prep.sim.plate import PositionSim
 
     lay = replace(PRESETS["tiny"], width=256, height=256, hours=1.0)
     every3 = [img for _, img, _, _ in PositionSim(Settings(replace(lay, render_every=3)), 0, 0, 80)]
@@ -183,8 +183,8 @@ def test_a_frame_is_the_same_whatever_is_rendered_around_it():
 
 
 def test_vote_items_are_10_frame_crops_of_low_dose_positions(tmp_path):
-    from data_prep.experiment import Position
-    from data_prep.sim.experiment import vote_items
+    from data_prep.core.manifest import Position
+    from data_prep.sim.plate import vote_items
 
     def pos(well, dose):
         return Position("sim", well, "p1", dose, 8.0, 0.3225, 25, tmp_path / f"{well}.tif")
@@ -232,8 +232,8 @@ def test_statistic_functions_known_answers():
 
 
 def _demo_frame0(size=(640, 512), seed=0):
-    from data_prep.sim.experiment import PositionSim
     from data_prep.sim.params import Settings
+    from data_prep.sim.plate import PositionSim
 
     lay = replace(PRESETS["demo"], hours=0.0, width=size[0], height=size[1])
     sim = PositionSim(Settings(lay, seed=seed), 0, 0, 0.0)

@@ -13,7 +13,7 @@ import caffe_tiny
 import numpy as np
 import pytest
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.cli import main
 from deadnet_caffe.logparse import parse_log
 from deadnet_caffe.train import TrainSettings, snapshots, train

@@ -59,9 +59,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from data_prep.concordance import count_disagreement
-from data_prep.votes import Vote
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import OVERLAP_EVERY_NTH, VOTE_LABELS
+from data_prep.core.errors import UserError
+from data_prep.core.paper import OVERLAP_EVERY_NTH, VOTE_LABELS
+from data_prep.votes_csv import Vote
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WHY_MAX_CHARS = 2000
@@ -538,7 +538,7 @@ def concordance(engine: Engine) -> dict:
 
 
 def all_votes(engine: Engine) -> list[Vote]:
-    """Every vote, oldest first, in the schema of :mod:`data_prep.votes`."""
+    """Every vote, oldest first, in the schema of :mod:`data_prep.votes_csv`."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(

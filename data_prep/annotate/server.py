@@ -59,8 +59,8 @@ from sqlalchemy.engine import Engine
 
 from data_prep.annotate import db
 from data_prep.annotate.pool import FrameCache, PoolItem, build_pool
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import SEQUENCE_FRAMES
+from data_prep.core.errors import UserError
+from data_prep.core.paper import SEQUENCE_FRAMES
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONTENT_TYPES = {

@@ -311,7 +311,7 @@ def damage_strip(settings, positions: list[tuple[int, int, float]], side_px: int
     or ``None`` when no cell of these positions goes through all four states.
     """
     from data_prep.sim.biology import STATES
-    from data_prep.sim.experiment import PositionSim
+    from data_prep.sim.plate import PositionSim
 
     lay = settings.layout
     want = [STATES.index(s) for s in STRIP_STATES]

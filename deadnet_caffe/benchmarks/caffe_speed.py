@@ -11,7 +11,7 @@ Caffe net (forward and backward of each layer, summed per layer type; the rows a
 to ``caffe_speed_layers.csv``) says where the time goes. docs/cpu-speed.md explains the
 figures, the BLAS choice and the project's patches (third_party/caffe/patches/).
 
-The net is built here from :mod:`deadnet_caffe.paper`, with an ``Input`` layer in place of
+The net is built here from :mod:`data_prep.core.paper`, with an ``Input`` layer in place of
 the LMDB ``Data`` layer, so that no data set is needed and both frameworks see the same
 random batch. Each framework runs in a child process of its own (:class:`StepWorker`) and
 times its step there: in one process the two share an allocator and the kernel's view of
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.caffe_env import import_caffe
 
 NAME = "caffe_speed"

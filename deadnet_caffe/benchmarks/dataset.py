@@ -26,8 +26,8 @@ NAME = "dataset"
 def _experiment(root: Path, n_positions: int) -> Path:
     import tifffile
 
-    from data_prep.experiment import Position, write_manifest
-    from deadnet_caffe.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX
+    from data_prep.core.manifest import Position, write_manifest
+    from data_prep.core.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX
 
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
@@ -49,9 +49,9 @@ def _experiment_b(root: Path, n_positions: int) -> Path:
     256 px item (5 x 4 per frame), half of the positions sick."""
     import tifffile
 
-    from data_prep.experiment import Position, write_manifest
-    from data_prep.votes import Item, Vote, write_votes
-    from deadnet_caffe.paper import CROP_PX, FRAME_HEIGHT_PX, FRAME_WIDTH_PX, SEQUENCE_FRAMES
+    from data_prep.core.manifest import Position, write_manifest
+    from data_prep.core.paper import CROP_PX, FRAME_HEIGHT_PX, FRAME_WIDTH_PX, SEQUENCE_FRAMES
+    from data_prep.votes_csv import Item, Vote, write_votes
 
     rng = np.random.default_rng(1)
     root.mkdir(parents=True, exist_ok=True)
@@ -100,10 +100,12 @@ def _fast(experiment: Path, out: Path) -> dict:
 def _naive(experiment: Path, out: Path, n_images: int) -> dict:
     import lmdb
 
-    from data_prep import augment, readers, tps, writers
-    from data_prep.experiment import read_manifest
-    from data_prep.normalize import encode_z, variance_normalize
-    from deadnet_caffe.paper import AUG_A
+    from data_prep import augment, tps, writers
+    from data_prep.core.grids import crop_grid
+    from data_prep.core.manifest import read_manifest
+    from data_prep.core.normalize import encode_z, variance_normalize
+    from data_prep.core.paper import AUG_A
+    from data_prep.core.stack import Stack
 
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,13 +113,13 @@ def _naive(experiment: Path, out: Path, n_images: int) -> dict:
     t0 = time.perf_counter()
     n = 0
     for p in read_manifest(experiment)[:n_images]:
-        image = readers.Stack(p.path).read(0)
+        image = Stack(p.path).read(0).astype(np.float32)
         h, w = image.shape
         warped = tps.warp(image, *tps.dense_maps(tps.random_tps(h, w, rng), h, w))
         for sigma in augment.blur_sigmas(rng, AUG_A["b"]):
             for k in range(8):
                 view = augment.blur(np.ascontiguousarray(augment.dihedral(warped, k)), sigma)
-                for y, x in augment.crop_grid(*view.shape):
+                for y, x in crop_grid(*view.shape):
                     z = variance_normalize(view[y : y + 256, x : x + 256])
                     raw = writers.datum_bytes_protobuf(encode_z(z), 0)
                     with env.begin(write=True) as txn:

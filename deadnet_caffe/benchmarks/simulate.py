@@ -26,8 +26,8 @@ import numpy as np
 import tifffile
 
 from data_prep.sim.biology import Population
-from data_prep.sim.experiment import PositionSim, simulate_position
 from data_prep.sim.params import PRESETS, Settings
+from data_prep.sim.plate import PositionSim, simulate_position
 from data_prep.sim.truth import cell_rows, pixel_coords, sick_mask
 
 NAME = "simulate"

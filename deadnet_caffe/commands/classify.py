@@ -13,17 +13,17 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from data_prep.core.outdir import output_dir
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import image_files, read_stack
 from deadnet_caffe.checks import probability
 from deadnet_caffe.infer import (
     DeployNet,
+    add_image_arguments,
     add_net_arguments,
     classify_stack,
-    image_files,
     image_summary,
-    read_image_stack,
 )
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.runinfo import write_settings
 
 NAME = "classify"
 HELP = "P(sick) per crop and per image for images, TIFF stacks or folders"
@@ -41,6 +41,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--threshold", type=probability, default=0.5, help="image label: sick if mean >= this"
     )
+    add_image_arguments(p)
     add_net_arguments(p)
 
 
@@ -50,7 +51,7 @@ def run(args) -> int:
         files = [
             f for path in args.inputs for f in (image_files(path) if path.is_dir() else [path])
         ]
-        stacks = [(str(path), read_image_stack(path)) for path in files]
+        stacks = [(str(path), read_stack(path, args.channel, args.axes)) for path in files]
         net = DeployNet(args.model, args.weights, args.gpu)
         results = []
         for source, frames in stacks:

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
-from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.gradcam import read_lmdb_crops
-from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input, read_image_stack
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import (
+from data_prep.core.datum import sample_crops
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
     CLASSMODEL_LAMBDA1,
@@ -27,7 +24,11 @@ from deadnet_caffe.paper import (
     LABELS,
     NET_INPUT_PX,
 )
-from deadnet_caffe.runinfo import write_settings
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import read_stack
+from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
+from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
+from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input
 
 NAME = "classmodel"
 HELP = "class model images by gradient ascent on the class score (eq. 4, Figure 6)"
@@ -73,12 +74,12 @@ def _inits(args) -> dict[int, np.ndarray] | None:
     if args.init_image:
         out = {}
         for c, path in enumerate(args.init_image):
-            out[c] = centre_input(read_image_stack(path)[0])
+            out[c] = centre_input(read_stack(path)[0])
         return out
     if args.dataset:
         for split in ("test.lmdb", "train.lmdb"):
             if (args.dataset / split).is_dir():
-                z, labels = read_lmdb_crops(args.dataset / split, 1, seed=2)
+                z, labels = sample_crops(args.dataset / split, 1, seed=2)
                 if set(labels.tolist()) == {0, 1}:
                     return {int(c): z[labels == c][0] for c in (0, 1)}
         raise UserError(f"{args.dataset}: no test.lmdb or train.lmdb with crops of both classes.")

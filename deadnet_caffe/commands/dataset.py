@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from data_prep.build import BuildConfig, build
-from deadnet_caffe import checks, paper
+from data_prep.core import paper
+from deadnet_caffe import checks
 
 NAME = "dataset"
 HELP = "build Data Set A or B (LMDB / HDF5) from a raw experiment"

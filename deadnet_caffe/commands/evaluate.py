@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.checks import nonnegative_int, positive_int, seed
 from deadnet_caffe.evaluate import EvalSettings, evaluate
 

@@ -16,25 +16,25 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.datum import sample_crops
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import read_stack
 from deadnet_caffe.checks import check_image_sources, positive_int
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import (
     GradCam,
     class_weights,
     figure_examples,
     figure_stitched,
-    read_lmdb_crops,
     stitch_frame,
 )
 from deadnet_caffe.infer import (
     DeployNet,
     add_net_arguments,
     centre_input,
-    read_image_stack,
 )
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS
-from deadnet_caffe.runinfo import write_settings
 
 NAME = "gradcam"
 HELP = "Grad-CAM overlays, class-averaged weights (eq. 3) and stitched whole-frame maps"
@@ -78,14 +78,14 @@ def _examples(args, net):
     if args.images:
         z, names = [], []
         for path in args.images:
-            z.append(centre_input(read_image_stack(path)[0]))
+            z.append(centre_input(read_stack(path)[0]))
             names.append(path.name)
         z = np.stack(z)
         labels = (net.p_sick(z) >= 0.5).astype(np.int64)  # predicted class
         return z, labels, names
     for split in ("test.lmdb", "val.lmdb", "train.lmdb"):
         if (args.dataset / split).is_dir():
-            z, labels = read_lmdb_crops(args.dataset / split, args.examples, seed=1)
+            z, labels = sample_crops(args.dataset / split, args.examples, seed=1)
             return z, labels, [f"{split}#{i}" for i in range(len(z))]
     raise UserError(f"{args.dataset}: no test.lmdb, val.lmdb or train.lmdb for examples.")
 
@@ -99,7 +99,7 @@ def run(args) -> int:
     if args.frame:
         inputs.append(args.frame)
     with output_dir(args.out, NAME, inputs) as tmp:
-        frame = read_image_stack(args.frame)[0] if args.frame else None
+        frame = read_stack(args.frame)[0] if args.frame else None
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
         gc = GradCam(net, args.layer)
         cw = class_weights(gc, args.dataset / "train.lmdb", cache, args.per_class, args.batch)

@@ -13,9 +13,13 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from data_prep.experiment import read_manifest
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import read_manifest
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import MANIFEST_CHANNEL, OPTION_CHANNEL, read_stack
 from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.heatmap import (
     DenseNet,
     dense_heatmap,
@@ -24,14 +28,12 @@ from deadnet_caffe.heatmap import (
     plot_fractions,
     write_fraction_table,
 )
-from deadnet_caffe.infer import DeployNet, add_net_arguments, read_image_stack
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
-from deadnet_caffe.runinfo import write_settings
+from deadnet_caffe.infer import DeployNet, add_image_arguments, add_net_arguments
+from deadnet_caffe.netspec import published
 
 NAME = "heatmap"
 HELP = "sliding-window P(sick) heat maps of time-lapses (PNG, TIFF, GIF, sick fraction)"
-DEFAULT_DENSE_MODEL = Path("prototxt/deploy_fcn.prototxt")
+DEFAULT_DENSE_MODEL = published("deploy_fcn.prototxt")
 
 
 def add_arguments(p) -> None:
@@ -61,25 +63,37 @@ def add_arguments(p) -> None:
         default=FRAME_INTERVAL_MIN,
         help="minutes between frames of loose inputs (experiments use the manifest)",
     )
+    add_image_arguments(p)
     add_net_arguments(p)
 
 
-def _sources(args) -> list[tuple[str, Path, int | None, float]]:
-    """(name, path, channel, frame interval) of every time-lapse, each read and checked."""
+def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, float]]:
+    """(name, path, channel, axes, where the channel is set, frame interval) of every
+    time-lapse, each read and checked."""
     if bool(args.inputs) == bool(args.experiment):
         raise UserError("give either input files or --experiment, not both or neither.")
     if args.experiment:
         positions = read_manifest(args.experiment)
-        check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
+        if args.channel is not None or args.axes is not None:
+            raise UserError(
+                "--channel and --axes are for loose inputs; an experiment's "
+                "manifest gives each position's channel."
+            )
+        check_image_sources(
+            [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
+        )
         return [
-            (pos.key.replace("/", "_"), pos.path, pos.channel, pos.frame_interval_min)
-            for pos in positions
+            (key.replace("/", "_"), p.path, p.channel, None, MANIFEST_CHANNEL, p.frame_interval_min)
+            for key, p in ((p.key, p) for p in positions)
         ]
     for path in args.inputs:
         if not path.exists():
             raise UserError(f"{path}: no such file or folder.")
-    check_image_sources([(path, None, None) for path in args.inputs])
-    return [(path.stem, path, None, args.frame_interval_min) for path in args.inputs]
+    check_image_sources([(path, args.channel, None) for path in args.inputs], args.axes)
+    return [
+        (path.stem, path, args.channel, args.axes, OPTION_CHANNEL, args.frame_interval_min)
+        for path in args.inputs
+    ]
 
 
 def run(args) -> int:
@@ -99,8 +113,8 @@ def run(args) -> int:
         else:
             heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
         rows = []
-        for name, path, channel, dt in sources:
-            frames = read_image_stack(path, channel)[:: args.every]
+        for name, path, channel, axes, channel_source, dt in sources:
+            frames = read_stack(path, channel, axes, channel_source=channel_source)[:: args.every]
             ids = [t * args.every for t in range(len(frames))]
             frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat)
             for t, f, m in zip(ids, frac, mean, strict=True):

@@ -13,7 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_prep.experiment import read_manifest
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import read_manifest
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import MANIFEST_CHANNEL
 from deadnet_caffe.checks import (
     check_image_sources,
     nonnegative_float,
@@ -21,13 +26,9 @@ from deadnet_caffe.checks import (
     positive_int,
     probability,
 )
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.infer import DeployNet, add_net_arguments
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER
 from deadnet_caffe.report import analyse_position, write_report
-from deadnet_caffe.runinfo import write_settings
 
 NAME = "report"
 HELP = "per-experiment phototoxicity report: sick area over time, dose response, safe dose"
@@ -70,7 +71,9 @@ def run(args) -> int:
         positions = [p for p in positions if p.dose_s <= args.max_dose]
         if not positions:
             raise UserError(f"--max-dose {args.max_dose:g}: no position of the experiment.")
-    check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
+    check_image_sources(
+        [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
+    )
     inputs = [args.experiment, args.model, args.weights]
     with output_dir(args.out, NAME, inputs) as tmp:
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)

@@ -14,7 +14,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from data_prep.checks import read_text
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import output_dir
 from data_prep.sim.params import PRESETS, Biology, Optics, Settings
 from deadnet_caffe.checks import (
     check_image_sources,
@@ -23,8 +25,6 @@ from deadnet_caffe.checks import (
     positive_int,
     seed,
 )
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import output_dir
 
 NAME = "simulate"
 HELP = "simulate a phototoxicity experiment with ground truth (the embedded default data)"
@@ -106,7 +106,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.sim.experiment import simulate_experiment
+    from data_prep.sim.plate import simulate_experiment
 
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1.")
@@ -149,7 +149,7 @@ def compare_with_real(
         write_figures,
         write_strip,
     )
-    from data_prep.sim.experiment import PositionSim, well_name
+    from data_prep.sim.plate import PositionSim, well_name
 
     try:
         real = tifffile.imread(real_path)

@@ -1,12 +1,12 @@
 """Simulate a whole experiment and write it in the raw-experiment format.
 
-Output (``data_prep.experiment`` documents the manifest)::
+Output (``data_prep.core.manifest`` documents the manifest)::
 
     OUT/manifest.csv                      one row per position, dead_at_end from the truth
     OUT/images/<well>_<position>.tif      (T, H, W) uint16 ImageJ hyperstack (axes TYX) with
                                           pixel size (um) and frame interval (s)
     OUT/ground_truth/<well>_<position>/   labels.tif, sick.tif, cells.csv (data_prep.sim.truth)
-    OUT/votes.csv                         simulated expert votes (data_prep.sim.votes)
+    OUT/votes.csv                         simulated expert votes (data_prep.sim.annotators)
     OUT/settings.json                     the settings, seed and versions
 
 Each position is simulated independently from its own random streams, derived from the seed
@@ -30,7 +30,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core import paper
+from data_prep.core.manifest import Position, write_manifest
+from data_prep.core.outdir import die_with_parent, output_dir
+from data_prep.core.runinfo import write_settings
+from data_prep.sim.annotators import simulate_votes
 from data_prep.sim.biology import Population
 from data_prep.sim.optics import PhaseContrast
 from data_prep.sim.params import Settings
@@ -42,11 +46,7 @@ from data_prep.sim.truth import (
     dead_at_end,
     sick_mask,
 )
-from data_prep.sim.votes import simulate_votes
-from data_prep.votes import VOTES_NAME, Item, write_votes
-from deadnet_caffe import paper
-from deadnet_caffe.outdir import die_with_parent, output_dir
-from deadnet_caffe.runinfo import write_settings
+from data_prep.votes_csv import VOTES_NAME, Item, write_votes
 
 _ROWS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -244,7 +244,7 @@ def simulate_experiment(
     settings : Settings
     out : path
         Written atomically: a temporary sibling renamed to ``out`` when complete (the rules
-        of :mod:`deadnet_caffe.outdir`).
+        of :mod:`data_prep.core.outdir`).
     jobs : int
         Positions simulated in parallel (processes); the output does not depend on it.
     progress : bool
