@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe import __version__, paper
-from deadnet_caffe.errors import UserError
+from data_prep.core import paper
+from data_prep.core.errors import UserError
+from deadnet_caffe import __version__
 
 FORMAT_VERSION = "0.5.4"
 ONNX_NAME = "deadnet.onnx"

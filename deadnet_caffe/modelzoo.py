@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe import __version__, paper
-from deadnet_caffe.errors import UserError
+from data_prep.core import paper
+from data_prep.core.errors import UserError
+from deadnet_caffe import __version__
 
 README = "readme.md"
 CARD = "card.json"
@@ -87,7 +88,7 @@ def _conditions(experiment: Path | None) -> dict:
     }
     if experiment is None:
         return out
-    from data_prep.experiment import read_manifest
+    from data_prep.core.manifest import read_manifest
 
     try:
         positions = read_manifest(experiment)
@@ -334,8 +335,8 @@ def package(
     -------
     The card (the content of card.json).
     """
+    from data_prep.core.outdir import output_dir
     from deadnet_caffe.checks import check_weights
-    from deadnet_caffe.outdir import output_dir
 
     weights, out, model = Path(weights), Path(out), Path(model)
     name = out.resolve().name

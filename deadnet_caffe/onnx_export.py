@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.errors import UserError
+from data_prep.core.errors import UserError
 
 #: ONNX opset written: 17 (ONNX 1.12, 2022) is read by every current runtime, including
 #: the ONNX Runtime versions that deepImageJ and bioimage.io's tools bundle.
@@ -520,7 +520,7 @@ def choose_folds(
 def window_side(side: int) -> int:
     """The window cut from an image for a net input of ``side`` px: the 256 px crop of
     training for the published 220 px input, else the input itself."""
-    from deadnet_caffe.paper import CROP_PX, NET_INPUT_PX
+    from data_prep.core.paper import CROP_PX, NET_INPUT_PX
 
     return CROP_PX if side == NET_INPUT_PX else side
 
@@ -529,22 +529,21 @@ def check_windows(paths: list[Path], side: int, n: int) -> tuple[np.ndarray, lis
     """Up to ``n`` raw windows for a net input of ``side`` px, cut from images.
 
     Every frame of every image (files, stacks, folders of images) is covered by windows at
-    half-window stride (:func:`deadnet_caffe.infer.window_starts`); ``n`` of all of them are
+    half-window stride (:func:`data_prep.core.grids.window_starts`); ``n`` of all of them are
     taken evenly spaced, so that each source contributes.
 
     Returns
     -------
     ((n', w, w) float32 raw windows, w = :func:`window_side`; n' labels ``file[frame](y, x)``).
     """
-    from deadnet_caffe.infer import image_files, read_image_stack, window_starts
+    from data_prep.core.grids import window_starts
+    from data_prep.core.stack import image_files, read_stack
 
     w = window_side(side)
     files = [f for p in paths for f in (image_files(p) if Path(p).is_dir() else [Path(p)])]
     where: list[tuple[int, int, int, int]] = []
-    stacks = [read_image_stack(f) for f in files]
+    stacks = [read_stack(f, min_side=w) for f in files]
     for i, frames in enumerate(stacks):
-        if min(frames.shape[1:]) < w:
-            raise UserError(f"{files[i]}: frames are smaller than the {w} px window of the net.")
         ys = window_starts(frames.shape[1], w, w // 2)
         xs = window_starts(frames.shape[2], w, w // 2)
         where += [(i, t, int(y), int(x)) for t in range(len(frames)) for y in ys for x in xs]
@@ -562,7 +561,7 @@ def check_windows(paths: list[Path], side: int, n: int) -> tuple[np.ndarray, lis
 def net_inputs(windows: np.ndarray, side: int) -> np.ndarray:
     """Training's per-crop normalisation of raw windows, then the centre ``side`` px:
     (N, w, w) -> (N, side, side) float32 (as :func:`deadnet_caffe.infer.crop_to_input`)."""
-    from data_prep.normalize import variance_normalize
+    from data_prep.core.normalize import variance_normalize
 
     z = variance_normalize(windows)
     off = (z.shape[-1] - side) // 2
@@ -684,9 +683,9 @@ def export(
     import onnx
     import onnxruntime
 
+    from data_prep.core.outdir import output_dir
+    from data_prep.core.runinfo import versions
     from deadnet_caffe import bioimageio_export, modelzoo
-    from deadnet_caffe.outdir import output_dir
-    from deadnet_caffe.runinfo import versions
 
     weights, model = Path(weights), Path(model)
     checks = [Path(p) for p in checks or []]

@@ -18,9 +18,9 @@ import tifffile
 from data_experiment import make_experiment
 from infer_nets import phase_like
 
+from data_prep.core.errors import UserError
 from deadnet_caffe import onnx_export as ox
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.infer import DeployNet
 from deadnet_caffe.netspec import load_net_param
 
@@ -137,6 +137,7 @@ def test_tiny_trained_net_onnx_equals_caffe(tiny):
         assert np.max(np.abs(_onnx_p(m, z) - p_caffe)) <= TOL
 
 
+@pytest.mark.slow  # about 25 s on the shared 2 cores: the full 220 px net, 8 fold trials
 def test_published_deploy_net_onnx_equals_caffe_on_real_and_simulated_crops(
     tmp_path, real_frames_dir
 ):
