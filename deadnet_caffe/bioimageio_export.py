@@ -116,6 +116,8 @@ def _readme(name: str, window: int, side: int, card: dict | None) -> str:
             f"{100 * ev['ci_low']:.1f} - {100 * ev['ci_high']:.1f} %, {ev.get('mode')}).\n\n"
         )
     cond = (card or {}).get("conditions") or {}
+    px = cond.get("pixel_size_um")
+    px = f"{px:g} um" if isinstance(px, (int, float)) else "not recorded"
     return f"""# {name}
 
 DeadNet (Richmond et al.): P(sick) of the cells in one phase-contrast crop, from phototoxic
@@ -124,8 +126,8 @@ light damage. Converted from Caffe by deadnet-caffe {__version__} (`deadnet expo
 {acc}## Input
 
 One raw phase-contrast window of {window} x {window} px (axes b, c, y, x; one channel),
-at the pixel size the net was trained on ({cond.get("pixel_size_um", "see the model card")} um;
-objective {cond.get("objective", "not recorded")}; cells {cond.get("cell_type", "not recorded")}).
+at the conditions the net was trained on (pixel size {px}; objective
+{cond.get("objective", "not recorded")}; cells {cond.get("cell_type", "not recorded")}).
 Preprocessing `zero_mean_unit_variance` over y, x normalises each window on its own, as in
 training; the net itself takes the centre {side} x {side} px.
 

@@ -209,7 +209,25 @@ def _pct(x) -> str:
     return f"{100 * x:.1f} %" if isinstance(x, (int, float)) else str(x)
 
 
-def model_card(name: str, header: dict, record: dict, solver_text: str | None) -> str:
+def input_side(model: Path | str) -> int:
+    """The side of a deploy net's square 1-channel input, from its prototxt.
+
+    Raises
+    ------
+    UserError
+        A net without exactly one N x 1 x S x S input.
+    """
+    from deadnet_caffe.netspec import load_net_param
+
+    param = load_net_param(model)
+    dims = [tuple(s.dim) for la in param.layer if la.type == "Input" for s in la.input_param.shape]
+    dims += [tuple(s.dim) for s in param.input_shape]
+    if len(dims) != 1 or len(dims[0]) != 4 or dims[0][1] != 1 or dims[0][2] != dims[0][3]:
+        raise UserError(f"{model}: the net needs one square 1-channel input (N x 1 x S x S).")
+    return int(dims[0][2])
+
+
+def model_card(name: str, header: dict, record: dict, solver_text: str | None, side: int) -> str:
     """The readme body: the model card in Markdown (see module docstring)."""
     c = record["conditions"]
     ds = record["dataset"]
@@ -224,8 +242,8 @@ def model_card(name: str, header: dict, record: dict, solver_text: str | None) -
         "",
         "## Files",
         "",
-        f"- `{DEPLOY}`: the deploy net (Input N x 1 x {paper.NET_INPUT_PX} x "
-        f"{paper.NET_INPUT_PX}, Softmax `prob` over {paper.LABELS}).",
+        f"- `{DEPLOY}`: the deploy net (Input N x 1 x {side} x {side}, Softmax `prob` over "
+        f"({', '.join(paper.LABELS[k] for k in sorted(paper.LABELS))})).",
         f"- `{header['caffemodel']}`: the weights, sha1 `{header['sha1']}`.",
         f"- `{CARD}`: this card's facts as JSON."
         + (f" `{SOLVER}`: the derived solver of the training run." if solver_text else ""),
@@ -284,7 +302,8 @@ def model_card(name: str, header: dict, record: dict, solver_text: str | None) -
         tr = record.get("training", {})
         lines += [
             f"Derived from `{tr.get('solver')}` by `deadnet train` (max_iter "
-            f"{tr.get('max_iter')}, base_lr {tr.get('base_lr') or 'as published'}); what it "
+            f"{tr.get('max_iter') or 'as in that file'}, base_lr "
+            f"{tr.get('base_lr') or 'as in that file'}); what it "
             f"changed: `{json.dumps(tr.get('derived_from_solver_file'))}`.",
             "",
             "```",
@@ -346,6 +365,7 @@ def package(
             "letters, digits, '.', '_' and '-'."
         )
     check_weights(model, weights)
+    side = input_side(model)
     record = training_record(weights, evaluation)
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -372,7 +392,7 @@ def package(
         }
         card = {"header": header, **record, "weights_source": str(weights.resolve())}
         (tmp / README).write_text(
-            _front_matter(header) + "\n" + model_card(name, header, record, solver_text)
+            _front_matter(header) + "\n" + model_card(name, header, record, solver_text, side)
         )
         (tmp / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     return card

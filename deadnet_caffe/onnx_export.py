@@ -614,18 +614,6 @@ def convert(model: Path | str, weights: Path | str, probe: np.ndarray | None = N
     return to_model(g, param.name or model.stem), report
 
 
-def input_side(model: Path | str) -> int:
-    """The side of a deploy net's square 1-channel input, from its prototxt."""
-    from deadnet_caffe.netspec import load_net_param
-
-    param = load_net_param(model)
-    dims = [tuple(s.dim) for la in param.layer if la.type == "Input" for s in la.input_param.shape]
-    dims += [tuple(s.dim) for s in param.input_shape]
-    if len(dims) != 1 or len(dims[0]) != 4 or dims[0][1] != 1 or dims[0][2] != dims[0][3]:
-        raise UserError(f"{model}: the net needs one square 1-channel input to be exported.")
-    return int(dims[0][2])
-
-
 def compare(onnx_model, model: Path, weights: Path, z: np.ndarray, labels: list[str]) -> dict:
     """P(sick) of Caffe and of ONNX Runtime on the same net inputs, and their difference.
 
@@ -690,7 +678,7 @@ def export(
     weights, model = Path(weights), Path(model)
     checks = [Path(p) for p in checks or []]
     with output_dir(out, "export", [weights, weights.resolve(), model, *checks]) as tmp:
-        side = input_side(model)
+        side = modelzoo.input_side(model)
         if checks:
             windows, labels = check_windows(checks, side, n_crops)
         else:
