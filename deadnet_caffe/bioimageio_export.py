@@ -9,7 +9,8 @@ Layout of the package folder (``rdf.yaml`` names every file, each with its SHA-2
   check image, and the Caffe net's softmax (1, C) for it, computed by pycaffe after the
   toolkit's own normalisation; ``bioimageio test`` reproduces it through bioimage.io's
   preprocessing and ONNX Runtime, and must agree to 1e-4 (``reproducibility_tolerance``);
-- ``sample_input.png``: the same window for display; ``cover.png``; ``README.md``.
+- ``sample_input.png``: the same window for display, ``sample_output.tif`` its output (the
+  FAIR samples of bioimage.io); ``cover.png``; ``README.md``; ``LICENSE``.
 
 The per-crop normalisation, expressed in bioimage.io's terms:
 
@@ -168,6 +169,7 @@ def write_package(
     card : the Model Zoo card (modelzoo.training_record), for conditions and accuracy.
     """
     import onnx
+    import tifffile
     from PIL import Image
 
     window = int(window_raw.shape[-1])
@@ -177,6 +179,7 @@ def write_package(
     np.save(folder / "test_input.npy", window_raw.astype(np.float32)[None, None])
     np.save(folder / "test_output.npy", expected.astype(np.float32)[None])
     Image.fromarray(_display(window_raw)).save(folder / "sample_input.png")
+    tifffile.imwrite(folder / "sample_output.tif", expected.astype(np.float32)[None])
     _cover(window_raw, expected, folder / "cover.png")
     (folder / "README.md").write_text(_readme(name, window, side, card))
     (folder / "LICENSE").write_text(
@@ -230,6 +233,7 @@ def write_package(
                 "description": "softmax over (healthy, sick)",
                 "axes": [{"type": "batch"}, {"type": "channel", "channel_names": labels}],
                 "test_tensor": {"source": "test_output.npy", "sha256": None},
+                "sample_tensor": {"source": "sample_output.tif", "sha256": None},
                 "data": {"type": "float32", "range": [0.0, 1.0]},
             }
         ],
