@@ -668,8 +668,16 @@ def export(
         A net the converter cannot take, unreadable inputs, or a disagreement beyond the
         tolerance (nothing is written then).
     """
-    import onnx
-    import onnxruntime
+    try:
+        import onnx
+        import onnxruntime
+
+        if bioimageio:
+            import bioimageio.core as _bioimageio_core  # noqa: F401 (is it installed)
+    except ImportError as err:
+        raise UserError(
+            f"{err.name} is not installed; install the export extra: pip install -e '.[export]'."
+        ) from None
 
     from data_prep.core.outdir import output_dir
     from data_prep.core.runinfo import versions
