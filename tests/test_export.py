@@ -43,6 +43,12 @@ def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     exp = tmp / "exp"
     make_experiment(exp, frames=2)
+    # the simulator's settings.json (data_prep.sim.plate), as the model card reads it
+    (exp / "settings.json").write_text(
+        json.dumps(
+            {"settings": {"layout": {"pixel_size_um": 0.3225}, "optics": {"na": 0.75}, "seed": 5}}
+        )
+    )
     ds = caffe_tiny.write_dataset(tmp / "ds", 64, 32)
     solver = caffe_tiny.write_solver(tmp / "net")
     run = tmp / "run"
@@ -238,6 +244,8 @@ def test_package_then_verify_and_a_corrupted_caffemodel(tiny, tmp_path, capsys):
     assert card["evaluation"]["accuracy"] == ev["accuracy"]
     assert f"{100 * ev['ci_low']:.1f} %" in readme and f"{100 * ev['ci_high']:.1f} %" in readme
     assert card["conditions"]["pixel_size_um"] == pytest.approx(0.3225)  # the manifest's
+    assert "NA 0.75" in card["conditions"]["objective"] and card["conditions"]["simulated"]
+    assert "- cell type: simulated U2OS" in readme
     assert (out / "solver.prototxt").read_text() == (tiny["run"] / "solver.prototxt").read_text()
     assert "## Solver" in readme and "solver_mode: CPU" in readme
 
