@@ -115,6 +115,25 @@ def _conditions(experiment: Path | None) -> dict:
     return out
 
 
+def _experiment(dataset: Path | None, recorded: str | None) -> Path | None:
+    """The experiment folder that a data set's settings.json names.
+
+    ``deadnet dataset`` records the path as given, so a relative one is relative to the
+    folder it ran in, which is not recorded: it is looked for under the data set folder's
+    parents, nearest first (the demo writes ``runs/demo/experiment`` and
+    ``runs/demo/dataset_A``). None when no such folder holds a manifest.csv.
+    """
+    if not recorded or dataset is None:
+        return None
+    path = Path(recorded)
+    if path.is_absolute():
+        return path
+    for base in dataset.resolve().parents:
+        if (base / path / "manifest.csv").is_file():
+            return base / path
+    return None
+
+
 def training_record(weights: Path | str, evaluation: Path | str | None = None) -> dict:
     """What is known about how ``weights`` were trained and how well they test.
 
@@ -130,7 +149,7 @@ def training_record(weights: Path | str, evaluation: Path | str | None = None) -
     dataset = Path(settings["dataset"]) if settings.get("dataset") else None
     ds_card = _json(dataset / "dataset.json") if dataset else None
     ds_settings = (_json(dataset / "settings.json") or {}).get("settings", {}) if dataset else {}
-    experiment = Path(ds_settings["experiment"]) if ds_settings.get("experiment") else None
+    experiment = _experiment(dataset, ds_settings.get("experiment"))
     if ds_card:
         record["dataset"] = {
             "folder": str(dataset),
@@ -205,6 +224,10 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _unit(value, unit: str) -> str:
+    return value if value == NOT_RECORDED else f"{_fmt(value)} {unit}"
+
+
 def _pct(x) -> str:
     return f"{100 * x:.1f} %" if isinstance(x, (int, float)) else str(x)
 
@@ -274,8 +297,8 @@ def model_card(name: str, header: dict, record: dict, solver_text: str | None, s
         "",
         "## Imaging conditions",
         "",
-        f"- pixel size: {_fmt(c['pixel_size_um'])} um at the sample",
-        f"- frame interval: {_fmt(c['frame_interval_min'])} min",
+        f"- pixel size: {_unit(c['pixel_size_um'], 'um at the sample')}",
+        f"- frame interval: {_unit(c['frame_interval_min'], 'min')}",
         f"- objective: {c['objective']}",
         f"- cell type: {c['cell_type']}",
         f"- from: {c['source']}",
