@@ -57,8 +57,8 @@ FOLD_SHARE = 0.1
 class Graph:
     """The converted net before it becomes an ONNX ``ModelProto``.
 
-    ``folds`` holds the names of the Convolution layers whose BatchNorm + Scale were folded
-    into them; ``foldable`` the names of all that could be.
+    ``foldable`` holds the names of the Convolution layers followed in place by BatchNorm
+    and Scale (folded or not).
     """
 
     nodes: list = field(default_factory=list)
@@ -66,8 +66,6 @@ class Graph:
     inputs: list = field(default_factory=list)  # (name, (C, H, W))
     outputs: list = field(default_factory=list)
     foldable: list = field(default_factory=list)
-    folds: list = field(default_factory=list)
-    layer_tensors: dict = field(default_factory=dict)  # Caffe layer name -> ONNX tensor
     blob_tensors: dict = field(default_factory=dict)  # Caffe blob -> its last ONNX tensor
     shapes: dict = field(default_factory=dict)  # ONNX tensor -> per-item shape (C, H, W) or (C,)
 
@@ -177,7 +175,6 @@ class _Builder:
         top = layer.top[0]
         self.tensor[top], self.shape[top] = tensor, shape
         self.g.shapes[tensor] = shape
-        self.g.layer_tensors[layer.name] = tensor
 
     def bottom(self, layer) -> tuple[str, tuple]:
         if len(layer.bottom) != 1:
@@ -205,7 +202,6 @@ class _Builder:
                 self.g.foldable.append(layer.name)
                 if self.fold is None or layer.name in self.fold:
                     self._conv(layer, fold=nxt)
-                    self.g.folds.append(layer.name)
                     i += 3
                     continue
             getattr(self, _METHODS[layer.type])(layer)
@@ -261,10 +257,6 @@ class _Builder:
             conv_size(w, kw, sw, pw, dw),
         )
         self.set_top(layer, out, shape)
-        if fold:
-            for la in fold:
-                self.g.layer_tensors[la.name] = out
-                self.tensor[la.top[0]] = out
 
     def _bn_stats(self, layer) -> tuple[np.ndarray, np.ndarray, float]:
         """(mean, var, eps) of a BatchNorm layer: the running sums over Caffe's scale factor."""
