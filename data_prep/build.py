@@ -30,7 +30,6 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-from tqdm import tqdm
 
 from data_prep import augment, writers
 from data_prep.core import paper
@@ -40,6 +39,7 @@ from data_prep.core.grids import crop_grid
 from data_prep.core.manifest import MANIFEST_NAME, Position, read_manifest
 from data_prep.core.normalize import encode_z, variance_normalize
 from data_prep.core.outdir import die_with_parent, output_dir
+from data_prep.core.progress import progress_bar
 from data_prep.core.runinfo import versions, write_settings
 from data_prep.core.stack import Stack, check_stack
 from data_prep.labels import early_frames, label_items_b, label_positions_a, sick_keys_a
@@ -211,14 +211,19 @@ def _worker(tasks, results, cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]]
 
 
 def _execute(
-    tasks: list[Task], cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]], total: int
+    tasks: list[Task],
+    cfg: BuildConfig,
+    lmdbs: dict[str, tuple[Path, int]],
+    total: int,
+    progress: bool | None = None,
 ) -> None:
     """Run ``tasks`` and write every record into ``lmdbs`` (part -> (path, map size)).
 
     With ``cfg.workers > 1`` the workers write to the LMDBs themselves (no records travel
     between processes); otherwise everything runs in this process.
     """
-    bar = tqdm(total=total, unit="crop", desc=f"Data Set {cfg.dataset}", smoothing=0.05)
+    desc = f"Data Set {cfg.dataset}"
+    bar = progress_bar(total=total, unit="crop", desc=desc, smoothing=0.05, progress=progress)
     try:
         if cfg.workers <= 1:
             sinks = {part: writers.LmdbWriter(*lmdbs[part]) for part in lmdbs}
@@ -449,8 +454,10 @@ def _map_size(n_crops: int) -> int:
     return int(1.25 * n_crops * per_crop) + (64 << 20)
 
 
-def build(cfg: BuildConfig) -> dict:
+def build(cfg: BuildConfig, progress: bool | None = None) -> dict:
     """Build Data Set ``cfg.dataset`` into ``cfg.out``; return the dataset card.
+
+    ``progress``: a bar of crops written (None: only on a terminal, :mod:`data_prep.core.progress`).
 
     Writes ``train.lmdb``, ``test.lmdb`` (and/or ``train_*.h5``, ``train_h5.txt``, ...),
     ``dataset.json`` (the card), ``split.csv`` and ``settings.json``.
@@ -471,7 +478,7 @@ def build(cfg: BuildConfig) -> dict:
             )
             for part in ("train", "test")
         }
-        _execute(tasks, cfg, lmdbs, total)
+        _execute(tasks, cfg, lmdbs, total, progress)
         _write_test_index(tmp / "test.lmdb", tmp / "test_index.csv", tasks, positions)
         card = _card(cfg, positions, tasks, crops_task, labels, parts, frames, extra)
         if "hdf5" in cfg.formats:

@@ -8,12 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from data_prep.core.errors import UserError
+from data_prep.core.figures import subplots
 from deadnet_caffe import logparse
 
 LOG_NAME = "caffe.log"
@@ -42,7 +38,7 @@ def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[P
     """
     out_dir = Path(out_dir)
     paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = subplots(figsize=(5, 3.5), dpi=120)
     for name, label, style in (("train_loss", "train", "-"), ("test_loss", "validation", "o-")):
         x, y = _points(cols, name)
         if x:
@@ -54,7 +50,7 @@ def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[P
         ax.legend()
     fig.tight_layout()
     paths.append(_save(fig, out_dir / LOSS_PNG))
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = subplots(figsize=(5, 3.5), dpi=120)
     x, y = _points(cols, "test_accuracy")
     if x:
         ax.plot(x, y, "o-", color="C1", markersize=3, label="validation")
@@ -71,7 +67,6 @@ def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[P
 def _save(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(path)
     return path
 

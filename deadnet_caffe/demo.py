@@ -66,7 +66,7 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
     log("[demo]   $ deadnet " + shlex.join([*step.argv, *extra]))
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "deadnet_caffe.cli", *step.argv, *extra], preexec_fn=die_with_parent
+        [sys.executable, "-m", "deadnet_caffe", *step.argv, *extra], preexec_fn=die_with_parent
     )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -85,7 +85,7 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
 
 #: The demo's solver: the published Data Set A solver with one stated change. The published
 #: base_lr 0.0003 needs tens of thousands of iterations (the paper trained ~500k on a GPU);
-#: on 2 CPU cores the demo has ~400 iterations, so base_lr is 10x higher. Everything else
+#: on 2 CPU cores the demo has DemoConfig.max_iter, so base_lr is 10x higher. Everything else
 #: (Nesterov, inv policy, momentum, weight decay, batch 20, the net) stays as published.
 DEMO_BASE_LR = 0.003
 
@@ -203,8 +203,13 @@ def truth_check(exp: Path, ds: Path, evaluation: Path, seed: int) -> dict:
     }
 
 
-def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
+def run_demo(
+    cfg: DemoConfig, log: Callable[[str], None] = print, progress: bool | None = None
+) -> dict:
     """Run (or reuse) every step and write ``summary.json`` and ``index.html``.
+
+    ``progress`` is passed to every step as ``--progress`` / ``--no-progress`` (None: each
+    step's own rule, a bar only when stdout is a terminal).
 
     Returns the summary dict (see :func:`deadnet_caffe.demo_page.summarise`).
     """
@@ -217,8 +222,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     done: dict[str, dict] = {}
     t_start = time.perf_counter()
 
+    bars = [] if progress is None else ["--progress" if progress else "--no-progress"]
+
     def step(name: str, title: str, folder: Path, argv: list[str], extra: list[str] = ()):
-        done[name] = run_step(Step(name, title, folder, argv), log, extra=list(extra))
+        done[name] = run_step(Step(name, title, folder, argv), log, extra=[*extra, *bars])
 
     step(
         "simulate",
@@ -231,7 +238,6 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
             *seed,
             "--jobs",
             str(cfg.jobs),
-            "--quiet",
             "--out",
             str(exp),
         ],

@@ -47,6 +47,7 @@ from data_prep.core import outdir, paper, runinfo
 from data_prep.core.checks import read_text
 from data_prep.core.datum import check_lmdb, iter_datums, read_datum, test_transform
 from data_prep.core.errors import UserError
+from data_prep.core.progress import progress_bar
 from deadnet_caffe import caffe_env, netspec, stats
 
 MODES = ("published_val", "global_stats")
@@ -473,10 +474,8 @@ def default_net(weights: Path) -> Path:
     raise UserError(f"no train_val.prototxt beside {weights}; pass --net.")
 
 
-def evaluate(s: EvalSettings, progress: bool = True) -> dict:
+def evaluate(s: EvalSettings, progress: bool | None = None) -> dict:
     """Run both modes, write JSON, Markdown, predictions CSV and galleries into ``s.out``."""
-    from tqdm import tqdm
-
     from deadnet_caffe import gallery
 
     weights, dataset = Path(s.weights), Path(s.dataset)
@@ -503,7 +502,9 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
         for mode in MODES:
             param, score = eval_net_param(net_param, transform, mode == "global_stats")
             net = netspec.net_from_param(param, "TEST", weights, name=str(net_path))
-            with tqdm(total=len(rec.keys), desc=mode, unit="crop", disable=not progress) as bar:
+            with progress_bar(
+                total=len(rec.keys), desc=mode, unit="crop", progress=progress
+            ) as bar:
                 probs[mode] = predict(net, score, dataset, transform, bar)
             tables = None
             if idx is not None:

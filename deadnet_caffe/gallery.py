@@ -10,14 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lmdb
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 from data_prep.core import paper
 from data_prep.core.datum import read_datum
+from data_prep.core.figures import subplots
 
 MISCLASSIFIED_PNG = "figure3c_misclassified.png"
 CORRECT_PNG = "figure3d_correct.png"
@@ -45,7 +42,7 @@ def draw(
 ) -> Path:
     """Draw rows of (H, W) crops, one row per class, into ``path``."""
     n = max(1, *(len(v) for v in crops.values()))
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         2, n, figsize=(1.6 * n + 0.8, 4.2), dpi=100, squeeze=False, layout="constrained"
     )
     for c in (0, 1):
@@ -65,7 +62,6 @@ def draw(
                     ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

@@ -32,6 +32,7 @@ from data_prep.core.datum import sample_crops
 from data_prep.core.errors import UserError
 from data_prep.core.grids import Grid
 from data_prep.core.paper import GRADCAM_LAYER, NET_INPUT_PX
+from data_prep.core.progress import progress_bar
 from deadnet_caffe.checks import load_npz
 from deadnet_caffe.infer import DeployNet, crop_to_input, upsample_at
 
@@ -200,7 +201,12 @@ def average_alphas(alphas: np.ndarray, labels: np.ndarray, n_classes: int = 2) -
 
 
 def class_weights(
-    gc: GradCam, lmdb_path: Path, cache: Path, per_class: int = 200, batch: int = 10
+    gc: GradCam,
+    lmdb_path: Path,
+    cache: Path,
+    per_class: int = 200,
+    batch: int = 10,
+    progress: bool | None = None,
 ) -> dict:
     """Eq. 3 weights for both classes, computed once and cached in ``cache`` (.npz).
 
@@ -221,11 +227,12 @@ def class_weights(
         f = load_npz(cache, ("alpha", "counts"))
         if all(str(f[k]) == str(v) for k, v in key.items() if k in f):
             return {"alpha": f["alpha"], "counts": f["counts"], "cached": True, **key}
-    from tqdm import tqdm
-
     z, labels = sample_crops(lmdb_path, per_class)
     alphas = []
-    for i in tqdm(range(0, len(z), batch), desc="eq. 3 weights", unit="batch", leave=False):
+    starts = range(0, len(z), batch)
+    for i in progress_bar(
+        starts, desc="eq. 3 weights", unit="batch", leave=False, progress=progress
+    ):
         alphas.append(gc.compute(z[i : i + batch], labels[i : i + batch]).alphas)
     alpha = average_alphas(np.concatenate(alphas), labels)
     counts = np.bincount(labels, minlength=2)
@@ -334,13 +341,10 @@ def figure_examples(
     images : (N, 220, 220); own, avg : (N, 220, 220) upsampled maps. All-zero maps are
     labelled as such in the panel title instead of being rescaled.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
     for i in range(n):
         panels = (
             (images[i], None, titles[i]),
@@ -358,17 +362,13 @@ def figure_examples(
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched) -> None:
     """Whole-frame Grad-CAM stitched with per-crop (eq. 1) vs averaged (eq. 3) weights."""
-    import matplotlib
+    from data_prep.core.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = subplots(1, 2, figsize=(11, 4.5))
     for ax, s, name in (
         (axes[0], own, "per-crop weights (eq. 1)"),
         (axes[1], avg, "class-averaged weights (eq. 3)"),
@@ -378,4 +378,3 @@ def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

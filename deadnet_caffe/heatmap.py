@@ -24,6 +24,7 @@ import numpy as np
 
 from data_prep.core.grids import Grid
 from data_prep.core.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
+from data_prep.core.progress import progress_bar
 from deadnet_caffe.infer import (
     DEFAULT_BATCH,
     SICK,
@@ -153,6 +154,7 @@ def heatmap_timelapse(
     heat: Callable[[np.ndarray], np.ndarray],
     gif_max_side: int = 512,
     gif_ms: int = 200,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps of a time-lapse, written frame by frame into ``out_dir``.
 
@@ -172,19 +174,19 @@ def heatmap_timelapse(
     import cv2
     import tifffile
     from PIL import Image
-    from tqdm import tqdm
 
     png_dir = out_dir / name
     png_dir.mkdir(parents=True, exist_ok=True)
     gif, frac, mean = [], [], []
 
     def pages():
-        for t, frame in tqdm(
+        for t, frame in progress_bar(
             zip(frame_ids, frames, strict=True),
             total=len(frames),
             desc=name,
             unit="frame",
             leave=False,
+            progress=progress,
         ):
             prob = heat(frame).astype(np.float32)
             frac.append(float(sick_fraction(prob[None])[0]))
@@ -220,12 +222,9 @@ def write_fraction_table(path: Path, rows: list[dict]) -> None:
 
 def plot_fractions(path: Path, rows: list[dict]) -> None:
     """Sick fraction over time, one line per position (PNG)."""
-    import matplotlib
+    from data_prep.core.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     by_pos: dict[str, list[dict]] = {}
     for r in rows:
         by_pos.setdefault(r["position"], []).append(r)
@@ -238,4 +237,3 @@ def plot_fractions(path: Path, rows: list[dict]) -> None:
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

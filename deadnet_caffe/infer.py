@@ -10,8 +10,10 @@ stored ``v = encode_z(z)`` gives ``z`` back, so this module feeds ``z`` to the n
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +242,21 @@ def image_summary(results: list[CropResult], threshold: float = 0.5) -> list[dic
         }
         for (s, t), p in groups.items()
     ]
+
+
+def write_classification(out_dir: Path, results: list[CropResult], threshold: float) -> list[dict]:
+    """Write ``crops.csv`` (one row per crop), ``images.csv`` (:func:`image_summary`) and
+    ``results.json`` (both) into ``out_dir``; return the image rows."""
+    images = image_summary(results, threshold)
+    crop_rows = [asdict(r) for r in results]
+    for name, rows in (("crops.csv", crop_rows), ("images.csv", images)):
+        with (Path(out_dir) / name).open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    doc = {"images": images, "crops": crop_rows}
+    (Path(out_dir) / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return images
 
 
 def add_image_arguments(p) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from data_prep.core.grids import Grid
 from data_prep.core.manifest import Position
 from data_prep.core.paper import NET_INPUT_PX
+from data_prep.core.progress import progress_bar
 from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
@@ -120,16 +121,15 @@ def analyse_position(
     every: int,
     batch: int,
     gradcam_crops: int = 4,
+    progress: bool | None = None,
 ) -> PositionResult:
     """Heat maps of every ``every``-th frame of a position, and the ground-truth checks."""
-    from tqdm import tqdm
-
     frames = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
     ids = list(range(0, len(frames), every))
     probs = np.stack(
         [
             exact_heatmap(frames[t], net.p_sick, stride, batch)
-            for t in tqdm(ids, desc=pos.key, unit="frame", leave=False)
+            for t in progress_bar(ids, desc=pos.key, unit="frame", leave=False, progress=progress)
         ]
     )
     res = PositionResult(pos, ids, np.asarray(ids) * pos.frame_interval_min, sick_fraction(probs))
@@ -220,14 +220,13 @@ def highest_safe_dose(
 
 
 def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) -> None:
-    import matplotlib
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     doses = sorted({r.pos.dose_s for r in results})
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    cmap = colormaps["viridis"]
+    fig, ax = subplots(figsize=(6.5, 4))
     for i, d in enumerate(doses):
         rs = [r for r in results if r.pos.dose_s == d]
         for j, r in enumerate(rs):
@@ -244,9 +243,8 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.legend(title="dose", fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "fraction_over_time.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for r in results:
         ax.plot(r.pos.dose_s, r.late(n_late), "o", color="0.6", ms=4)
     means = [np.mean([r.late(n_late) for r in results if r.pos.dose_s == d]) for d in doses]
@@ -258,7 +256,6 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "dose_response.png", dpi=120)
-    plt.close(fig)
 
 
 def write_report(

@@ -8,6 +8,8 @@ importing anything.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,3 +119,32 @@ def test_the_bottom_floor_imports_only_itself():
 
 def test_no_import_cycle():
     assert cycles(import_graph()) == []
+
+
+def test_no_module_uses_pyplot_or_switches_the_backend():
+    """Figures are drawn on bare matplotlib Figures (data_prep.core.figures): importing or
+    calling the toolkit from a notebook leaves its backend and pyplot's figures alone."""
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) == "matplotlib.use":
+                mods = ["matplotlib.use"]
+            else:
+                continue
+            found += [(name, m) for m in mods if m in ("matplotlib.pyplot", "matplotlib.use")]
+    assert found == []
+
+
+def test_public_api_is_lazy_and_complete():
+    import deadnet_caffe
+
+    code = "import sys, deadnet_caffe; print(sorted({'caffe', 'cv2'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr
+    for name in deadnet_caffe.__all__:
+        assert getattr(deadnet_caffe, name) is not None
+    assert deadnet_caffe.read_stack.__module__ == "data_prep.core.stack"

@@ -46,14 +46,18 @@ def test_tps_maps_control_points_exactly(rng):
     grid = tps.control_grid(300, 400)
     assert grid[:, 0].max() >= 399 and grid[:, 1].max() >= 299  # grid covers the image
     assert np.allclose(np.diff(np.unique(grid[:, 0])), 128)
-    f = tps.random_tps(300, 400, rng)
-    moved = f(grid)
-    displacement = moved - grid
-    np.testing.assert_allclose(moved, f.centers + displacement, atol=1e-9)
-    # Every control point goes to its own displaced target, which is N(0, 10^2) away.
-    target = tps.ThinPlateSpline.fit(grid, grid + 7.0).__call__(grid)
-    np.testing.assert_allclose(target, grid + 7.0, atol=1e-8)
-    assert 3.0 < displacement.std() < 20.0
+    # Interpolation: a spline fitted to random targets t_i sends each c_i to its t_i.
+    targets = grid + rng.normal(0.0, 10.0, size=grid.shape)
+    f = tps.ThinPlateSpline.fit(grid, targets)
+    np.testing.assert_allclose(f(grid), targets, atol=1e-6)
+    # A thin-plate spline reproduces an affine map exactly, also between the control points.
+    a, b = np.array([[1.1, 0.2], [-0.1, 0.9]]), np.array([5.0, -3.0])
+    affine = tps.ThinPlateSpline.fit(grid, grid @ a.T + b)
+    between = rng.uniform(0, [400, 300], size=(50, 2))
+    np.testing.assert_allclose(affine(between), between @ a.T + b, atol=1e-6)
+    # random_tps displaces the control points by N(0, sigma^2) per coordinate (2.3 w)
+    moved = tps.random_tps(300, 400, rng)(grid) - grid
+    assert 3.0 < moved.std() < 20.0
 
 
 def test_tps_lattice_interpolation_error_below_quarter_pixel(rng):

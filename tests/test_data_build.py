@@ -15,10 +15,10 @@ import lmdb
 import numpy as np
 import pytest
 import tifffile
-from data_experiment import make_experiment, make_votes
+from data_experiment import HEIGHT, WIDTH, make_experiment, make_votes
 
 from data_prep import writers
-from data_prep.core import datum
+from data_prep.core import datum, grids, paper
 from data_prep.core.errors import UserError
 from data_prep.core.manifest import read_manifest, write_manifest
 from data_prep.core.normalize import encode_z
@@ -297,3 +297,27 @@ def test_dataset_b_balance_gives_the_rarer_class_extra_copies(experiment, tmp_pa
     total = bal["counts"]["train"]["crops"]
     _, label = _read_with_caffe(tmp_path, tmp_path / "bal/train.lmdb", total)
     assert int((label == 1).sum()) == bal["counts"]["train"]["per_class"]["sick"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "per_crop"),
+    [
+        # the paper's w x r x b = 3 x 8 x 2 = 48 per crop position; x 54 = 2592 per full frame
+        (["--warps", "3", "--rotations", "8", "--blurs", "2"], 48),
+        # "0 copies means one": no warp and no blur still give one copy of each view
+        (["--warps", "0", "--rotations", "8", "--blurs", "0"], 8),
+    ],
+)
+def test_dataset_a_full_multiplicities_on_tiny_frames(experiment, tmp_path, argv, per_crop):
+    assert per_crop * len(grids.crop_grid(1024, 1344)) == (2592 if per_crop == 48 else 432)
+    assert paper.AUG_A_TOTAL == 48 * 54
+    out = tmp_path / "A"
+    assert main(["dataset", "A", "--experiment", str(experiment), "--out", str(out),
+                 "--workers", "1", *argv]) == 0  # fmt: skip
+    card = json.loads((out / "dataset.json").read_text())
+    crops = len(grids.crop_grid(HEIGHT, WIDTH))  # 3 on the tiny 384 x 640 frames
+    n_train = card["counts"]["train"]["positions"]  # one frame each (as in the test above)
+    assert n_train == 4
+    assert card["counts"]["train"]["crops"] == n_train * per_crop * crops
+    with lmdb.open(str(out / "train.lmdb"), readonly=True, lock=False) as env:
+        assert env.stat()["entries"] == n_train * per_crop * crops

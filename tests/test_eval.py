@@ -98,6 +98,16 @@ def test_evaluate_matches_caffe_and_writes_reports(run, capsys):
     assert cm.sum() == N_TEST and np.trace(cm) == (pred == labels).sum()
     assert set(val["per_dose"]) == {"0.0", "20.0", "80.0"} and val["per_dose"]["0.0"]["n"] == 8
     assert set(val["per_position"]) == set(POSITIONS)
+    # every group exactly: n, correct and accuracy counted here from predictions.csv
+    dose = np.array([float(r["dose_s"]) for r in rows])
+    position = np.array([r["position"] for r in rows])
+    groups = [(dose == float(d), got) for d, got in val["per_dose"].items()]
+    groups += [(position == p, got) for p, got in val["per_position"].items()]
+    assert len(groups) == 3 + len(set(POSITIONS))
+    for sel, got in groups:
+        k = int((pred[sel] == labels[sel]).sum())
+        assert (got["n"], got["correct"]) == (int(sel.sum()), k)
+        assert got["accuracy"] == k / sel.sum()
     unexp = val["unexposed"]
     dose0 = np.array([float(r["dose_s"]) == 0 for r in rows])
     assert unexp["n"] == 8

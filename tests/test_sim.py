@@ -106,7 +106,7 @@ def test_sick_mask_and_crop_fractions_known_answer():
 
 
 def _simulate(out, seed=1, extra=()):
-    argv = ["simulate", "--preset", "tiny", "--seed", str(seed), "--out", str(out), "--quiet"]
+    argv = ["simulate", "--preset", "tiny", "--seed", str(seed), "--out", str(out), "--no-progress"]
     return main([*argv, "--size", "384", "256", "--hours", "2", "--render-every", "5", *extra])
 
 

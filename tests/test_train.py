@@ -117,7 +117,7 @@ def test_sigterm_snapshots_and_resume_continues(tmp_path):
     ds = caffe_tiny.write_dataset(tmp_path / "ds", 64, 16)
     solver = caffe_tiny.write_solver(tmp_path / "net")
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "deadnet_caffe.cli", "train", "--dataset", str(ds),
+    cmd = [sys.executable, "-m", "deadnet_caffe", "train", "--dataset", str(ds),
            "--solver", str(solver), "--run", str(run), "--max-iter", "10000000",
            "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -273,7 +273,7 @@ def test_interrupted_run_resumes_or_starts_afresh(tmp_path, moment):
     ds = caffe_tiny.write_dataset(tmp_path / "ds", 64, 16)
     solver = caffe_tiny.write_solver(tmp_path / "net")
     run = tmp_path / "run"
-    base = [sys.executable, "-m", "deadnet_caffe.cli", "train", "--dataset", str(ds),
+    base = [sys.executable, "-m", "deadnet_caffe", "train", "--dataset", str(ds),
             "--solver", str(solver), "--run", str(run), "--snapshot-interval", "100",
             "--no-progress"]  # fmt: skip
     proc = subprocess.Popen([*base, "--max-iter", "100000000"], cwd=ROOT, stderr=subprocess.PIPE,

@@ -553,13 +553,6 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def serve_in_thread(server: AnnotationServer) -> threading.Thread:
-    """Start ``server.serve_forever`` in a daemon thread (tests; stop with ``shutdown()``)."""
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    return thread
-
-
 def make_server(
     experiment: Path | str,
     db_url: str,

@@ -37,7 +37,7 @@ ANNOTATORS = (
 SLOPE = 6.0  # latent units per unit of sick fraction
 THRESHOLD = 0.3  # sick fraction at which an unbiased annotator is undecided
 TARGET_DISAGREEMENT = paper.PAPER_DISAGREE_COUNT / paper.PAPER_OVERLAP_COUNT  # 0.186
-_START = dt.datetime(2018, 1, 1, 9, 0, 0, tzinfo=dt.timezone.utc)
+_START = dt.datetime(2018, 1, 1, 9, 0, 0, tzinfo=dt.UTC)
 
 
 def _schedule(n_items: int, rng: np.random.Generator) -> list[tuple[int, int, bool]]:

@@ -33,6 +33,7 @@ import tifffile
 from data_prep.core import paper
 from data_prep.core.manifest import Position, write_manifest
 from data_prep.core.outdir import die_with_parent, output_dir
+from data_prep.core.progress import progress_bar
 from data_prep.core.runinfo import write_settings
 from data_prep.sim.annotators import simulate_votes
 from data_prep.sim.biology import Population
@@ -234,7 +235,7 @@ def simulate_experiment(
     settings: Settings,
     out: Path | str,
     jobs: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
     inputs: tuple[Path, ...] = (),
 ) -> list[Position]:
     """Simulate every position of ``settings.layout`` and write the experiment to ``out``.
@@ -247,8 +248,9 @@ def simulate_experiment(
         of :mod:`data_prep.core.outdir`).
     jobs : int
         Positions simulated in parallel (processes); the output does not depend on it.
-    progress : bool
-        Show a progress bar (one tick per position).
+    progress : bool or None
+        Show a progress bar (one tick per position); None: only on a terminal
+        (:mod:`data_prep.core.progress`).
     inputs : paths
         Files the settings were read from; ``out`` must not be, contain or lie inside them.
 
@@ -256,8 +258,6 @@ def simulate_experiment(
     -------
     list of Position, as written to ``manifest.csv``.
     """
-    from tqdm import tqdm
-
     lay = settings.layout
     lay.check()
     out = Path(out)
@@ -267,7 +267,7 @@ def simulate_experiment(
             for w, dose in enumerate(lay.doses_s)
             for p in range(lay.positions_per_well)
         ]
-        bar = tqdm(total=len(tasks), unit="position", disable=not progress, desc="simulate")
+        bar = progress_bar(total=len(tasks), unit="position", progress=progress, desc="simulate")
         results = []
         if jobs > 1:
             with multiprocessing.get_context("fork").Pool(jobs, die_with_parent) as pool:

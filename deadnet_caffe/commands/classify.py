@@ -8,9 +8,6 @@ crops.csv, images.csv, results.json and settings.json into --out.
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 from data_prep.core.outdir import output_dir
@@ -22,7 +19,7 @@ from deadnet_caffe.infer import (
     add_image_arguments,
     add_net_arguments,
     classify_stack,
-    image_summary,
+    write_classification,
 )
 
 NAME = "classify"
@@ -56,16 +53,7 @@ def run(args) -> int:
         results = []
         for source, frames in stacks:
             results += classify_stack(frames, source, net.p_sick, args.crops, args.batch)
-        images = image_summary(results, args.threshold)
-        crop_rows = [asdict(r) for r in results]
-        for name, rows in (("crops.csv", crop_rows), ("images.csv", images)):
-            with (tmp / name).open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-        (tmp / "results.json").write_text(
-            json.dumps({"images": images, "crops": crop_rows}, indent=1) + "\n"
-        )
+        images = write_classification(tmp, results, args.threshold)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     for im in images:
         print(f"{im['source']}[{im['frame']}]: P(sick) = {im['p_sick']:.3f} ({im['label']})")

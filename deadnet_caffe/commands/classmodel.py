@@ -9,6 +9,7 @@ Figure 6), classmodels.npz (the images and score traces) and settings.json.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,17 @@ from data_prep.core.paper import (
     CLASSMODEL_ITERATIONS,
     CLASSMODEL_LAMBDA1,
     CLASSMODEL_LAMBDA2,
-    LABELS,
-    NET_INPUT_PX,
 )
+from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import read_stack
 from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
-from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
+from deadnet_caffe.classmodel import (
+    ClassModelSettings,
+    ScoreGradient,
+    class_models,
+    write_class_models,
+)
 from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input
 
 NAME = "classmodel"
@@ -67,6 +72,7 @@ def add_arguments(p) -> None:
         help="a healthy and a sick image (centre crop) instead of --dataset",
     )
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def _inits(args) -> dict[int, np.ndarray] | None:
@@ -86,35 +92,6 @@ def _inits(args) -> dict[int, np.ndarray] | None:
     return None
 
 
-def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndarray:
-    """The starting image of a panel: zeros, or the opposing class's image."""
-    if start == "zeros" or inits is None:
-        return np.zeros((NET_INPUT_PX, NET_INPUT_PX), np.float32)
-    return inits[1 - cls]
-
-
-def _figure(path: Path, panels: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = sorted({k[1] for k in panels}, key=["zeros", "opposing"].index)
-    fig, axes = plt.subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
-    for r, c in enumerate((0, 1)):
-        for j, start in enumerate(cols):
-            img, scores = panels[(c, start)]
-            lim = np.percentile(np.abs(img), 99.5) or 1.0
-            axes[r, j].imshow(img, cmap="gray", vmin=-lim, vmax=lim)
-            axes[r, j].set_title(
-                f"{LABELS[c]} from {start}\nS_c {scores[0]:.2f} -> {scores[-1]:.2f}", fontsize=8
-            )
-            axes[r, j].axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run(args) -> int:
     if args.iterations < 1:
         raise UserError("--iterations must be at least 1.")
@@ -127,37 +104,16 @@ def run(args) -> int:
         )
         inits = _inits(args)
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-        grad = ScoreGradient(net)
-        panels = {}
-        for c in (0, 1):
-            panels[(c, "zeros")] = class_model(grad, c, None, settings)
-            if inits is not None:
-                panels[(c, "opposing")] = class_model(grad, c, inits[1 - c], settings)
-        _figure(tmp / "classmodel.png", panels)
-        np.savez_compressed(
-            tmp / "classmodels.npz",
-            **{
-                f"{LABELS[c]}_from_{s}_{part}": arr
-                for (c, s), (img, scores) in panels.items()
-                for part, arr in (("image", img), ("scores", scores))
-            },
-        )
-        summary = {
-            f"{LABELS[c]}_from_{s}": {
-                "score_start": float(sc[0]),
-                "score_end": float(sc[-1]),
-                "unchanged": bool(np.array_equal(img, _start(inits, c, s))),
-            }
-            for (c, s), (img, sc) in panels.items()
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        panels = class_models(ScoreGradient(net), inits, settings, args.progress)
+        summary = write_class_models(tmp, panels, inits)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(json.dumps(summary, indent=1))
     for key, v in summary.items():
         if v["unchanged"]:
             print(
                 f"warning: {key}: dS_c/dI was zero at the start image, so the class model never "
-                "moved (e.g. a zero image into a net whose biases are all zero)."
+                "moved (e.g. a zero image into a net whose biases are all zero).",
+                file=sys.stderr,
             )
     print(f"wrote {args.out}")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from data_prep.build import BuildConfig, build
 from data_prep.core import paper
+from data_prep.core.progress import add_progress_argument
 from deadnet_caffe import checks
 
 NAME = "dataset"
@@ -126,6 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="1..8",
         help="rotations/mirrors r",
     )
+    add_progress_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         balance=args.balance,
         **blurs,
     )
-    card = build(cfg)
+    card = build(cfg, args.progress)
     for part in ("train", "test"):
         c = card["counts"][part]
         print(f"{part}: {c['crops']} crops from {c['positions']} positions {c['per_class']}")

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from data_prep.core import paper
+from data_prep.core.progress import add_progress_argument
 from deadnet_caffe.checks import nonnegative_int, positive_int, seed
 from deadnet_caffe.evaluate import EvalSettings, evaluate
 
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu", type=nonnegative_int, help="GPU device to run on; the CPU if absent"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             gallery=args.gallery,
             gpu=args.gpu,
         ),
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     print(
         f"deadnet evaluate: accuracy {doc['accuracy']:.3f} "

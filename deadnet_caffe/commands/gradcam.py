@@ -20,6 +20,7 @@ from data_prep.core.datum import sample_crops
 from data_prep.core.errors import UserError
 from data_prep.core.outdir import output_dir
 from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS
+from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import read_stack
 from deadnet_caffe.checks import check_image_sources, positive_int
@@ -72,6 +73,7 @@ def add_arguments(p) -> None:
         "--stride", type=positive_int, default=CROP_STRIDE_PX, help="crop step of --frame"
     )
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def _examples(args, net):
@@ -102,7 +104,9 @@ def run(args) -> int:
         frame = read_stack(args.frame)[0] if args.frame else None
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
         gc = GradCam(net, args.layer)
-        cw = class_weights(gc, args.dataset / "train.lmdb", cache, args.per_class, args.batch)
+        cw = class_weights(
+            gc, args.dataset / "train.lmdb", cache, args.per_class, args.batch, args.progress
+        )
         print(
             f"eq. 3 weights: {cw['counts'].tolist()} crops per class "
             f"({'cached' if cw['cached'] else 'computed'}: {cache})"

@@ -17,6 +17,7 @@ from data_prep.core.errors import UserError
 from data_prep.core.manifest import read_manifest
 from data_prep.core.outdir import output_dir
 from data_prep.core.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
+from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import MANIFEST_CHANNEL, OPTION_CHANNEL, read_stack
 from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
@@ -65,6 +66,7 @@ def add_arguments(p) -> None:
     )
     add_image_arguments(p)
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, float]]:
@@ -116,7 +118,7 @@ def run(args) -> int:
         for name, path, channel, axes, channel_source, dt in sources:
             frames = read_stack(path, channel, axes, channel_source=channel_source)[:: args.every]
             ids = [t * args.every for t in range(len(frames))]
-            frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat)
+            frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat, progress=args.progress)
             for t, f, m in zip(ids, frac, mean, strict=True):
                 rows.append(
                     {

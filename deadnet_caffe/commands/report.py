@@ -17,6 +17,7 @@ from data_prep.core.errors import UserError
 from data_prep.core.manifest import read_manifest
 from data_prep.core.outdir import output_dir
 from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER
+from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import MANIFEST_CHANNEL
 from deadnet_caffe.checks import (
@@ -61,6 +62,7 @@ def add_arguments(p) -> None:
         help="sick crops per position for the Grad-CAM checks (needs ground truth)",
     )
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def run(args) -> int:
@@ -79,7 +81,9 @@ def run(args) -> int:
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
         gc = GradCam(net, GRADCAM_LAYER)
         results = [
-            analyse_position(p, net, gc, args.stride, args.every, args.batch, args.gradcam_crops)
+            analyse_position(
+                p, net, gc, args.stride, args.every, args.batch, args.gradcam_crops, args.progress
+            )
             for p in positions
         ]
         summary = write_report(tmp, args.experiment, results, args.margin, args.late_frames)

@@ -17,6 +17,7 @@ from pathlib import Path
 from data_prep.core.checks import read_text
 from data_prep.core.errors import UserError
 from data_prep.core.outdir import output_dir
+from data_prep.core.progress import add_progress_argument
 from data_prep.sim.params import PRESETS, Biology, Optics, Settings
 from deadnet_caffe.checks import (
     check_image_sources,
@@ -74,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="um per pixel of the --compare frame",
     )
     p.add_argument("--jobs", type=positive_int, default=1, help="positions simulated in parallel")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_argument(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         with output_dir(args.out, NAME, [*inputs, args.compare]) as tmp:
             return compare_with_real(settings, args.compare, args.real_px, tmp, args.out)
     positions = simulate_experiment(
-        settings, args.out, jobs=args.jobs, progress=not args.quiet, inputs=inputs
+        settings, args.out, jobs=args.jobs, progress=args.progress, inputs=inputs
     )
     dead = sum(bool(p.dead_at_end) for p in positions)
     print(
