@@ -461,6 +461,7 @@ class EvalSettings:
     resamples: int = paper.BOOTSTRAP_RESAMPLES
     gallery: int = 8
     gpu: int | None = None
+    figure_format: tuple[str, ...] = ("png",)
 
 
 def default_net(weights: Path) -> Path:
@@ -541,7 +542,7 @@ def evaluate(s: EvalSettings, progress: bool | None = None) -> dict:
         (tmp / JSON_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         _write_predictions(tmp / PREDICTIONS_NAME, rec, probs)
         figures = gallery.draw_galleries(
-            tmp, dataset, rec, probs[PRIMARY_MODE], transform, s.gallery
+            tmp, dataset, rec, probs[PRIMARY_MODE], transform, s.gallery, s.figure_format
         )
         (tmp / REPORT_NAME).write_text(markdown(doc, figures))
         runinfo.write_settings(tmp, vars(s))

@@ -15,6 +15,7 @@ import numpy as np
 from data_prep.core import paper
 from data_prep.core.datum import read_datum
 from data_prep.core.figures import subplots
+from deadnet_caffe.figout import save_figure
 
 MISCLASSIFIED_PNG = "figure3c_misclassified.png"
 CORRECT_PNG = "figure3d_correct.png"
@@ -38,9 +39,14 @@ def pick(labels: np.ndarray, probs: np.ndarray, n: int, wrong: bool) -> dict[int
 
 
 def draw(
-    crops: dict[int, list[np.ndarray]], titles: dict[int, list[str]], path: Path, title: str
+    crops: dict[int, list[np.ndarray]],
+    titles: dict[int, list[str]],
+    path: Path,
+    title: str,
+    formats: tuple[str, ...] = ("png",),
 ) -> Path:
-    """Draw rows of (H, W) crops, one row per class, into ``path``."""
+    """Draw rows of (H, W) crops, one row per class, into ``path`` (with each suffix of
+    ``formats``, :mod:`deadnet_caffe.figout`)."""
     n = max(1, *(len(v) for v in crops.values()))
     fig, axes = subplots(
         2, n, figsize=(1.6 * n + 0.8, 4.2), dpi=100, squeeze=False, layout="constrained"
@@ -61,16 +67,23 @@ def draw(
                     ax.axis("on")
                     ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path)
+    save_figure(fig, path, formats, dpi=100)
     return path
 
 
 def draw_galleries(
-    out: Path, dataset: Path, rec, probs: np.ndarray, transform, n: int
+    out: Path,
+    dataset: Path,
+    rec,
+    probs: np.ndarray,
+    transform,
+    n: int,
+    formats: tuple[str, ...] = ("png",),
 ) -> list[str]:
-    """Figure 3c,d PNGs for the test records ``rec`` and their P(sick) ``probs``.
+    """Figure 3c,d for the test records ``rec`` and their P(sick) ``probs``, in each of
+    ``formats``.
 
-    Returns the file names written in ``out``.
+    Returns the file names written in ``out`` in the first format (the report links them).
     """
     names = []
     path = dataset / "test.lmdb"
@@ -87,7 +100,7 @@ def draw_galleries(
                     transform(read_datum(txn, path, rec.keys[i].encode())[0])[0] for i in idx
                 ]
                 titles[c] = [f"P(sick) {probs[i]:.2f}" for i in idx]
-            draw(crops, titles, out / fname, f"Figure 3{what} test crops")
-            names.append(fname)
+            path = draw(crops, titles, out / fname, f"Figure 3{what} test crops", formats)
+            names.append(path.with_suffix(f".{formats[0]}").name)
     env.close()
     return names

@@ -126,8 +126,11 @@ def test_evaluate_without_metadata_degrades(run, tmp_path):
     (bare / "test.lmdb").symlink_to(ds / "test.lmdb")
     out = tmp_path / "ev"
     rc = main(["evaluate", "--weights", str(run_dir / "latest.caffemodel"), "--dataset",
-               str(bare), "--out", str(out), "--resamples", "2000"])  # fmt: skip
+               str(bare), "--out", str(out), "--resamples", "2000",
+               "--figure-format", "svg,png"])  # fmt: skip
     assert rc == 0
+    assert b"<svg" in (out / "figure3c_misclassified.svg").read_bytes()[:1000]
+    assert "figure3c_misclassified.svg" in (out / "report.md").read_text()
     doc = json.loads((out / "evaluation.json").read_text())
     assert doc["metadata_source"] == "none"
     assert doc["modes"]["global_stats"]["per_dose"] == {}

@@ -16,6 +16,7 @@ from data_prep.core import paper
 from data_prep.core.progress import add_progress_argument
 from deadnet_caffe.checks import nonnegative_int, positive_int, seed
 from deadnet_caffe.evaluate import EvalSettings, evaluate
+from deadnet_caffe.figout import add_figure_argument
 
 NAME = "evaluate"
 HELP = "test accuracy with bootstrap BCa intervals, confusion matrix, galleries"
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu", type=nonnegative_int, help="GPU device to run on; the CPU if absent"
     )
+    add_figure_argument(parser)
     add_progress_argument(parser)
 
 
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             resamples=args.resamples,
             gallery=args.gallery,
             gpu=args.gpu,
+            figure_format=args.figure_format,
         ),
         progress=args.progress,
     )
