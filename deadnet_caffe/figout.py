@@ -2,8 +2,9 @@
 
 The commands that draw (heatmap, report, gradcam, classmodel, evaluate, figures) take
 ``--figure-format``, a comma-separated list of ``png``, ``svg`` and ``pdf`` (default
-``png``); each figure is written once per format, under the same name with that suffix. SVG and PDF keep lines and
-text as vectors; images drawn inside a figure stay raster in every format.
+``png``); each figure is written once per format, under the same name with that suffix.
+SVG and PDF keep lines and text as vectors; images drawn inside a figure stay raster in
+every format.
 """
 
 from __future__ import annotations
