@@ -25,11 +25,12 @@ RUN apt-get update \
         ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/deadnet
-# The pinned Python dependencies (and pytest, for tests/gpu) before the sources, so that a
-# source change does not redo the Caffe build, whose cache key includes numpy's version.
-COPY pyproject.toml ./
+# The Python dependencies at their tested pins (constraints.txt; and pytest, for tests/gpu)
+# before the sources, so that a source change does not redo the Caffe build, whose cache key
+# includes numpy's version.
+COPY pyproject.toml constraints.txt ./
 RUN python3 -m venv .venv \
- && .venv/bin/pip install -q --no-cache-dir $(python3 -c 'import tomllib; \
+ && .venv/bin/pip install -q --no-cache-dir -c constraints.txt $(python3 -c 'import tomllib; \
         p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
         print(" ".join(p["dependencies"] \
               + [d for d in p["optional-dependencies"]["dev"] if d.startswith("pytest")]))')

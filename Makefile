@@ -31,8 +31,8 @@ help:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.deps: pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/pip install -q -e '.[dev]'
+$(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.deps
@@ -87,7 +87,7 @@ annotate: setup
 	$(DEADNET) annotate serve --experiment $(EXPERIMENT) --db sqlite:///$(RUNS)/annotations.sqlite
 
 bench: setup
-	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(DEADNET) bench --out $(RUNS)/bench
 
 # The GPU smoke test (tests/gpu): on a GPU host with the CUDA build (make setup

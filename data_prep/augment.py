@@ -3,16 +3,9 @@
 Steps (paper letters): w = thin-plate-spline warp (:mod:`data_prep.tps`), r = the 8
 rotations/mirrors, b = Gaussian blur with sigma ~ U(1.1, 1.5) px, c = 256 px crops at stride
 128, t = a window of time-lapse frames, n = additive Gaussian noise (sigma 0.5) after the
-per-crop variance normalisation (:func:`data_prep.normalize.variance_normalize`).
+per-crop variance normalisation (:func:`data_prep.core.normalize.variance_normalize`).
 
-Crop rule (c). A 256 px window at stride 128 fits 9 x 7 = 63 times in a 1344 x 1024 image,
-but the paper reports 54 = 9 x 6. The rule used here gives 54: window origins are
-``range(0, L - 256, 128)`` along each axis, i.e. a window never ends exactly on the far
-edge (9 origins along 1344 px since 1344 - 256 = 1088 is not a multiple of 128, 6 along
-1024 px where the 7th window would end on the edge). It is the loop bound a
-straightforward implementation writes, and the only simple rule we found that yields 9 x 6.
-Crops are taken after the rotation, as in the paper's order w, r, b, c, so a rotated image
-(1024 x 1344) gets 6 x 9 = 54 crops too.
+Crop rule (c): :func:`data_prep.core.grids.crop_grid` (54 crops of a 1344 x 1024 image).
 
 Blur commutes with the 8 rotations/mirrors (isotropic kernel, mirrored border), so it is
 applied before them: each (w, b) pair is blurred once and then rotated 8 ways.
@@ -28,11 +21,11 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from data_prep.normalize import variance_normalize
-from deadnet_caffe.paper import (
+from data_prep.core.grids import crop_grid
+from data_prep.core.normalize import variance_normalize
+from data_prep.core.paper import (
     BLUR_SIGMA_RANGE_PX,
     CROP_PX,
-    CROP_STRIDE_PX,
     N_ROTATIONS_MIRRORS,
     NOISE_SIGMA,
 )
@@ -62,19 +55,6 @@ def blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(
         image, (2 * half + 1, 2 * half + 1), sigma, borderType=cv2.BORDER_REFLECT_101
     )
-
-
-def crop_origins(length: int, size: int = CROP_PX, stride: int = CROP_STRIDE_PX) -> list[int]:
-    """Window origins along one axis: ``range(0, length - size, stride)``, or ``[0]`` if the
-    axis is exactly one crop long. 1344 -> 9 origins, 1024 -> 6 (module docstring)."""
-    if length < size:
-        raise ValueError(f"an axis of {length} px is smaller than one {size} px crop")
-    return list(range(0, length - size, stride)) or [0]
-
-
-def crop_grid(height: int, width: int, size: int = CROP_PX) -> list[tuple[int, int]]:
-    """(y0, x0) of every crop of a (height, width) image, row by row: 54 for 1024 x 1344."""
-    return [(y, x) for y in crop_origins(height, size) for x in crop_origins(width, size)]
 
 
 def crops(image: np.ndarray, size: int = CROP_PX) -> np.ndarray:

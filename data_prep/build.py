@@ -2,8 +2,8 @@
 
 Paper sections 2.2 (labels) and 2.3 (augmentation). The build is
 
-- checked up front: the manifest (:func:`data_prep.experiment.read_manifest`), the votes,
-  and every image that will be read (:func:`data_prep.readers.check_stack`), before any
+- checked up front: the manifest (:func:`data_prep.core.manifest.read_manifest`), the votes,
+  and every image that will be read (:func:`data_prep.core.stack.check_stack`), before any
   output exists;
 - streaming: work is cut into small tasks (one warp of one frame for A, one frame of one
   annotated crop for B); worker processes send back batches of at most 54 serialised Datums
@@ -30,19 +30,22 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-from tqdm import tqdm
 
-from data_prep import augment, readers, writers
-from data_prep.experiment import MANIFEST_NAME, Position, read_manifest
+from data_prep import augment, writers
+from data_prep.core import paper
+from data_prep.core.datum import datum_bytes
+from data_prep.core.errors import UserError
+from data_prep.core.grids import crop_grid
+from data_prep.core.manifest import MANIFEST_NAME, Position, read_manifest
+from data_prep.core.normalize import encode_z, variance_normalize
+from data_prep.core.outdir import die_with_parent, output_dir
+from data_prep.core.progress import progress_bar
+from data_prep.core.runinfo import versions, write_settings
+from data_prep.core.stack import Stack, check_stack
 from data_prep.labels import early_frames, label_items_b, label_positions_a, sick_keys_a
-from data_prep.normalize import encode_z, variance_normalize
 from data_prep.split import split_positions
 from data_prep.tps import random_tps, tps_maps, warp
-from data_prep.votes import VOTES_NAME, Item, read_votes
-from deadnet_caffe import paper
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import die_with_parent, output_dir
-from deadnet_caffe.runinfo import versions, write_settings
+from data_prep.votes_csv import VOTES_NAME, Item, read_votes
 
 STEPS_TEST = "crop + variance normalisation only (no w, r, b, n)"
 
@@ -106,7 +109,7 @@ class Task:
     label: int
     warp_index: int = 0  # A train: which of the w warps; B train: which balance copy
     region: tuple[int, int] | None = None  # B: (y0, x0) of the annotated crop
-    item: str = ""  # B: the annotated item's id (data_prep.votes.Item.id)
+    item: str = ""  # B: the annotated item's id (data_prep.votes_csv.Item.id)
 
 
 def _copies(n: int) -> int:
@@ -117,14 +120,14 @@ def _copies(n: int) -> int:
 # ---------------------------------------------------------------- worker side
 
 
-_STACKS: dict[Path, readers.Stack] = {}
+_STACKS: dict[Path, Stack] = {}
 
 
-def _stack(path: Path, channel: int | None) -> readers.Stack:
+def _stack(path: Path, channel: int | None) -> Stack:
     if path not in _STACKS:
         if len(_STACKS) > 8:
             _STACKS.clear()
-        _STACKS[path] = readers.Stack(path, channel)
+        _STACKS[path] = Stack(path, channel)
     return _STACKS[path]
 
 
@@ -132,11 +135,11 @@ def _records(z: np.ndarray, label: int, rng: np.random.Generator) -> list[tuple[
     """(key, Datum bytes) for each (n, H, W) normalised crop; keys shuffle the LMDB."""
     keys = rng.integers(0, 2**63, size=len(z), dtype=np.int64)
     v = encode_z(z)
-    return [(b"%016x" % k, writers.datum_bytes(v[i], label)) for i, k in enumerate(keys.tolist())]
+    return [(b"%016x" % k, datum_bytes(v[i], label)) for i, k in enumerate(keys.tolist())]
 
 
 def _run_a(task: Task, cfg: BuildConfig, rng: np.random.Generator):
-    image = _stack(task.path, task.channel).read(task.t)
+    image = _stack(task.path, task.channel).read(task.t).astype(np.float32)
     if task.part == "test":
         yield _records(augment.normalized_crops(image), task.label, rng)
         return
@@ -151,7 +154,7 @@ def _run_a(task: Task, cfg: BuildConfig, rng: np.random.Generator):
 
 
 def _run_b(task: Task, cfg: BuildConfig, rng: np.random.Generator):
-    image = _stack(task.path, task.channel).read(task.t)
+    image = _stack(task.path, task.channel).read(task.t).astype(np.float32)
     y0, x0 = task.region
     size = paper.CROP_PX
     if task.part == "test":
@@ -208,14 +211,19 @@ def _worker(tasks, results, cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]]
 
 
 def _execute(
-    tasks: list[Task], cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]], total: int
+    tasks: list[Task],
+    cfg: BuildConfig,
+    lmdbs: dict[str, tuple[Path, int]],
+    total: int,
+    progress: bool | None = None,
 ) -> None:
     """Run ``tasks`` and write every record into ``lmdbs`` (part -> (path, map size)).
 
     With ``cfg.workers > 1`` the workers write to the LMDBs themselves (no records travel
     between processes); otherwise everything runs in this process.
     """
-    bar = tqdm(total=total, unit="crop", desc=f"Data Set {cfg.dataset}", smoothing=0.05)
+    desc = f"Data Set {cfg.dataset}"
+    bar = progress_bar(total=total, unit="crop", desc=desc, smoothing=0.05, progress=progress)
     try:
         if cfg.workers <= 1:
             sinks = {part: writers.LmdbWriter(*lmdbs[part]) for part in lmdbs}
@@ -418,11 +426,11 @@ def _check_images(
     by_key = {p.key: p for p in positions}
     for p in positions:  # every file of the manifest is readable, even those not used
         if p.key not in frames:
-            readers.check_stack(p, [])
+            check_stack(p, [])
     grid = {}
     for key in sorted(frames):
-        stack = readers.check_stack(by_key[key], sorted(set(frames[key])))
-        grid[key] = len(augment.crop_grid(stack.height, stack.width))
+        stack = check_stack(by_key[key], sorted(set(frames[key])))
+        grid[key] = len(crop_grid(stack.height, stack.width))
         for task in tasks:
             if task.key == key and task.region is not None:
                 y0, x0 = task.region
@@ -446,8 +454,10 @@ def _map_size(n_crops: int) -> int:
     return int(1.25 * n_crops * per_crop) + (64 << 20)
 
 
-def build(cfg: BuildConfig) -> dict:
+def build(cfg: BuildConfig, progress: bool | None = None) -> dict:
     """Build Data Set ``cfg.dataset`` into ``cfg.out``; return the dataset card.
+
+    ``progress``: a bar of crops written (None: only on a terminal, :mod:`data_prep.core.progress`).
 
     Writes ``train.lmdb``, ``test.lmdb`` (and/or ``train_*.h5``, ``train_h5.txt``, ...),
     ``dataset.json`` (the card), ``split.csv`` and ``settings.json``.
@@ -468,8 +478,9 @@ def build(cfg: BuildConfig) -> dict:
             )
             for part in ("train", "test")
         }
-        _execute(tasks, cfg, lmdbs, total)
-        _write_test_index(tmp / "test.lmdb", tmp / "test_index.csv", tasks, positions)
+        _execute(tasks, cfg, lmdbs, total, progress)
+        for part in ("train", "test"):
+            _write_index(tmp / f"{part}.lmdb", tmp / f"{part}_index.csv", tasks, positions)
         card = _card(cfg, positions, tasks, crops_task, labels, parts, frames, extra)
         if "hdf5" in cfg.formats:
             for part in ("train", "test"):
@@ -483,10 +494,11 @@ def build(cfg: BuildConfig) -> dict:
     return card
 
 
-def _write_test_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
-    """``test_index.csv``: per test record its LMDB key, position, dose, frame, label and (Data
-    Set B) annotated item, for evaluation per dose, per position and against the simulator's
-    truth per item (the key's middle field is the task index)."""
+def _write_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
+    """``test_index.csv`` / ``train_index.csv``: per record its LMDB key, position, dose,
+    frame, label and (Data Set B) annotated item (the key's middle field is the task index):
+    for evaluation per dose, per position and against the simulator's truth per item, and to
+    trace any training record back to its stage position."""
     dose = {p.key: p.dose_s for p in positions}
     env = lmdb.open(str(db), readonly=True, lock=False)
     with env.begin() as txn, path.open("w", newline="") as fh:

@@ -1,6 +1,6 @@
 """Labels for Data Set A (by position and dose) and Data Set B (by expert votes), paper 2.2.
 
-Labels are 0 = healthy and 1 = sick everywhere (:data:`deadnet_caffe.paper.LABELS`).
+Labels are 0 = healthy and 1 = sick everywhere (:data:`data_prep.core.paper.LABELS`).
 
 Data Set A. Healthy: every position that got no light (dose 0). Sick: positions where every
 cell is dead or dying at the end of the time-lapse, imaged early, while the cells still look
@@ -9,7 +9,7 @@ manifest's ``dead_at_end`` column (the simulator fills it from its ground truth)
 real data, a list of position keys or a minimum dose given by the user. Positions that are
 neither (exposed but not dead at the end) are left out of Data Set A.
 
-Data Set B. Each item is a 256 px crop of 10 consecutive frames (:mod:`data_prep.votes`).
+Data Set B. Each item is a 256 px crop of 10 consecutive frames (:mod:`data_prep.votes_csv`).
 Unsure votes are dropped; an item keeps the label its remaining votes agree on, and items
 whose votes disagree ("discordant") or that only got Unsure votes are dropped.
 """
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.concordance import Concordance, concordance, count_disagreement
-from data_prep.experiment import MANIFEST_NAME, Position
-from data_prep.votes import Item, Vote
-from deadnet_caffe.errors import UserError
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import MANIFEST_NAME, Position
+from data_prep.votes_csv import Item, Vote
 
 HEALTHY, SICK = 0, 1
 _VOTE_TO_LABEL = {"healthy": HEALTHY, "sick": SICK}

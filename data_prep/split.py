@@ -8,8 +8,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import LABELS
+from data_prep.core.errors import UserError
+from data_prep.core.paper import LABELS
 
 
 def split_positions(

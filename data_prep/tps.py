@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from deadnet_caffe.paper import TPS_DISPLACEMENT_SIGMA_PX, TPS_GRID_PX
+from data_prep.core.paper import TPS_DISPLACEMENT_SIGMA_PX, TPS_GRID_PX
 
 #: Lattice spacing (px) of the exact TPS evaluation; bilinear interpolation in between.
 LATTICE_STEP_PX = 4

@@ -1,12 +1,8 @@
 """Writers for Caffe's Data layer (LMDB of Datum) and HDF5Data layer (HDF5 + list file).
 
-Datum bytes are built directly: fields channels (1), height (2), width (3), label (5) as
-varints and float_data (6) as one packed run of little-endian float32. Caffe's proto2
-parser accepts packed repeated scalars, and building the bytes this way avoids
-protobuf-Python's per-float work (the benchmark's baseline,
-:func:`datum_bytes_protobuf`). Values are v = 32767 + 4000 z, which the published
-transform_param (mean_value 32767, scale 0.00025) turns back into z
-(:func:`data_prep.normalize.encode_z`).
+Datum bytes come from :mod:`data_prep.core.datum` (the one codec);
+:func:`datum_bytes_protobuf` builds the same bytes through protobuf-Python, the benchmark's
+baseline.
 
 Records are shuffled without holding them in memory: the caller gives each a key that starts
 with a random 64-bit number from a seeded generator (:mod:`data_prep.build`), and LMDB
@@ -27,7 +23,8 @@ import h5py
 import lmdb
 import numpy as np
 
-from data_prep.normalize import decode_v
+from data_prep.core.datum import parse_datum
+from data_prep.core.normalize import decode_v
 
 #: Caffe's blob size limit (Blob::Reshape checks count <= INT_MAX).
 CAFFE_MAX_BLOB_COUNT = 2**31 - 1
@@ -35,42 +32,6 @@ HDF5_ROWS_PER_FILE = 2048
 _INITIAL_MAP_SIZE = 1 << 30
 #: Unmap (close and reopen) the LMDB after this many bytes written (bounds RSS).
 REOPEN_BYTES = 128 << 20
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def datum_header(height: int, width: int, label: int, channels: int = 1) -> bytes:
-    """The Datum bytes before the float payload of a (channels, height, width) crop."""
-    n_bytes = 4 * channels * height * width
-    return (
-        b"\x08"
-        + _varint(channels)
-        + b"\x10"
-        + _varint(height)
-        + b"\x18"
-        + _varint(width)
-        + b"\x28"
-        + _varint(label)
-        + b"\x32"
-        + _varint(n_bytes)
-    )
-
-
-def datum_bytes(v: np.ndarray, label: int) -> bytes:
-    """Serialised caffe.proto Datum with packed ``float_data`` = ``v`` (H, W) or (C, H, W)."""
-    v = np.asarray(v, dtype="<f4")
-    c, h, w = (1, *v.shape) if v.ndim == 2 else v.shape
-    return datum_header(h, w, label, c) + v.tobytes()
 
 
 def datum_bytes_protobuf(v: np.ndarray, label: int) -> bytes:
@@ -82,42 +43,6 @@ def datum_bytes_protobuf(v: np.ndarray, label: int) -> bytes:
     d = caffe_pb2.Datum(channels=c, height=h, width=w, label=label)
     d.float_data.extend(v.ravel().tolist())
     return d.SerializeToString()
-
-
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def parse_datum(raw: bytes) -> tuple[np.ndarray, int]:
-    """Decode a Datum written by :func:`datum_bytes` (varints and packed floats only).
-
-    Returns
-    -------
-    v : (C, H, W) float32
-    label : int
-    """
-    fields = {}
-    pos = 0
-    payload = b""
-    while pos < len(raw):
-        tag, pos = _read_varint(raw, pos)
-        if tag == 0x32:
-            n, pos = _read_varint(raw, pos)
-            payload = raw[pos : pos + n]
-            pos += n
-        elif tag & 7 == 0:
-            fields[tag >> 3], pos = _read_varint(raw, pos)
-        else:
-            raise ValueError(f"Datum field tag {tag} is not written by datum_bytes")
-    shape = (fields.get(1, 1), fields.get(2, 0), fields.get(3, 0))
-    return np.frombuffer(payload, dtype="<f4").reshape(shape), int(fields.get(5, 0))
 
 
 class LmdbWriter:

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import die_with_parent
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import die_with_parent
 
 #: A glog fatal line: ``F1201 03:04:05.678 123 file.cpp:81] Check failed: ...``.
 _FATAL_RE = re.compile(r"^F\d{4,8} [\d:.]+\s+\d+ \S+\] (.*)$")

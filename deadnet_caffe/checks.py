@@ -1,9 +1,9 @@
 """Checks of the Caffe-side inputs and of numeric options, before any work starts.
 
 Every command passes what it gives Caffe through here, so that a bad input gets one
-sentence naming the file or option (:class:`~deadnet_caffe.errors.UserError`, exit
+sentence naming the file or option (:class:`~data_prep.core.errors.UserError`, exit
 status 2) instead of a glog abort, a SIGBUS, a traceback or a silently wrong answer.
-Raw data (text encodings, TIFF headers, pixels) are checked in :mod:`data_prep.checks`.
+Raw data (text encodings, TIFF headers, pixels) are checked in :mod:`data_prep.core.checks`.
 
 Numeric options
     argparse ``type=`` helpers (:func:`positive_int`, :func:`finite_float`, ...) shared by
@@ -21,24 +21,20 @@ Weights
     parameters finds them there, with the same number of blobs and the same shapes (Caffe
     leaves a missing layer at its filler values without a word).
 LMDBs
-    :func:`check_lmdb`: the meta pages of ``data.mdb`` are read with plain file reads, and
-    the file must reach the last page they name, before anything maps it (a truncated
-    ``data.mdb`` would otherwise kill the process with SIGBUS on the first read); then
-    the LMDB is opened read-only (``lock=False``) and its first and last records must decode
-    as Caffe Datums of one shape whose value count fits that shape.
+    are checked by :func:`data_prep.core.datum.check_lmdb` (the one Datum/LMDB codec).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.errors import UserError
+from data_prep.core.stack import OPTION_CHANNEL, read_stack
 from deadnet_caffe.caffe_env import check_net_builds, import_caffe
-from deadnet_caffe.errors import UserError
 
 SEED_LIMIT = 2**32  # numpy's legacy seeds and Caffe's random_seed both take 32-bit values
 
@@ -206,7 +202,8 @@ _LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 def check_solver_param(param, path: Path | str) -> None:
     """Check a parsed solver's numbers before Caffe's solver CHECKs them (or trains on NaN).
 
-    Every float field that is set must be finite; ``base_lr`` and ``max_iter`` positive,
+    Every float field that is set must be finite; ``base_lr`` not negative (0 freezes every
+    layer, which Caffe allows and the fine-tuning test uses), ``max_iter`` positive,
     ``test_iter`` and ``test_interval`` positive where given, ``lr_policy`` one of Caffe's.
 
     Raises
@@ -217,7 +214,9 @@ def check_solver_param(param, path: Path | str) -> None:
     for field, value in param.ListFields():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{path}: solver field {field.name} is {value}, not a finite number.")
-    for name in ("base_lr", "max_iter", "test_interval"):
+    if param.HasField("base_lr") and param.base_lr < 0:
+        raise UserError(f"{path}: solver field base_lr is {param.base_lr}; it must be >= 0.")
+    for name in ("max_iter", "test_interval"):
         if param.HasField(name) and getattr(param, name) <= 0:
             raise UserError(
                 f"{path}: solver field {name} is {getattr(param, name)}; it must be positive."
@@ -303,106 +302,6 @@ def check_weights(prototxt: Path | str, weights: Path | str, phase: str = "TEST"
                 )
 
 
-# --- LMDBs ----------------------------------------------------------------------------------
-
-_MDB_MAGIC = 0xBEEFC0DE
-_META = struct.Struct("<IIQQ48s48sQQ")  # magic, version, address, mapsize, 2 dbs, last_pg, txnid
-_PAGE_HEADER = 16
-
-
-def lmdb_required_size(data_mdb: Path | str) -> int:
-    """Bytes that ``data.mdb`` must have: (last page + 1) x page size, from its meta pages.
-
-    Reads the two meta pages of the LMDB file format (64-bit build) without mapping the
-    file, and takes the one with the newer transaction.
-
-    Raises
-    ------
-    UserError
-        The file is not an LMDB data file.
-    """
-    path = Path(data_mdb)
-    with open(path, "rb") as fh:
-        head = fh.read(_PAGE_HEADER + _META.size)
-        if len(head) < _PAGE_HEADER + _META.size:
-            raise UserError(f"{path}: not an LMDB data file (only {len(head)} bytes).")
-        magic, _, _, _, free_db, _, last_pg, txnid = _META.unpack_from(head, _PAGE_HEADER)
-        if magic != _MDB_MAGIC:
-            raise UserError(f"{path}: not an LMDB data file (no LMDB magic number).")
-        page_size = struct.unpack_from("<I", free_db)[0]
-        if page_size < 512 or page_size & (page_size - 1):
-            raise UserError(f"{path}: not an LMDB data file (page size {page_size}).")
-        fh.seek(page_size)
-        second = fh.read(_PAGE_HEADER + _META.size)
-    if len(second) == _PAGE_HEADER + _META.size:
-        magic2, _, _, _, _, _, last2, txn2 = _META.unpack_from(second, _PAGE_HEADER)
-        if magic2 == _MDB_MAGIC and txn2 > txnid:
-            last_pg = last2
-    return (last_pg + 1) * page_size
-
-
-def check_lmdb(path: Path | str) -> tuple[int, tuple[int, int, int]]:
-    """Check a Datum LMDB before anything (Caffe or this process) maps it.
-
-    Returns
-    -------
-    (number of records, (channels, height, width) of its Datums)
-
-    Raises
-    ------
-    UserError
-        No LMDB there, a truncated or garbage ``data.mdb``, no records, records that are
-        not Datums, or Datums whose sizes disagree.
-    """
-    import lmdb
-    from google.protobuf.message import DecodeError
-
-    caffe = import_caffe()
-    path = Path(path)
-    data_mdb = path / "data.mdb"
-    if not data_mdb.is_file():
-        raise UserError(f"{path}: not an LMDB folder (no data.mdb); make it with deadnet dataset.")
-    need, size = lmdb_required_size(data_mdb), data_mdb.stat().st_size
-    if size < need:
-        raise UserError(
-            f"{data_mdb}: the LMDB is truncated ({size} bytes, its last page ends at {need})."
-        )
-    try:
-        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
-    except lmdb.Error as err:
-        raise UserError(f"{path}: not a readable LMDB ({err}).") from None
-    try:
-        with env.begin() as txn:
-            n = txn.stat()["entries"]
-            cursor = txn.cursor()
-            ends = [cursor.item() if cursor.first() else None]
-            ends.append(cursor.item() if cursor.last() else None)
-    except lmdb.Error as err:
-        raise UserError(f"{path}: not a readable LMDB ({err}).") from None
-    finally:
-        env.close()
-    if not n or ends[0] is None:
-        raise UserError(f"{path}: the LMDB holds no records.")
-    shapes = set()
-    for key, value in ends:
-        datum = caffe.proto.caffe_pb2.Datum()
-        try:
-            datum.ParseFromString(value)
-        except (DecodeError, ValueError, RuntimeError):
-            raise UserError(f"{path}: record {key!r} is not a Caffe Datum.") from None
-        shape = (datum.channels, datum.height, datum.width)
-        count = len(datum.float_data) or len(datum.data)
-        if min(shape) < 1 or count != math.prod(shape):
-            raise UserError(
-                f"{path}: record {key!r} holds {count} values for a "
-                f"{' x '.join(map(str, shape))} Datum (not a Datum of this toolkit)."
-            )
-        shapes.add(shape)
-    if len(shapes) > 1:
-        raise UserError(f"{path}: records differ in size ({sorted(shapes)}).")
-    return n, shapes.pop()
-
-
 # --- Caches ---------------------------------------------------------------------------------
 
 
@@ -433,7 +332,11 @@ def load_npz(path: Path | str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 # --- Images ---------------------------------------------------------------------------------
 
 
-def check_image_sources(sources: list[tuple[Path, int | None, int | None]]) -> None:
+def check_image_sources(
+    sources: list[tuple[Path, int | None, int | None]],
+    axes: str | None = None,
+    channel_source: str = OPTION_CHANNEL,
+) -> None:
     """Read and check every image source of a command before its work starts.
 
     Parameters
@@ -441,17 +344,17 @@ def check_image_sources(sources: list[tuple[Path, int | None, int | None]]) -> N
     sources : (path, channel, frames) triples: an image, TIFF stack or folder, the channel
         of a multi-channel stack (or None), and the frame count that the manifest gives
         (or None for loose inputs).
+    axes : the TIFFs' axes (``--axes`` of loose inputs), None for the files' own.
+    channel_source : where the user sets the channel (:class:`data_prep.core.stack.Stack`).
 
     Raises
     ------
     UserError
-        Whatever :func:`deadnet_caffe.infer.read_image_stack` refuses (see
-        :mod:`data_prep.checks`), or a frame count other than the manifest's.
+        Whatever :func:`data_prep.core.stack.read_stack` refuses (see
+        :mod:`data_prep.core.checks`), or a frame count other than the manifest's.
     """
-    from deadnet_caffe.infer import read_image_stack  # infer imports this module
-
     for path, channel, n_frames in sources:
-        frames = read_image_stack(path, channel)
+        frames = read_stack(path, channel, axes, channel_source=channel_source)
         if n_frames is not None and len(frames) != n_frames:
             raise UserError(f"{path}: holds {len(frames)} frames but the manifest says {n_frames}.")
 

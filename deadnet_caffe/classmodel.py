@@ -16,18 +16,23 @@ reading used here: the update adds ``+ lambda2 Delta I`` (``laplacian_sign="smoo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.infer import DeployNet
-from deadnet_caffe.paper import (
+from data_prep.core.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
     CLASSMODEL_LAMBDA1,
     CLASSMODEL_LAMBDA2,
+    LABELS,
     NET_INPUT_PX,
 )
+from data_prep.core.progress import progress_bar
+from deadnet_caffe.figout import save_figure
+from deadnet_caffe.infer import DeployNet
 
 
 def laplacian(image: np.ndarray) -> np.ndarray:
@@ -82,7 +87,11 @@ class ScoreGradient:
 
 
 def class_model(
-    grad_fn, cls: int, init: np.ndarray | None = None, settings: ClassModelSettings | None = None
+    grad_fn,
+    cls: int,
+    init: np.ndarray | None = None,
+    settings: ClassModelSettings | None = None,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ascent on the class score (eq. 4).
 
@@ -93,6 +102,7 @@ def class_model(
     cls : class c (0 healthy, 1 sick).
     init : (220, 220) starting image in z units (an image of the opposing class), or None
         for zeros.
+    progress : a bar of iterations (None: only on a terminal, :mod:`data_prep.core.progress`).
 
     Returns
     -------
@@ -106,9 +116,90 @@ def class_model(
         else np.asarray(init, dtype=np.float32).copy()
     )
     scores = []
-    for _ in range(s.iterations):
+    steps = range(s.iterations)
+    for _ in progress_bar(steps, desc=f"class {cls}", unit="step", leave=False, progress=progress):
         score, grad = grad_fn(img, cls)
         scores.append(score)
         img = update(img, grad, s)
     scores.append(grad_fn(img, cls)[0])
     return img, np.asarray(scores)
+
+
+#: A panel: (class label, start) -> (image (220, 220) float32, scores (iterations + 1,)),
+#: start "zeros" or "opposing" (an image of the other class).
+Panels = dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]
+
+
+def class_models(
+    grad_fn,
+    inits: dict[int, np.ndarray] | None,
+    settings: ClassModelSettings | None = None,
+    progress: bool | None = None,
+) -> Panels:
+    """Both classes' models from zeros and, with ``inits`` (label -> (220, 220) z image),
+    from the opposing class's image (Figure 6's 2 x 2 panels)."""
+    panels: Panels = {}
+    for c in (0, 1):
+        panels[(c, "zeros")] = class_model(grad_fn, c, None, settings, progress)
+        if inits is not None:
+            panels[(c, "opposing")] = class_model(grad_fn, c, inits[1 - c], settings, progress)
+    return panels
+
+
+def draw_class_models(path: Path, panels: Panels, formats: tuple[str, ...] = ("png",)) -> None:
+    """Figure 6: one row per class, one column per start, each titled with S_c's change
+    (``path`` in each of ``formats``, :mod:`deadnet_caffe.figout`)."""
+    from data_prep.core.figures import subplots
+
+    cols = sorted({k[1] for k in panels}, key=["zeros", "opposing"].index)
+    fig, axes = subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
+    for r, c in enumerate((0, 1)):
+        for j, start in enumerate(cols):
+            img, scores = panels[(c, start)]
+            lim = np.percentile(np.abs(img), 99.5) or 1.0
+            axes[r, j].imshow(img, cmap="gray", vmin=-lim, vmax=lim)
+            axes[r, j].set_title(
+                f"{LABELS[c]} from {start}\nS_c {scores[0]:.2f} -> {scores[-1]:.2f}", fontsize=8
+            )
+            axes[r, j].axis("off")
+    fig.tight_layout()
+    save_figure(fig, path, formats, dpi=110)
+
+
+def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndarray:
+    """The starting image of a panel: zeros, or the opposing class's image."""
+    if start == "zeros" or inits is None:
+        return np.zeros((NET_INPUT_PX, NET_INPUT_PX), np.float32)
+    return inits[1 - cls]
+
+
+def write_class_models(
+    out_dir: Path,
+    panels: Panels,
+    inits: dict[int, np.ndarray] | None = None,
+    formats: tuple[str, ...] = ("png",),
+) -> dict:
+    """Write ``classmodel.png`` (and the other ``formats``), ``classmodels.npz`` (images and
+    score traces) and ``summary.json`` into ``out_dir``; return the summary (per panel: S_c
+    at the start and the end, and whether the image never moved from its start, ``inits`` as
+    given to :func:`class_models`: dS_c/dI was zero there)."""
+    out_dir = Path(out_dir)
+    draw_class_models(out_dir / "classmodel.png", panels, formats)
+    np.savez_compressed(
+        out_dir / "classmodels.npz",
+        **{
+            f"{LABELS[c]}_from_{s}_{part}": arr
+            for (c, s), (img, scores) in panels.items()
+            for part, arr in (("image", img), ("scores", scores))
+        },
+    )
+    summary = {
+        f"{LABELS[c]}_from_{s}": {
+            "score_start": float(sc[0]),
+            "score_end": float(sc[-1]),
+            "unchanged": bool(np.array_equal(img, _start(inits, c, s))),
+        }
+        for (c, s), (img, sc) in panels.items()
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

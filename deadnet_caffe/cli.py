@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_prep.core.errors import UserError
 from deadnet_caffe import __version__, commands
-from deadnet_caffe.errors import UserError
 
 
 def _summaries() -> dict[str, tuple[str, str, str]]:
@@ -86,7 +86,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"deadnet {args.command}: interrupted.", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,10 +49,13 @@ from pathlib import Path
 import numpy as np
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
+from data_prep.core.errors import UserError
+from data_prep.core.grids import Grid
+from data_prep.core.outdir import MARKER, check_location, claim_dir, read_marker
+from data_prep.core.progress import progress_bar
+from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 from deadnet_caffe.checks import positive_float, positive_int
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.infer import Grid, grid_probs, read_image_stack, upsample_at
-from deadnet_caffe.outdir import MARKER, check_location, claim_dir, read_marker
+from deadnet_caffe.infer import grid_probs, upsample_at
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_CHUNK_FRAMES = 16
@@ -164,10 +167,10 @@ class NetPlugin(WorkerPlugin):
         """(DeployNet, DenseNet or None, GradCam or None) of the calling thread."""
         nets = getattr(self._local, "nets", None)
         if nets is None:
+            from data_prep.core.paper import GRADCAM_LAYER
             from deadnet_caffe.gradcam import GradCam
             from deadnet_caffe.heatmap import DenseNet
             from deadnet_caffe.infer import DeployNet
-            from deadnet_caffe.paper import GRADCAM_LAYER
 
             s = self.spec
             net = DeployNet(s.model, s.weights, s.gpu, force_backward=s.force_backward)
@@ -184,15 +187,25 @@ def net_loads() -> dict[str, int]:
     return dict(NET_LOADS)
 
 
+@dataclass(frozen=True)
+class Source:
+    """One time-lapse as :func:`data_prep.core.stack.read_stack` reads it."""
+
+    path: Path
+    channel: int | None = None
+    axes: str | None = None
+    channel_source: str = MANIFEST_CHANNEL  # where the user sets the channel (messages)
+
+
 @lru_cache(maxsize=2)
-def _stack(path: str, channel: int | None, stamp: tuple[int, int]) -> np.ndarray:
+def _stack(src: Source, stamp: tuple[int, int]) -> np.ndarray:
     """The frames of one time-lapse; the worker keeps the last two read (chunks of a position)."""
-    return read_image_stack(path, channel)
+    return read_stack(src.path, src.channel, src.axes, channel_source=src.channel_source)
 
 
-def _read(path: Path, channel: int | None) -> np.ndarray:
-    st = Path(path).stat()
-    return _stack(str(path), channel, (st.st_mtime_ns, st.st_size))
+def _read(src: Source) -> np.ndarray:
+    st = Path(src.path).stat()
+    return _stack(src, (st.st_mtime_ns, st.st_size))
 
 
 def _write_atomic(dest: Path, data: bytes) -> None:
@@ -214,8 +227,7 @@ class Chunk:
     """Heat-map values of the frames ``ids`` of one time-lapse, on its window grid."""
 
     plugin: str
-    path: Path
-    channel: int | None
+    source: Source
     ids: tuple[int, ...]
     mode: str  # "exact" or "dense"
     stride: int
@@ -235,7 +247,7 @@ def chunk_task(c: Chunk) -> Path:
     from deadnet_caffe.heatmap import local_normalize
 
     net, dense, _ = get_worker().plugins[c.plugin].nets()
-    frames = _read(c.path, c.channel)
+    frames = _read(c.source)
     values = []
     for t in c.ids:
         if c.mode == "dense":
@@ -291,7 +303,7 @@ class PositionJob:
     """The report's result of one position, from its chunks."""
 
     plugin: str
-    pos: object  # data_prep.experiment.Position
+    pos: object  # data_prep.core.manifest.Position
     ids: tuple[int, ...]
     gradcam_crops: int
     dest: Path
@@ -304,7 +316,7 @@ def position_task(job: PositionJob, chunk_paths: list[Path]):
     from deadnet_caffe.report import score_position
 
     _, _, gc = get_worker().plugins[job.plugin].nets()
-    frames = _read(job.pos.path, job.pos.channel)
+    frames = _read(Source(job.pos.path, job.pos.channel))
     heat = ChunkHeat([chunk_paths])
     probs = np.stack([heat(frames[t]) for t in job.ids])
     res = score_position(job.pos, frames, list(job.ids), probs, gc, job.gradcam_crops)
@@ -398,57 +410,86 @@ class ClusterRun:
     def done(self) -> None:
         self.work.remove()
 
-    def _chunks(self, key, path, channel, ids, mode, stride, batch) -> list:
+    def _chunks(self, key, source: Source, ids, mode, stride, batch) -> list:
         """Futures of the chunk files of one time-lapse (a task finds a finished file and
         returns it at once)."""
         out = []
         for i in range(0, len(ids), self.chunk_frames):
             part = tuple(ids[i : i + self.chunk_frames])
             name = f"{key}-{part[0]:05d}-{part[-1]:05d}"
-            c = Chunk(self.plugin, path, channel, part, mode, stride, batch, self.work.chunk(name))
+            c = Chunk(self.plugin, source, part, mode, stride, batch, self.work.chunk(name))
             out.append(self.client.submit(chunk_task, c, key=f"deadnet-chunk-{name}", pure=False))
         return out
 
-    def report_results(self, positions, stride: int, every: int, batch: int, gradcam_crops: int):
-        """The report's PositionResult of every position, in order (finished ones reused)."""
-        from tqdm import tqdm
+    def report_results(
+        self,
+        positions,
+        stride: int,
+        every: int,
+        batch: int,
+        gradcam_crops: int,
+        progress: bool | None = None,
+        keep_maps: list[Path] | None = None,
+    ):
+        """The report's PositionResult of every position, in order (finished ones reused).
+
+        keep_maps : the folder of each position's kept heat maps
+            (:func:`deadnet_caffe.report.write_position_maps`, written here, on the client,
+            from the chunk files), or None.
+        """
+        from deadnet_caffe.report import write_position_maps
 
         results: dict[int, object] = {}
-        futures = {}
+        futures, chunks = {}, {}
         for i, pos in enumerate(positions):
             key = _digest(
                 self.net_key, "report", pos.path, pos.channel, pos.ground_truth, stride, every,
                 batch, gradcam_crops, pos.key, pos.dose_s, pos.frame_interval_min,
             )  # fmt: skip
             dest = self.work.position(key)
-            if dest.is_file():
+            ids = tuple(range(0, pos.n_frames, every))
+            reused = dest.is_file()
+            if reused:
                 results[i] = pickle.loads(dest.read_bytes())
                 self.reused += 1
+            if reused and keep_maps is None:
                 continue
-            ids = tuple(range(0, pos.n_frames, every))
-            chunks = self._chunks(key, pos.path, pos.channel, ids, "exact", stride, batch)
-            job = PositionJob(self.plugin, pos, ids, gradcam_crops, dest)
-            fut = self.client.submit(
-                position_task, job, chunks, key=f"deadnet-position-{key}", pure=False
-            )
-            futures[fut] = i
-        bar = tqdm(total=len(futures), desc="positions", unit="position", leave=False)
+            src = Source(pos.path, pos.channel)
+            chunks[i] = self._chunks(key, src, ids, "exact", stride, batch)
+            if not reused:
+                job = PositionJob(self.plugin, pos, ids, gradcam_crops, dest)
+                fut = self.client.submit(
+                    position_task, job, chunks[i], key=f"deadnet-position-{key}", pure=False
+                )
+                futures[fut] = i
+        bar = progress_bar(
+            total=len(futures), desc="positions", unit="position", leave=False, progress=progress
+        )
         for fut in as_completed(list(futures), loop=self.client.loop):
             results[futures[fut]] = fut.result()
             bar.update()
         bar.close()
+        if keep_maps is not None:
+            for i, pos in enumerate(positions):
+                frames = _read(Source(pos.path, pos.channel))
+                ids = results[i].frames
+                heat = ChunkHeat([self.client.gather(chunks[i])])
+                probs = np.stack([heat(frames[t]) for t in ids])
+                write_position_maps(keep_maps[i], pos, frames, ids, probs, every)
         return [results[i] for i in range(len(positions))]
 
     def heatmap_chunks(self, sources, mode: str, stride: int, every: int, batch: int) -> list:
         """Chunk files of every time-lapse: ``[[path, ...] per source]`` in order.
 
-        sources : (path, channel, n_frames) of each time-lapse.
+        sources : (:class:`Source`, n_frames) of each time-lapse, paths absolute.
         """
         futures = []
-        for path, channel, n_frames in sources:
-            key = _digest(self.net_key, "heatmap", path, channel, mode, stride, every, batch)
+        for src, n_frames in sources:
+            key = _digest(
+                self.net_key, "heatmap", src.path, src.channel, src.axes, mode, stride, every, batch
+            )
             ids = tuple(range(0, n_frames, every))
-            futures.append(self._chunks(key, path, channel, ids, mode, stride, batch))
+            futures.append(self._chunks(key, src, ids, mode, stride, batch))
         return [self.client.gather(f) for f in futures]
 
 

@@ -8,13 +8,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from data_prep.core.errors import UserError
+from data_prep.core.figures import subplots
 from deadnet_caffe import logparse
-from deadnet_caffe.errors import UserError
 
 LOG_NAME = "caffe.log"
 CSV_NAME = "curves.csv"
@@ -28,8 +24,14 @@ def _points(cols: dict[str, list[float]], name: str) -> tuple[list[float], list[
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[Path]:
-    """Draw Figure 3a (loss) and 3b (validation accuracy) PNGs into ``out_dir``.
+def draw(
+    cols: dict[str, list[float]],
+    out_dir: Path,
+    title: str = "",
+    formats: tuple[str, ...] = ("png",),
+) -> list[Path]:
+    """Draw Figure 3a (loss) and 3b (validation accuracy) into ``out_dir``, in each of
+    ``formats`` (``png``, ``svg``, ``pdf``; see :mod:`deadnet_caffe.figout`).
 
     Parameters
     ----------
@@ -39,10 +41,11 @@ def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[P
         Folder for ``figure3a_loss.png`` and ``figure3b_accuracy.png``.
     title : str
         Prefix for the panel titles (e.g. the run's name).
+    formats : file formats, each written under the PNG name with its own suffix.
     """
     out_dir = Path(out_dir)
     paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = subplots(figsize=(5, 3.5), dpi=120)
     for name, label, style in (("train_loss", "train", "-"), ("test_loss", "validation", "o-")):
         x, y = _points(cols, name)
         if x:
@@ -53,8 +56,8 @@ def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[P
     if ax.lines:  # a run stopped before its first logged loss has none
         ax.legend()
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / LOSS_PNG))
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    paths += _save(fig, out_dir / LOSS_PNG, formats)
+    fig, ax = subplots(figsize=(5, 3.5), dpi=120)
     x, y = _points(cols, "test_accuracy")
     if x:
         ax.plot(x, y, "o-", color="C1", markersize=3, label="validation")
@@ -64,20 +67,25 @@ def draw(cols: dict[str, list[float]], out_dir: Path, title: str = "") -> list[P
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title} b) validation accuracy".strip())
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / ACCURACY_PNG))
+    paths += _save(fig, out_dir / ACCURACY_PNG, formats)
     return paths
 
 
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+def _save(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Write ``fig`` as ``path`` with each suffix of ``formats``, each atomically (a temporary
+    file renamed: the figures of a running training are redrawn while users look at them)."""
+    paths = []
+    for fmt in formats:
+        final = path.with_suffix(f".{fmt}")
+        tmp = path.with_name(f".{path.stem}.tmp.{fmt}")
+        fig.savefig(tmp, format=fmt)
+        tmp.replace(final)
+        paths.append(final)
+    return paths
 
 
-def update_run(run_dir: Path | str) -> list[Path]:
-    """Parse ``RUN/caffe.log`` into ``RUN/curves.csv`` and redraw the Figure 3a,b PNGs.
+def update_run(run_dir: Path | str, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Parse ``RUN/caffe.log`` into ``RUN/curves.csv`` and redraw Figure 3a,b (``formats``).
 
     Raises
     ------
@@ -90,4 +98,5 @@ def update_run(run_dir: Path | str) -> list[Path]:
         raise UserError(f"{log_path} does not exist; --run must be a folder made by deadnet train.")
     log = logparse.parse_log(log_path)
     csv_path = logparse.write_csv(log, run_dir / CSV_NAME)
-    return [csv_path, *draw(logparse.read_csv(csv_path), run_dir, title=run_dir.name)]
+    cols = logparse.read_csv(csv_path)
+    return [csv_path, *draw(cols, run_dir, title=run_dir.name, formats=formats)]

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.experiment import Position, read_manifest
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import Position, read_manifest
+from data_prep.core.outdir import claim_dir, die_with_parent
+from data_prep.core.paper import BATCH_SIZE, DATASET_B_DOSE_RANGE_S
+from data_prep.core.runinfo import write_settings
 from deadnet_caffe.demo_page import summarise, write_page
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import claim_dir, die_with_parent
-from deadnet_caffe.paper import BATCH_SIZE, DATASET_B_DOSE_RANGE_S
-from deadnet_caffe.runinfo import write_settings
-
-PROJECT = Path(__file__).resolve().parent.parent
+from deadnet_caffe.netspec import published
 
 STAMP = ".step.json"
 
@@ -67,7 +66,7 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
     log("[demo]   $ deadnet " + shlex.join([*step.argv, *extra]))
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "deadnet_caffe.cli", *step.argv, *extra], preexec_fn=die_with_parent
+        [sys.executable, "-m", "deadnet_caffe", *step.argv, *extra], preexec_fn=die_with_parent
     )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -86,7 +85,7 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
 
 #: The demo's solver: the published Data Set A solver with one stated change. The published
 #: base_lr 0.0003 needs tens of thousands of iterations (the paper trained ~500k on a GPU);
-#: on 2 CPU cores the demo has ~400 iterations, so base_lr is 10x higher. Everything else
+#: on 2 CPU cores the demo has DemoConfig.max_iter, so base_lr is 10x higher. Everything else
 #: (Nesterov, inv policy, momentum, weight decay, batch 20, the net) stays as published.
 DEMO_BASE_LR = 0.003
 
@@ -156,15 +155,15 @@ def truth_check(exp: Path, ds: Path, evaluation: Path, seed: int) -> dict:
     """Data Set B against the simulator's truth (the experts' labels are not the truth).
 
     Each annotated item's true state is its true sick fraction above the simulated experts'
-    undecided point (:func:`data_prep.sim.votes.truth_label`). Returns ``votes``: how often
+    undecided point (:func:`data_prep.sim.annotators.truth_label`). Returns ``votes``: how often
     the simulated votes and the labels made from them agree with the truth, over every voted
     item; ``test``: on the test crops, the class-balanced accuracy (section 2.5, classes by
     truth) of the net (published-val predictions of one pass) and of the expert labels
     against the truth, and the net's against the expert labels for comparison.
     """
-    from data_prep.experiment import read_manifest
-    from data_prep.sim.votes import item_truth, truth_label, vote_truth_agreement
-    from data_prep.votes import Item, read_votes
+    from data_prep.core.manifest import read_manifest
+    from data_prep.sim.annotators import item_truth, truth_label, vote_truth_agreement
+    from data_prep.votes_csv import Item, read_votes
     from deadnet_caffe import stats
 
     votes = read_votes(exp / "votes.csv")
@@ -204,8 +203,13 @@ def truth_check(exp: Path, ds: Path, evaluation: Path, seed: int) -> dict:
     }
 
 
-def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
+def run_demo(
+    cfg: DemoConfig, log: Callable[[str], None] = print, progress: bool | None = None
+) -> dict:
     """Run (or reuse) every step and write ``summary.json`` and ``index.html``.
+
+    ``progress`` is passed to every step as ``--progress`` / ``--no-progress`` (None: each
+    step's own rule, a bar only when stdout is a terminal).
 
     Returns the summary dict (see :func:`deadnet_caffe.demo_page.summarise`).
     """
@@ -218,8 +222,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     done: dict[str, dict] = {}
     t_start = time.perf_counter()
 
+    bars = [] if progress is None else ["--progress" if progress else "--no-progress"]
+
     def step(name: str, title: str, folder: Path, argv: list[str], extra: list[str] = ()):
-        done[name] = run_step(Step(name, title, folder, argv), log, extra=list(extra))
+        done[name] = run_step(Step(name, title, folder, argv), log, extra=[*extra, *bars])
 
     step(
         "simulate",
@@ -232,7 +238,6 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
             *seed,
             "--jobs",
             str(cfg.jobs),
-            "--quiet",
             "--out",
             str(exp),
         ],
@@ -248,7 +253,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
                 "--workers", str(cfg.jobs), *aug]  # fmt: skip
 
     def train_argv(name: str, data: Path, folder: Path, max_iter: int, lr: float) -> list[str]:
-        solver = PROJECT / f"prototxt/dataset_{name.lower()}/solver.prototxt"
+        solver = published(f"dataset_{name.lower()}/solver.prototxt")
         return ["train", "--dataset", str(data), "--solver", str(solver), "--run", str(folder),
                 "--max-iter", str(max_iter), "--base-lr", str(lr),
                 "--test-interval", str(cfg.test_interval),

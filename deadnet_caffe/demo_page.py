@@ -7,7 +7,8 @@ import html
 import json
 from pathlib import Path
 
-from deadnet_caffe import paper
+from data_prep.core import paper
+from deadnet_caffe.heatmap import SICK_THRESHOLD
 
 
 def _load(path: Path) -> dict:
@@ -72,7 +73,7 @@ def summarise(cfg, steps: dict[str, dict], total_s: float) -> dict:
                 "max_iter": [paper.MAX_ITER, cfg.max_iter],
                 "solver_mode": ["GPU", "CPU"],
             },
-            "why": _SOLVER_WHY[cfg.dataset],
+            "why": _solver_why(cfg),
         },
         "augmentation": card.get("augmentation", {}).get("train"),
         "train_crops": card.get("counts", {}).get("train", {}).get("crops"),
@@ -110,18 +111,21 @@ TARGETS_B = {
     "gradcam_pointing": 0.80,
 }
 
-_SOLVER_WHY = {
-    "A": (
-        "the published base_lr needs tens of thousands of iterations; the demo's CPU "
-        "budget is a few hundred, so base_lr is 10x higher. The net is as published."
-    ),
-    "B": (
+
+def _solver_why(cfg) -> str:
+    """Why the demo's solver differs from the published one (numbers from cfg and paper)."""
+    if cfg.dataset == "A":
+        return (
+            "the published base_lr needs tens of thousands of iterations; the demo's CPU "
+            f"budget is {cfg.max_iter}, so base_lr is {cfg.base_lr / paper.BASE_LR:g}x the "
+            "published one. The net is as published."
+        )
+    return (
         "fine-tuned from the Data Set A demo's weights (deadnet train --weights, Caffe's "
-        "-weights), as a user with both data sets would; base_lr 3x below the A demo's (the "
-        "start is already trained) and a few hundred iterations, on a class-balanced training "
-        "LMDB. The net is the published Data Set B net, unchanged."
-    ),
-}
+        "-weights), as a user with both data sets would; a lower base_lr than the A demo's "
+        f"(the start is already trained) and {cfg.max_iter} iterations, on a class-balanced "
+        "training LMDB. The net is the published Data Set B net, unchanged."
+    )
 
 
 def targets_b(summary: dict) -> dict:
@@ -294,7 +298,8 @@ def write_page(cfg, summary: dict) -> Path:
         f"<p>Test accuracy, {html.escape(str(summary['evaluation_mode']))}: {acc}. "
         f"With BatchNorm's running averages (deploy net): "
         f"{_pct(summary['accuracy_global_stats'])}. The paper reports "
-        f"{_pct(paper_acc)} on its Data Set {cfg.dataset} after ~500k GPU iterations.</p>",
+        f"{_pct(paper_acc)} on its Data Set {cfg.dataset} after "
+        f"~{paper.MAX_ITER_PAPER // 1000}k GPU iterations.</p>",
         f"<p>Training: the published net and solver, with base_lr "
         f"{summary['solver']['changes']['base_lr'][1]} instead of "
         f"{summary['solver']['changes']['base_lr'][0]} and "
@@ -359,7 +364,7 @@ def write_page(cfg, summary: dict) -> Path:
         parts.append(
             _figure(
                 "heatmap/sick_fraction.png",
-                "Fraction of the area called sick (P >= 0.5) per frame.",
+                f"Fraction of the area called sick (P >= {SICK_THRESHOLD:g}) per frame.",
             )
         )
     if (out / "gradcam").is_dir():
@@ -367,7 +372,7 @@ def write_page(cfg, summary: dict) -> Path:
             "<h2>Grad-CAM (Figure 5)</h2>",
             _figure(
                 "gradcam/gradcam_examples.png",
-                "Grad-CAM at conv_d4_2 (eq. 1-2) on test "
+                f"Grad-CAM at {paper.GRADCAM_LAYER} (eq. 1-2) on test "
                 "crops of each class, with per-image weights and with the class-averaged "
                 "weights of eq. 3.",
             ),
@@ -382,9 +387,10 @@ def write_page(cfg, summary: dict) -> Path:
             "<h2>Class models (Figure 6)</h2>",
             _figure(
                 "classmodel/classmodel.png",
-                "Class model visualisation (eq. 4: "
-                "epsilon 10, lambda1 0.01, lambda2 0.001, 500 iterations), from zeros and "
-                "from an image of the opposing class.",
+                f"Class model visualisation (eq. 4: epsilon {paper.CLASSMODEL_EPSILON:g}, "
+                f"lambda1 {paper.CLASSMODEL_LAMBDA1:g}, lambda2 {paper.CLASSMODEL_LAMBDA2:g}, "
+                f"{cfg.classmodel_iterations} iterations), from zeros and from an image of the "
+                "opposing class.",
             ),
         ]
     if (out / "report").is_dir():

@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
+from data_prep.core.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 from deadnet_caffe.heatmap import DenseNet, dense_heatmap, exact_heatmap, local_normalize
 from deadnet_caffe.infer import DEFAULT_BATCH, DeployNet, crop_to_input
-from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 from deadnet_caffe.report import pooled_auroc, score_position
 
 #: The issue's bar for dense mode (issue 18, item 3).
@@ -81,15 +81,16 @@ def measure(
 
     Parameters
     ----------
-    positions : data_prep.experiment.Position list, with ground truth for the AUROCs.
+    positions : data_prep.core.manifest.Position list, with ground truth for the AUROCs.
     """
-    from deadnet_caffe.infer import Grid, read_image_stack
+    from data_prep.core.grids import Grid
+    from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 
     rng = np.random.default_rng(seed)
     dp, t_exact, t_dense, t_window, n_frames = [], 0.0, 0.0, [], 0
     exact_res, dense_res, grid_windows = [], [], []
     for pos in positions:
-        frames = read_image_stack(pos.path, pos.channel)
+        frames = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
         ids = sorted(set(np.linspace(0, len(frames) - 1, frames_per_position).astype(int)))
         maps = {"exact": [], "dense": []}
         for t in ids:

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deadnet_caffe import paper
-from deadnet_caffe.errors import UserError
+from data_prep.core import paper
+from data_prep.core.errors import UserError
 from deadnet_caffe.netspec import load_net_param, net_from_param
 
 #: layer types that the paper's Table 1 lists (the default rows of the table)

@@ -42,12 +42,13 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from data_prep.checks import read_text
-from deadnet_caffe import caffe_env, netspec, outdir, paper, runinfo, stats
-from deadnet_caffe.checks import check_lmdb
-from deadnet_caffe.errors import UserError
+from data_prep.core import outdir, paper, runinfo
+from data_prep.core.checks import read_text
+from data_prep.core.datum import check_lmdb, iter_datums, read_datum, test_transform
+from data_prep.core.errors import UserError
+from data_prep.core.progress import progress_bar
+from deadnet_caffe import caffe_env, netspec, stats
 
 MODES = ("published_val", "global_stats")
 PRIMARY_MODE = "published_val"
@@ -74,12 +75,9 @@ class Transform:
     scale: float
     batch: int
 
-    def __call__(self, datum_array: np.ndarray) -> np.ndarray:
+    def __call__(self, v: np.ndarray) -> np.ndarray:
         """(C, H, W) stored values -> (C, crop, crop) float32 net input (Caffe's TEST crop)."""
-        _, h, w = datum_array.shape
-        c = self.crop or min(h, w)
-        y, x = (h - c) // 2, (w - c) // 2
-        return ((datum_array[:, y : y + c, x : x + c] - self.mean) * self.scale).astype(np.float32)
+        return test_transform(v, self.crop, self.mean, self.scale)
 
 
 @dataclass
@@ -93,33 +91,14 @@ class TestRecords:
     metadata_source: str = "none"
 
 
-def datum_array(raw: bytes, caffe_pb2) -> tuple[np.ndarray, int]:
-    """Decode a Datum into ((C, H, W) float32 stored values, label)."""
-    d = caffe_pb2.Datum()
-    d.ParseFromString(raw)
-    shape = (d.channels, d.height, d.width)
-    if d.float_data:
-        arr = np.asarray(d.float_data, dtype=np.float32).reshape(shape)
-    else:
-        arr = np.frombuffer(d.data, dtype=np.uint8).reshape(shape).astype(np.float32)
-    return arr, int(d.label)
-
-
 def read_records(dataset: Path) -> TestRecords:
     """Keys and labels of ``dataset/test.lmdb`` plus ``test_index.csv`` metadata if present."""
-    caffe_pb2 = caffe_env.import_caffe().proto.caffe_pb2
     path = dataset / "test.lmdb"
     check_lmdb(path)
     keys, labels = [], []
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        for k, v in txn.cursor():
-            keys.append(k.decode(errors="replace"))
-            try:
-                labels.append(datum_array(v, caffe_pb2)[1])
-            except (DecodeError, ValueError):
-                raise UserError(f"{path} record {keys[-1]!r} is not a Caffe Datum.") from None
-    env.close()
+    for key, _, label in iter_datums(path):
+        keys.append(key)
+        labels.append(label)
     if not keys:
         raise UserError(f"{path} holds no records.")
     rec = TestRecords(keys, np.asarray(labels, dtype=np.int64))
@@ -230,9 +209,7 @@ def eval_net_param(net_param, transform: Transform, global_stats: bool):
     return out, score
 
 
-def predict(
-    net, score: str, dataset: Path, transform: Transform, caffe_pb2, bar=None
-) -> np.ndarray:
+def predict(net, score: str, dataset: Path, transform: Transform, bar=None) -> np.ndarray:
     """P(sick) for every test record, in LMDB order, with consecutive batches.
 
     Records are streamed from the LMDB; the last short batch is filled with the first
@@ -256,26 +233,23 @@ def predict(
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e[:, SICK] / e.sum(axis=1)
 
-    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
-    with env.begin() as txn:
-        batch = []
-        for _, v in txn.cursor():
-            batch.append(datum_array(v, caffe_pb2))
-            if len(first) < b:
-                first.append(batch[-1])
-            if len(batch) == b:
-                probs.append(run(batch))
-                batch = []
-                if bar is not None:
-                    bar.update(b)
-        if batch:
-            keep = len(batch)
-            while len(batch) < b:  # wrap around: the first records fill the batch
-                batch.append(first[(len(batch) - keep) % len(first)])
-            probs.append(run(batch)[:keep])
+    batch = []
+    for _, v, label in iter_datums(dataset / "test.lmdb"):
+        batch.append((v, label))
+        if len(first) < b:
+            first.append(batch[-1])
+        if len(batch) == b:
+            probs.append(run(batch))
+            batch = []
             if bar is not None:
-                bar.update(keep)
-    env.close()
+                bar.update(b)
+    if batch:
+        keep = len(batch)
+        while len(batch) < b:  # wrap around: the first records fill the batch
+            batch.append(first[(len(batch) - keep) % len(first)])
+        probs.append(run(batch)[:keep])
+        if bar is not None:
+            bar.update(keep)
     return np.concatenate(probs)
 
 
@@ -286,7 +260,6 @@ def predict_batches(
     keys: list[str],
     idx: np.ndarray,
     transform: Transform,
-    caffe_pb2,
 ) -> np.ndarray:
     """P(sick) of each crop of each virtual batch, every batch one forward pass of the net.
 
@@ -303,10 +276,11 @@ def predict_batches(
     (n_batches, batch) float64
     """
     out = np.empty(idx.shape)
-    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
+    path = dataset / "test.lmdb"
+    env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
         for b, row in enumerate(idx):
-            crops = [datum_array(txn.get(keys[i].encode()), caffe_pb2) for i in row]
+            crops = [read_datum(txn, path, keys[i].encode()) for i in row]
             net.blobs["data"].data[...] = np.stack([transform(a) for a, _ in crops])
             if "label" in net.blobs:
                 net.blobs["label"].data[...] = [lab for _, lab in crops]
@@ -396,7 +370,7 @@ def annotator_fraction(votes_csv: Path, rec: TestRecords) -> dict | None:
     Positions' doses come from the test index, so only test positions count; 'unsure'
     votes are left out.
     """
-    from data_prep.votes import Item
+    from data_prep.votes_csv import Item
 
     dose_of = {p: d for p, d in zip(rec.position, rec.dose, strict=True) if p is not None}
     if not votes_csv.is_file():
@@ -487,27 +461,29 @@ class EvalSettings:
     resamples: int = paper.BOOTSTRAP_RESAMPLES
     gallery: int = 8
     gpu: int | None = None
+    figure_format: tuple[str, ...] = ("png",)
 
 
 def default_net(weights: Path) -> Path:
     """The net beside the weights (a run folder's train_val.prototxt), else Data Set A's."""
-    for p in (weights.parent / "train_val.prototxt", Path("prototxt/dataset_a/train_val.prototxt")):
+    for p in (
+        weights.parent / "train_val.prototxt",
+        netspec.published("dataset_a/train_val.prototxt"),
+    ):
         if p.is_file():
             return p
     raise UserError(f"no train_val.prototxt beside {weights}; pass --net.")
 
 
-def evaluate(s: EvalSettings, progress: bool = True) -> dict:
+def evaluate(s: EvalSettings, progress: bool | None = None) -> dict:
     """Run both modes, write JSON, Markdown, predictions CSV and galleries into ``s.out``."""
-    from tqdm import tqdm
-
     from deadnet_caffe import gallery
 
     weights, dataset = Path(s.weights), Path(s.dataset)
     if not weights.is_file():
         raise UserError(f"{weights} does not exist.")
     net_path = Path(s.net) if s.net else default_net(weights)
-    caffe = caffe_env.set_device(s.gpu)
+    caffe_env.set_device(s.gpu)
     net_param = netspec.load_net_param(net_path)
     transform = transform_of(net_param)
     _, shape = check_lmdb(dataset / "test.lmdb")
@@ -527,15 +503,15 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
         for mode in MODES:
             param, score = eval_net_param(net_param, transform, mode == "global_stats")
             net = netspec.net_from_param(param, "TEST", weights, name=str(net_path))
-            with tqdm(total=len(rec.keys), desc=mode, unit="crop", disable=not progress) as bar:
-                probs[mode] = predict(net, score, dataset, transform, caffe.proto.caffe_pb2, bar)
+            with progress_bar(
+                total=len(rec.keys), desc=mode, unit="crop", progress=progress
+            ) as bar:
+                probs[mode] = predict(net, score, dataset, transform, bar)
             tables = None
             if idx is not None:
                 tables = {"fixed_pass": ((probs[mode] >= 0.5) == rec.labels)[idx]}
                 if mode == "published_val" and idx.shape[1] == transform.batch:
-                    p = predict_batches(
-                        net, score, dataset, rec.keys, idx, transform, caffe.proto.caffe_pb2
-                    )
+                    p = predict_batches(net, score, dataset, rec.keys, idx, transform)
                     tables["batch_statistics"] = (p >= 0.5) == rec.labels[idx]
             results[mode] = mode_results(rec, probs[mode], rng, s.resamples, annotators, tables)
             results[mode]["label"] = MODE_LABELS[mode]
@@ -566,7 +542,7 @@ def evaluate(s: EvalSettings, progress: bool = True) -> dict:
         (tmp / JSON_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         _write_predictions(tmp / PREDICTIONS_NAME, rec, probs)
         figures = gallery.draw_galleries(
-            tmp, dataset, rec, probs[PRIMARY_MODE], transform, s.gallery, caffe.proto.caffe_pb2
+            tmp, dataset, rec, probs[PRIMARY_MODE], transform, s.gallery, s.figure_format
         )
         (tmp / REPORT_NAME).write_text(markdown(doc, figures))
         runinfo.write_settings(tmp, vars(s))

@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lmdb
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from deadnet_caffe import paper
+from data_prep.core import paper
+from data_prep.core.datum import read_datum
+from data_prep.core.figures import subplots
+from deadnet_caffe.figout import save_figure
 
 MISCLASSIFIED_PNG = "figure3c_misclassified.png"
 CORRECT_PNG = "figure3d_correct.png"
@@ -40,11 +39,16 @@ def pick(labels: np.ndarray, probs: np.ndarray, n: int, wrong: bool) -> dict[int
 
 
 def draw(
-    crops: dict[int, list[np.ndarray]], titles: dict[int, list[str]], path: Path, title: str
+    crops: dict[int, list[np.ndarray]],
+    titles: dict[int, list[str]],
+    path: Path,
+    title: str,
+    formats: tuple[str, ...] = ("png",),
 ) -> Path:
-    """Draw rows of (H, W) crops, one row per class, into ``path``."""
+    """Draw rows of (H, W) crops, one row per class, into ``path`` (with each suffix of
+    ``formats``, :mod:`deadnet_caffe.figout`)."""
     n = max(1, *(len(v) for v in crops.values()))
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         2, n, figsize=(1.6 * n + 0.8, 4.2), dpi=100, squeeze=False, layout="constrained"
     )
     for c in (0, 1):
@@ -63,22 +67,27 @@ def draw(
                     ax.axis("on")
                     ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=100)
     return path
 
 
 def draw_galleries(
-    out: Path, dataset: Path, rec, probs: np.ndarray, transform, n: int, caffe_pb2
+    out: Path,
+    dataset: Path,
+    rec,
+    probs: np.ndarray,
+    transform,
+    n: int,
+    formats: tuple[str, ...] = ("png",),
 ) -> list[str]:
-    """Figure 3c,d PNGs for the test records ``rec`` and their P(sick) ``probs``.
+    """Figure 3c,d for the test records ``rec`` and their P(sick) ``probs``, in each of
+    ``formats``.
 
-    Returns the file names written in ``out``.
+    Returns the file names written in ``out`` in the first format (the report links them).
     """
-    from deadnet_caffe.evaluate import datum_array
-
     names = []
-    env = lmdb.open(str(dataset / "test.lmdb"), readonly=True, lock=False)
+    path = dataset / "test.lmdb"
+    env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
         for wrong, fname, what in (
             (True, MISCLASSIFIED_PNG, "c) misclassified"),
@@ -88,11 +97,10 @@ def draw_galleries(
             crops, titles = {}, {}
             for c, idx in chosen.items():
                 crops[c] = [
-                    transform(datum_array(txn.get(rec.keys[i].encode()), caffe_pb2)[0])[0]
-                    for i in idx
+                    transform(read_datum(txn, path, rec.keys[i].encode())[0])[0] for i in idx
                 ]
                 titles[c] = [f"P(sick) {probs[i]:.2f}" for i in idx]
-            draw(crops, titles, out / fname, f"Figure 3{what} test crops")
-            names.append(fname)
+            path = draw(crops, titles, out / fname, f"Figure 3{what} test crops", formats)
+            names.append(path.with_suffix(f".{formats[0]}").name)
     env.close()
     return names

@@ -20,6 +20,7 @@ All-zero maps
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import tempfile
@@ -28,10 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.checks import check_lmdb, load_npz
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, upsample_at
-from deadnet_caffe.paper import GRADCAM_LAYER, NET_INPUT_PX
+from data_prep.core.datum import sample_crops
+from data_prep.core.errors import UserError
+from data_prep.core.grids import Grid
+from data_prep.core.paper import GRADCAM_LAYER, LABELS, NET_INPUT_PX
+from data_prep.core.progress import progress_bar
+from data_prep.core.tiffout import Calibration, write_stack
+from deadnet_caffe.checks import load_npz
+from deadnet_caffe.figout import save_figure
+from deadnet_caffe.infer import DeployNet, crop_to_input, upsample_at
 
 
 @dataclass
@@ -177,53 +183,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_lmdb_crops(path: Path, per_class: int, seed: int = 0):
-    """Up to ``per_class`` crops of each label from a Datum LMDB, in a seeded random order.
-
-    The dataset stores crops as Caffe Datum ``float_data``, v = 32767 + 4000 z, 1 x 256 x 256,
-    label 0/1. Returns (z, labels): (N, 220, 220) float32 centre crops (Caffe's TEST
-    transform) and (N,) int64.
-    """
-    import lmdb
-    from caffe.proto import caffe_pb2
-
-    from data_prep.normalize import decode_v
-
-    if not Path(path).is_dir():
-        raise UserError(f"{path}: no such LMDB (the dataset's train.lmdb).")
-    _, shape = check_lmdb(path)
-    if min(shape[1:]) < NET_INPUT_PX:
-        raise UserError(
-            f"{path}: holds {shape[2]} x {shape[1]} px crops, smaller than the net's "
-            f"{NET_INPUT_PX} px input."
-        )
-    env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
-    out: dict[int, list[np.ndarray]] = {0: [], 1: []}
-    with env.begin() as txn:
-        keys = list(txn.cursor().iternext(keys=True, values=False))
-        for i in np.random.default_rng(seed).permutation(len(keys)):
-            datum = caffe_pb2.Datum()
-            datum.ParseFromString(txn.get(keys[i]))
-            if datum.label not in out or len(out[datum.label]) >= per_class:
-                continue
-            shape = (datum.channels, datum.height, datum.width)
-            if datum.float_data:
-                v = np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
-            else:
-                v = np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).astype(np.float32)
-            z = decode_v(v[0])
-            oy, ox = (z.shape[0] - NET_INPUT_PX) // 2, (z.shape[1] - NET_INPUT_PX) // 2
-            out[datum.label].append(z[oy : oy + NET_INPUT_PX, ox : ox + NET_INPUT_PX])
-            if all(len(v) >= per_class for v in out.values()):
-                break
-    env.close()
-    labels = np.concatenate([np.full(len(out[c]), c, dtype=np.int64) for c in (0, 1)])
-    crops = [c for k in (0, 1) for c in out[k]]
-    if not crops:
-        raise UserError(f"{path}: the LMDB holds no crops labelled 0 or 1.")
-    return np.stack(crops).astype(np.float32), labels
-
-
 def average_alphas(alphas: np.ndarray, labels: np.ndarray, n_classes: int = 2) -> np.ndarray:
     """Eq. 3: ``alpha_hat_{c,k} = (1/N_c) sum_i 1_c(i) alpha^{(i)}_{c,k}``.
 
@@ -245,7 +204,12 @@ def average_alphas(alphas: np.ndarray, labels: np.ndarray, n_classes: int = 2) -
 
 
 def class_weights(
-    gc: GradCam, lmdb_path: Path, cache: Path, per_class: int = 200, batch: int = 10
+    gc: GradCam,
+    lmdb_path: Path,
+    cache: Path,
+    per_class: int = 200,
+    batch: int = 10,
+    progress: bool | None = None,
 ) -> dict:
     """Eq. 3 weights for both classes, computed once and cached in ``cache`` (.npz).
 
@@ -266,11 +230,12 @@ def class_weights(
         f = load_npz(cache, ("alpha", "counts"))
         if all(str(f[k]) == str(v) for k, v in key.items() if k in f):
             return {"alpha": f["alpha"], "counts": f["counts"], "cached": True, **key}
-    from tqdm import tqdm
-
-    z, labels = read_lmdb_crops(lmdb_path, per_class)
+    z, labels = sample_crops(lmdb_path, per_class)
     alphas = []
-    for i in tqdm(range(0, len(z), batch), desc="eq. 3 weights", unit="batch", leave=False):
+    starts = range(0, len(z), batch)
+    for i in progress_bar(
+        starts, desc="eq. 3 weights", unit="batch", leave=False, progress=progress
+    ):
         alphas.append(gc.compute(z[i : i + batch], labels[i : i + batch]).alphas)
     alpha = average_alphas(np.concatenate(alphas), labels)
     counts = np.bincount(labels, minlength=2)
@@ -310,7 +275,7 @@ def stitch_frame(
 ) -> Stitched:
     """Grad-CAM of a whole frame from overlapping crops (section 2.6, eq. 3's motivation).
 
-    Each window of a :class:`~deadnet_caffe.infer.Grid` is normalised as in training, its
+    Each window of a :class:`~data_prep.core.grids.Grid` is normalised as in training, its
     map (eq. 2) upsampled to 220 px and placed over the window's centre crop.
 
     Parameters
@@ -372,20 +337,22 @@ def overlay(gray: np.ndarray, cam: np.ndarray, vmax: float | None = None) -> np.
 
 
 def figure_examples(
-    path: Path, images: np.ndarray, own: np.ndarray, avg: np.ndarray, titles: list[str]
+    path: Path,
+    images: np.ndarray,
+    own: np.ndarray,
+    avg: np.ndarray,
+    titles: list[str],
+    formats: tuple[str, ...] = ("png",),
 ) -> None:
     """Figure 5-like panel: per example the crop, eq. 1 Grad-CAM and eq. 3 Grad-CAM overlays.
 
     images : (N, 220, 220); own, avg : (N, 220, 220) upsampled maps. All-zero maps are
     labelled as such in the panel title instead of being rescaled.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
     for i in range(n):
         panels = (
             (images[i], None, titles[i]),
@@ -402,18 +369,16 @@ def figure_examples(
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=110)
 
 
-def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched) -> None:
+def figure_stitched(
+    path: Path, frame: np.ndarray, own: Stitched, avg: Stitched, formats: tuple[str, ...] = ("png",)
+) -> None:
     """Whole-frame Grad-CAM stitched with per-crop (eq. 1) vs averaged (eq. 3) weights."""
-    import matplotlib
+    from data_prep.core.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = subplots(1, 2, figsize=(11, 4.5))
     for ax, s, name in (
         (axes[0], own, "per-crop weights (eq. 1)"),
         (axes[1], avg, "class-averaged weights (eq. 3)"),
@@ -422,5 +387,100 @@ def figure_stitched(path: Path, frame: np.ndarray, own: Stitched, avg: Stitched)
         ax.set_title(f"{name}\nseam index {s.seam:.3f}, all-zero crops {s.n_all_zero}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=110)
+
+
+def write_examples(
+    out_dir: Path,
+    gc: GradCam,
+    z: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    alpha_eq3: np.ndarray,
+    formats: tuple[str, ...] = ("png",),
+) -> dict:
+    """Grad-CAM of example crops with each crop's own (eq. 1) and the class-averaged (eq. 3)
+    weights: ``gradcam_examples.png`` / ``.npz`` / ``.csv`` in ``out_dir``.
+
+    Parameters
+    ----------
+    z : (N, 220, 220) float32 net inputs; labels : (N,) int64 classes to explain;
+    names : N names for the figure and table; alpha_eq3 : (2, K) eq. 3 weights;
+    formats : figure formats (:mod:`deadnet_caffe.figout`).
+
+    Returns
+    -------
+    dict: ``examples`` and the counts of all-zero maps, ``all_zero_eq1`` / ``all_zero_eq3``.
+    """
+    out_dir = Path(out_dir)
+    cb = gc.compute(z, labels)
+    own, avg = cb.cams(), cb.cams(alpha_eq3[labels])
+    p_sick = gc.net.p_sick(z)
+    zero_own, zero_avg = cb.all_zero(own), cb.all_zero(avg)
+    titles = [
+        f"{n}: {LABELS[int(c)]}, P(sick) {p:.2f}"
+        for n, c, p in zip(names, labels, p_sick, strict=True)
+    ]
+    up_own, up_avg = gc.upsample(own), gc.upsample(avg)
+    figure_examples(out_dir / "gradcam_examples.png", z, up_own, up_avg, titles, formats)
+    np.savez_compressed(
+        out_dir / "gradcam_examples.npz",
+        z=z,
+        labels=labels,
+        cam_eq1=own,
+        cam_eq3=avg,
+        alpha_eq1=cb.alphas,
+        alpha_eq3=alpha_eq3,
+    )
+    with (out_dir / "gradcam_examples.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["example", "class", "p_sick", "all_zero_eq1", "all_zero_eq3"])
+        for row in zip(names, labels, p_sick, zero_own, zero_avg, strict=True):
+            w.writerow([row[0], LABELS[int(row[1])], f"{row[2]:.4f}", int(row[3]), int(row[4])])
+    return {
+        "examples": len(z),
+        "all_zero_eq1": int(zero_own.sum()),
+        "all_zero_eq3": int(zero_avg.sum()),
+    }
+
+
+def write_whole_frame(
+    out_dir: Path,
+    gc: GradCam,
+    frame: np.ndarray,
+    cls: int,
+    alpha: np.ndarray,
+    stride: int,
+    batch: int,
+    cal: Calibration | None = None,
+    formats: tuple[str, ...] = ("png",),
+) -> dict:
+    """Whole-frame Grad-CAM of class ``cls`` stitched from overlapping crops
+    (:func:`stitch_frame`) with per-crop and with eq. 3 weights ``alpha`` (K,):
+    ``whole_frame.png`` (and the other ``formats``) and the ImageJ stack
+    ``whole_frame_cam.tif``, float32 (2, H, W), axes CYX: channels ``eq1`` and ``eq3``
+    (ImageJ Labels), calibrated with ``cal`` (the frame's pixel size;
+    :mod:`data_prep.core.tiffout`).
+
+    Returns
+    -------
+    dict: the seam index and the number of all-zero crops of each stitching.
+    """
+    out_dir = Path(out_dir)
+    s_own = stitch_frame(gc, frame, cls, None, stride, batch)
+    s_avg = stitch_frame(gc, frame, cls, alpha, stride, batch)
+    figure_stitched(out_dir / "whole_frame.png", frame, s_own, s_avg, formats)
+    write_stack(
+        out_dir / "whole_frame_cam.tif",
+        np.stack([s_own.cam, s_avg.cam]).astype(np.float32),
+        "CYX",
+        cal or Calibration(),
+        labels=["eq1", "eq3"],
+        info=f"Grad-CAM of class {LABELS[cls]} at {gc.layer}",
+    )
+    return {
+        "seam_index_eq1": s_own.seam,
+        "seam_index_eq3": s_avg.seam,
+        "all_zero_crops_eq1": s_own.n_all_zero,
+        "all_zero_crops_eq3": s_avg.n_all_zero,
+    }

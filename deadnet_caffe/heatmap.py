@@ -16,26 +16,32 @@ inference`` measures the difference, and exact mode stays the default.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.grids import Grid
+from data_prep.core.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
+from data_prep.core.progress import progress_bar
+from data_prep.core.tiffout import Calibration, StackWriter, write_stack
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.infer import (
     DEFAULT_BATCH,
     SICK,
-    Grid,
     Predictor,
     grid_probs,
     upsample,
     upsample_at,
 )
 from deadnet_caffe.netspec import load_net, load_net_param
-from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
 from deadnet_caffe.surgery import transplant_fcn
 
 SICK_THRESHOLD = 0.5  # a pixel counts as sick when its P(sick) >= 0.5 (this toolkit's choice)
+#: Heat-map TIFFs are zlib ("ZIP") compressed, without a predictor: Fiji reads them, and the
+#: smooth P(sick) maps shrink many times over (the RGB overlays about twofold).
+MAPS_TIFF = {"compression": "zlib"}
 
 
 def exact_heatmap(
@@ -57,7 +63,7 @@ def local_normalize(frame: np.ndarray, size: int = CROP_PX) -> np.ndarray:
     """
     import cv2
 
-    from data_prep.normalize import MIN_STD
+    from data_prep.core.normalize import MIN_STD
 
     x = np.asarray(frame, dtype=np.float64)
     mean = cv2.boxFilter(x, -1, (size, size), borderType=cv2.BORDER_REFLECT)
@@ -151,63 +157,111 @@ def heatmap_timelapse(
     frames: np.ndarray,
     frame_ids: list[int],
     heat: Callable[[np.ndarray], np.ndarray],
+    cal: Calibration | None = None,
     gif_max_side: int = 512,
     gif_ms: int = 200,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps of a time-lapse, written frame by frame into ``out_dir``.
 
     - ``{name}_prob.tif``: ImageJ/Fiji float32 stack (T, H, W) of P(sick), axes TYX;
-    - ``{name}/overlay_t{frame:04d}.png``: red = sick overlays (Figure 4);
+    - ``{name}_overlay.tif``: the red = sick overlays as an RGB stack (T, H, W, 3), axes TYXS;
+    - ``{name}/overlay_t{frame:04d}.png``: the same overlays as PNG (Figure 4);
     - ``{name}.gif``: the overlays as an animated GIF, longest side <= ``gif_max_side``.
+
+    Both TIFFs carry ``cal`` (pixel size, unit, frame interval; :mod:`data_prep.core.tiffout`)
+    and are zlib compressed (:data:`MAPS_TIFF`).
 
     Parameters
     ----------
     frames : (T, H, W) images; frame_ids : their indices in the original time-lapse.
     heat : (H, W) frame -> (H, W) float32 P(sick), e.g. :func:`exact_heatmap` bound to a net.
+    cal : calibration of the analysed frames (the frame interval of every kept frame);
+        None: uncalibrated.
 
     Returns
     -------
     sick fraction (T,) and mean P(sick) (T,) per frame, float64.
     """
     import cv2
-    import tifffile
     from PIL import Image
-    from tqdm import tqdm
 
+    cal = cal or Calibration()
     png_dir = out_dir / name
     png_dir.mkdir(parents=True, exist_ok=True)
     gif, frac, mean = [], [], []
+    overlay = StackWriter(
+        out_dir / f"{name}_overlay.tif", (*frames.shape, 3), np.uint8, "TYXS", cal, **MAPS_TIFF
+    )
 
     def pages():
-        for t, frame in tqdm(
+        for t, frame in progress_bar(
             zip(frame_ids, frames, strict=True),
             total=len(frames),
             desc=name,
             unit="frame",
             leave=False,
+            progress=progress,
         ):
             prob = heat(frame).astype(np.float32)
             frac.append(float(sick_fraction(prob[None])[0]))
             mean.append(float(prob.mean()))
             rgb = red_overlay(frame, prob)
+            overlay.put(rgb)
             cv2.imwrite(str(png_dir / f"overlay_t{t:04d}.png"), rgb[..., ::-1])
             scale = min(1.0, gif_max_side / max(rgb.shape[:2]))
             small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             gif.append(Image.fromarray(small))
             yield prob
 
-    tifffile.imwrite(
-        out_dir / f"{name}_prob.tif",
-        data=pages(),
-        shape=frames.shape,
-        dtype=np.float32,
-        imagej=True,
-        metadata={"axes": "TYX", "Info": "P(sick) from deadnet heatmap"},
-    )
+    try:
+        write_stack(
+            out_dir / f"{name}_prob.tif",
+            pages(),
+            "TYX",
+            cal,
+            shape=frames.shape,
+            dtype=np.float32,
+            info="P(sick) from deadnet heatmap",
+            **MAPS_TIFF,
+        )
+    except BaseException:
+        overlay.close(check=False)  # the first error is the one to report
+        raise
+    overlay.close()
     gif[0].save(
         out_dir / f"{name}.gif", save_all=True, append_images=gif[1:], duration=gif_ms, loop=0
     )
     return np.asarray(frac), np.asarray(mean)
+
+
+def write_maps(
+    out_dir: Path, name: str, frames: np.ndarray, probs: np.ndarray, cal: Calibration
+) -> None:
+    """Keep computed heat maps: ``{name}_prob.tif`` (T, H, W) float32, axes TYX, and
+    ``{name}_overlay.tif`` (T, H, W, 3) RGB, axes TYXS, both calibrated with ``cal`` and zlib
+    compressed (:data:`MAPS_TIFF`).
+
+    ``frames`` (T, H, W) are the images the maps ``probs`` (T, H, W) were computed on.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_stack(
+        out_dir / f"{name}_prob.tif",
+        np.asarray(probs, dtype=np.float32),
+        "TYX",
+        cal,
+        info="P(sick) from deadnet report",
+        **MAPS_TIFF,
+    )
+    write_stack(
+        out_dir / f"{name}_overlay.tif",
+        (red_overlay(f, p) for f, p in zip(frames, probs, strict=True)),
+        "TYXS",
+        cal,
+        shape=(*probs.shape, 3),
+        dtype=np.uint8,
+        **MAPS_TIFF,
+    )
 
 
 def write_fraction_table(path: Path, rows: list[dict]) -> None:
@@ -218,14 +272,11 @@ def write_fraction_table(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def plot_fractions(path: Path, rows: list[dict]) -> None:
-    """Sick fraction over time, one line per position (PNG)."""
-    import matplotlib
+def plot_fractions(path: Path, rows: list[dict], formats: tuple[str, ...] = ("png",)) -> None:
+    """Sick fraction over time, one line per position (``path`` in each of ``formats``)."""
+    from data_prep.core.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     by_pos: dict[str, list[dict]] = {}
     for r in rows:
         by_pos.setdefault(r["position"], []).append(r)
@@ -237,5 +288,49 @@ def plot_fractions(path: Path, rows: list[dict]) -> None:
     if len(by_pos) <= 12:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=120)
+
+
+def write_heatmaps(
+    out_dir: Path,
+    timelapses: Iterable[tuple[str, np.ndarray, Calibration]],
+    heat: Callable[[np.ndarray], np.ndarray],
+    every: int = 1,
+    progress: bool | None = None,
+    formats: tuple[str, ...] = ("png",),
+) -> list[dict]:
+    """Heat maps of every ``every``-th frame of each time-lapse (:func:`heatmap_timelapse`),
+    then ``sick_fraction.csv`` and ``sick_fraction.png`` (and the other ``formats``) for all
+    of them together.
+
+    Parameters
+    ----------
+    timelapses : (name, frames (T, H, W), calibration) each; read one at a time when given
+        as a generator. The calibration's frame interval is that of the whole time-lapse
+        (it sets ``time_min``, NaN without one; the TIFFs get it times ``every``).
+    heat : (H, W) frame -> (H, W) P(sick), e.g. :func:`exact_heatmap` with its net bound.
+
+    Returns
+    -------
+    list of dict: one row per frame (position, frame, time_min, sick_fraction, mean_p_sick).
+    """
+    rows = []
+    for name, frames, cal in timelapses:
+        ids = list(range(0, len(frames), every))
+        frac, mean = heatmap_timelapse(
+            out_dir, name, frames[::every], ids, heat, cal.every(every), progress=progress
+        )
+        dt = cal.frame_interval_s / 60.0 if cal.frame_interval_s else float("nan")
+        rows += [
+            {
+                "position": name,
+                "frame": t,
+                "time_min": t * dt,
+                "sick_fraction": float(f),
+                "mean_p_sick": float(m),
+            }
+            for t, f, m in zip(ids, frac, mean, strict=True)
+        ]
+    write_fraction_table(Path(out_dir) / "sick_fraction.csv", rows)
+    plot_fractions(Path(out_dir) / "sick_fraction.png", rows, formats)
+    return rows

@@ -2,7 +2,7 @@
 
 Every crop reaches the net exactly as a training crop did (paper section 2.3, published
 ``transform_param``): the 256 px window is variance-normalised on its own
-(:func:`data_prep.normalize.variance_normalize`), then its centre 220 px are taken (Caffe's
+(:func:`data_prep.core.normalize.variance_normalize`), then its centre 220 px are taken (Caffe's
 TEST-phase centre crop). The published transform ``(v - 32767) * 0.00025`` applied to the
 stored ``v = encode_z(z)`` gives ``z`` back, so this module feeds ``z`` to the net directly
 (identical up to float32 rounding of ``v``, about 1e-6 in z).
@@ -10,199 +10,29 @@ stored ``v = encode_z(z)`` gives ``z`` back, so this module feeds ``z`` to the n
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.checks import check_frames, check_image_file_end, check_tiff_header, quiet_stderr
-from data_prep.normalize import variance_normalize
+from data_prep.core.datum import centre_crop
+from data_prep.core.errors import UserError
+from data_prep.core.grids import Grid, window_size
+from data_prep.core.normalize import variance_normalize
+from data_prep.core.paper import NET_INPUT_PX
 from deadnet_caffe.caffe_env import set_device
 from deadnet_caffe.checks import check_weights, nonnegative_int, positive_int
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.netspec import load_net_param, net_from_param
-from deadnet_caffe.paper import CROP_PX, CROP_STRIDE_PX, NET_INPUT_PX
+from deadnet_caffe.netspec import load_net_param, net_from_param, published
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-DEFAULT_MODEL = Path("prototxt/deploy.prototxt")
+DEFAULT_MODEL = published("deploy.prototxt")
 DEFAULT_BATCH = 20  # crops per forward pass; the published batch size (paper.BATCH_SIZE)
 SICK = 1  # label index of "sick" (paper.LABELS)
 
 #: A function that maps network inputs z, (N, 220, 220) float32, to P(sick), (N,) float32.
 Predictor = Callable[[np.ndarray], np.ndarray]
-
-
-# --- Reading images ------------------------------------------------------------------------
-
-
-def _tiff_frames(path: Path, channel: int | None) -> np.ndarray:
-    """(T, H, W) from a TIFF's first series, using its axes (ImageJ / OME hyperstacks).
-
-    Channel (C) axes are reduced to ``channel`` (required when there are several), RGB
-    samples (S) are averaged to grey, single Z planes dropped; several Z planes are refused.
-    """
-    import tifffile
-
-    check_tiff_header(path)
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        axes, arr = series.axes, series.asarray()
-    if "C" in axes:
-        n = arr.shape[axes.index("C")]
-        if channel is None and n > 1:
-            raise UserError(f"{path}: the stack has {n} channels; say which (manifest 'channel').")
-        if channel is not None and not 0 <= channel < n:
-            raise UserError(f"{path}: channel {channel} asked for, but the stack has {n}.")
-        arr = np.take(arr, channel or 0, axis=axes.index("C"))
-        axes = axes.replace("C", "")
-    if "S" in axes:
-        arr = arr.astype(np.float32).mean(axis=axes.index("S"))
-        axes = axes.replace("S", "")
-    for ax in "ZQ":
-        if ax in axes and arr.shape[axes.index(ax)] == 1:
-            arr = np.take(arr, 0, axis=axes.index(ax))
-            axes = axes.replace(ax, "")
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise UserError(
-            f"{path}: TIFF axes {series.axes} {series.shape}; expected a (T, Y, X) stack."
-        )
-    return arr
-
-
-def read_image_stack(path: Path | str, channel: int | None = None) -> np.ndarray:
-    """Read an image, a multi-frame TIFF or a folder of single-frame images.
-
-    Parameters
-    ----------
-    path : file (TIFF of any compression incl. LZW, ImageJ / OME hyperstacks; PNG, JPEG,
-        BMP) or folder of such files, whose frames are taken in name order.
-    channel : channel index of a multi-channel stack (the manifest's ``channel`` column).
-
-    Returns
-    -------
-    (T, H, W) array of the file's own dtype (uint8, uint16 or float; colour is averaged).
-
-    Raises
-    ------
-    UserError
-        Unreadable or truncated file, a header claiming more than memory holds, a frame
-        count other than the header's, no images in a folder, frames of different sizes, a
-        side < 220 px, NaN or infinite pixels, or a constant frame
-        (:mod:`data_prep.checks`).
-    """
-    import cv2
-
-    path = Path(path)
-    if path.is_dir():
-        files = image_files(path)
-        frames = [read_image_stack(f, channel) for f in files]
-        shapes = {f.shape[1:] for f in frames}
-        if len(shapes) > 1:
-            raise UserError(f"{path}: images in the folder differ in size ({sorted(shapes)}).")
-        return np.concatenate(frames, axis=0)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file or folder.")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            frames = _tiff_frames(path, channel)
-        else:
-            check_image_file_end(path)
-            with quiet_stderr():
-                arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if arr is None:
-                raise ValueError("OpenCV cannot decode it")
-            if arr.ndim == 3:
-                arr = arr[..., :3].astype(np.float32).mean(axis=-1)
-            frames = arr[None]
-    except UserError:
-        raise
-    except Exception as err:  # any decoder error (imagecodecs raises its own types)
-        raise UserError(f"{path}: cannot read the image ({err}).") from None
-    if not (np.issubdtype(frames.dtype, np.integer) or np.issubdtype(frames.dtype, np.floating)):
-        raise UserError(f"{path}: pixel type {frames.dtype} is not a number type.")
-    if min(frames.shape[1:]) < NET_INPUT_PX:
-        raise UserError(
-            f"{path}: frames are {frames.shape[2]} x {frames.shape[1]} px; the net needs at "
-            f"least {NET_INPUT_PX} px on each side."
-        )
-    check_frames(path, frames)
-    return frames
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files of a folder in name order; UserError if there are none."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"{folder}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
-
-
-# --- Windows -------------------------------------------------------------------------------
-
-
-def window_starts(n: int, window: int, stride: int) -> np.ndarray:
-    """Top-left offsets of windows along one axis of length ``n``.
-
-    Windows start at 0, stride, 2 stride, ...; if the last one does not reach the far edge,
-    one more window flush with the edge is added, so every pixel is covered.
-
-    Returns
-    -------
-    (M,) int64, ascending, all in ``[0, n - window]``.
-    """
-    if n < window:
-        raise ValueError(f"axis of {n} px is shorter than the {window} px window")
-    if stride < 1:
-        raise ValueError("stride must be >= 1")
-    starts = list(range(0, n - window + 1, stride))
-    if starts[-1] != n - window:
-        starts.append(n - window)
-    return np.asarray(starts, dtype=np.int64)
-
-
-def window_size(height: int, width: int) -> int:
-    """The crop window: 256 px (training crops, section 2.3), or the shorter side if smaller."""
-    return int(min(CROP_PX, height, width))
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Windows over one frame: ``window`` px squares at rows ``ys`` and columns ``xs``."""
-
-    height: int
-    width: int
-    window: int
-    stride: int
-    ys: np.ndarray
-    xs: np.ndarray
-
-    @classmethod
-    def over(cls, height: int, width: int, stride: int = CROP_STRIDE_PX) -> Grid:
-        w = window_size(height, width)
-        return cls(
-            height,
-            width,
-            w,
-            stride,
-            window_starts(height, w, stride),
-            window_starts(width, w, stride),
-        )
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self.ys), len(self.xs)
-
-    def centres(self) -> tuple[np.ndarray, np.ndarray]:
-        """Window centres in pixel coordinates (pixel i spans [i - 0.5, i + 0.5]): (M,), (L,)."""
-        half = (self.window - 1) / 2.0
-        return self.ys + half, self.xs + half
-
-    def offsets(self) -> list[tuple[int, int]]:
-        """(y, x) top-left corners, row-major: the order of :func:`window_inputs`."""
-        return [(int(y), int(x)) for y in self.ys for x in self.xs]
 
 
 def crop_to_input(window: np.ndarray) -> np.ndarray:
@@ -211,10 +41,7 @@ def crop_to_input(window: np.ndarray) -> np.ndarray:
     Variance normalisation uses the whole window (as the dataset did for each 256 px crop),
     then Caffe's centre crop takes offset ``(w - 220) // 2`` (data_transformer.cpp, TEST).
     """
-    z = variance_normalize(window)
-    off_y = (z.shape[-2] - NET_INPUT_PX) // 2
-    off_x = (z.shape[-1] - NET_INPUT_PX) // 2
-    return z[..., off_y : off_y + NET_INPUT_PX, off_x : off_x + NET_INPUT_PX]
+    return centre_crop(variance_normalize(window), NET_INPUT_PX)
 
 
 def centre_input(frame: np.ndarray) -> np.ndarray:
@@ -415,6 +242,29 @@ def image_summary(results: list[CropResult], threshold: float = 0.5) -> list[dic
         }
         for (s, t), p in groups.items()
     ]
+
+
+def write_classification(out_dir: Path, results: list[CropResult], threshold: float) -> list[dict]:
+    """Write ``crops.csv`` (one row per crop), ``images.csv`` (:func:`image_summary`) and
+    ``results.json`` (both) into ``out_dir``; return the image rows."""
+    images = image_summary(results, threshold)
+    crop_rows = [asdict(r) for r in results]
+    for name, rows in (("crops.csv", crop_rows), ("images.csv", images)):
+        with (Path(out_dir) / name).open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    doc = {"images": images, "crops": crop_rows}
+    (Path(out_dir) / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return images
+
+
+def add_image_arguments(p) -> None:
+    """How loose image inputs are read (:mod:`data_prep.core.stack`): channel and axes."""
+    g = p.add_argument_group("loose images")
+    g.add_argument("--channel", type=nonnegative_int, help="channel (0-based) of a C axis")
+    axes_help = "the TIFFs' axes, one letter per dimension, replacing the files' own (TYX reads"
+    g.add_argument("--axes", type=str.upper, help=f"{axes_help} an ImageJ CYX stack as frames)")
 
 
 def add_net_arguments(p) -> None:

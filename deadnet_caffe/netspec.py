@@ -1,26 +1,39 @@
 """Reading, adapting and instantiating the prototxt nets and solvers of ``prototxt/``.
 
 The published nets name their LMDBs relatively (``train.lmdb``, ``test.lmdb``, the two
-folders that ``deadnet dataset A|B --out DIR`` writes); :func:`resolve_data_sources` makes
-them absolute for one data set. Solvers name their net relatively too (``net:
-"train_val.prototxt"``), resolved against the solver file's folder by :func:`resolve_solver_net`.
+folders that ``deadnet dataset A|B --out DIR`` writes) and solvers their net (``net:
+"train_val.prototxt"``); the training runner resolves both for one run
+(:func:`deadnet_caffe.train.resolve_net`, :func:`deadnet_caffe.train.solver_net_file`).
 Everything here works on copies of Caffe's own protobuf messages (``caffe_pb2``), so the
 files in ``prototxt/`` are never modified.
+
+The published prototxts ship inside the package (``deadnet_caffe/prototxt`` is a link to the
+project's top-level ``prototxt/`` folder, and pyproject.toml lists its files as package
+data), so :func:`published` finds them from any folder, in a checkout, an editable install
+or after ``pip install .``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from data_prep.checks import read_text
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
 from deadnet_caffe.caffe_env import check_net_builds, import_caffe
 from deadnet_caffe.checks import check_net_param, check_solver_param, check_weights
-from deadnet_caffe.errors import UserError
+
+
+def published(name: str) -> Path:
+    """The shipped prototxt ``name``, e.g. ``"deploy.prototxt"`` or
+    ``"dataset_a/solver.prototxt"`` (a file on disk: Caffe reads paths, so the package must be
+    installed unzipped, as pip does)."""
+    return Path(str(resources.files("deadnet_caffe").joinpath("prototxt", *name.split("/"))))
 
 
 def _pb2():
@@ -71,74 +84,6 @@ def save_param(param: Message, path: Path | str) -> Path:
         fh.write(text_format.MessageToString(param))
     os.replace(tmp, path)
     return path
-
-
-def resolve_data_sources(net_param, dataset_dir: Path | str, check: bool = True):
-    """Return a copy of ``net_param`` whose Data (and HDF5Data) layers read from ``dataset_dir``.
-
-    Parameters
-    ----------
-    net_param : caffe_pb2.NetParameter
-        A train/val net as in ``prototxt/dataset_{a,b}/train_val.prototxt``; its Data layers'
-        ``data_param.source`` are relative names (``train.lmdb``, ``test.lmdb``).
-    dataset_dir : path
-        The folder that ``deadnet dataset A|B --out DIR`` wrote (holding the LMDBs).
-    check : bool
-        Raise if a resolved source does not exist.
-
-    Returns
-    -------
-    caffe_pb2.NetParameter
-        A copy with every relative source replaced by the absolute path
-        ``dataset_dir / source``; absolute sources are kept as they are. For HDF5Data
-        layers only the list file's path is resolved, not the paths written inside it.
-
-    Raises
-    ------
-    UserError
-        If ``check`` and a resolved source is missing.
-    """
-    out = type(net_param)()
-    out.CopyFrom(net_param)
-    base = Path(dataset_dir).resolve()
-    for layer in out.layer:
-        if layer.type == "Data":
-            param = layer.data_param
-        elif layer.type == "HDF5Data":
-            param = layer.hdf5_data_param
-        else:
-            continue
-        src = Path(param.source)
-        resolved = src if src.is_absolute() else base / src
-        if check and not resolved.exists():
-            raise UserError(
-                f"{resolved}: the data source of layer '{layer.name}' does not exist "
-                f"(expected the output of 'deadnet dataset --out {Path(dataset_dir)}')."
-            )
-        param.source = str(resolved)
-    return out
-
-
-def resolve_solver_net(solver_param, solver_path: Path | str):
-    """Return a copy of ``solver_param`` whose ``net``/``train_net``/``test_net`` are absolute.
-
-    Relative names are taken relative to the folder of ``solver_path`` (the published
-    solvers say ``net: "train_val.prototxt"``, next to them).
-    """
-    out = type(solver_param)()
-    out.CopyFrom(solver_param)
-    folder = Path(solver_path).resolve().parent
-
-    def absolute(name: str) -> str:
-        return name if Path(name).is_absolute() else str(folder / name)
-
-    if out.net:
-        out.net = absolute(out.net)
-    if out.train_net:
-        out.train_net = absolute(out.train_net)
-    for i, name in enumerate(out.test_net):
-        out.test_net[i] = absolute(name)
-    return out
 
 
 def net_from_param(

@@ -65,9 +65,14 @@ def plates(named: dict[str, list[PositionResult]]) -> dict[str, list[PositionRes
 
 
 def write_plate_summary(
-    out: Path, named: dict[str, list[PositionResult]], margin: float, n_late: int
+    out: Path,
+    named: dict[str, list[PositionResult]],
+    margin: float,
+    n_late: int,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
-    """Write plates.md, plates.csv, plates.json and plate_dose_response.png; return the dict.
+    """Write plates.md, plates.csv, plates.json and plate_dose_response.png (and the other
+    ``formats``); return the dict.
 
     Parameters
     ----------
@@ -87,7 +92,7 @@ def write_plate_summary(
             for d in s["dose_response"]:
                 w.writerow([plate, d["dose_s"], d["positions"], d["mean"], *d["ci"]])
     (out / "plates.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(out / "plate_dose_response.png", summary)
+    _plot(out / "plate_dose_response.png", summary, formats)
     md = [
         f"# Plate summary: {len(named)} experiments, {len(summary)} plates",
         "",
@@ -139,12 +144,14 @@ def write_screen(
     results: list[PositionResult],
     margin: float,
     n_late: int,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
     """Each experiment's report in ``out/NAME/``, then the plate summary in ``out``.
 
     Parameters
     ----------
     groups : the positions of each experiment; results : all their results, in that order.
+    formats : figure file formats (PNG and the other ``--figure-format``).
 
     Returns
     -------
@@ -155,21 +162,19 @@ def write_screen(
     named, summary, i = {}, {"experiments": {}}, 0
     for name, exp, g in zip(experiment_names(experiments), experiments, groups, strict=True):
         named[name], i = results[i : i + len(g)], i + len(g)
-        (out / name).mkdir()
-        s = write_report(out / name, exp, named[name], margin, n_late)
+        (out / name).mkdir(exist_ok=True)  # it may hold the kept maps already
+        s = write_report(out / name, exp, named[name], margin, n_late, formats)
         (out / name / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
         summary["experiments"][name] = s
-    summary["plates"] = write_plate_summary(out, named, margin, n_late)
+    summary["plates"] = write_plate_summary(out, named, margin, n_late, formats)
     return summary
 
 
-def _plot(path: Path, summary: dict) -> None:
-    import matplotlib
+def _plot(path: Path, summary: dict, formats: tuple[str, ...]) -> None:
+    from data_prep.core.figures import subplots
+    from deadnet_caffe.figout import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for plate, s in summary.items():
         rows = s["dose_response"]
         x = [d["dose_s"] for d in rows]
@@ -181,5 +186,4 @@ def _plot(path: Path, summary: dict) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, formats, dpi=120)

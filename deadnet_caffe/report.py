@@ -26,11 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.experiment import Position
+from data_prep.core.grids import Grid
+from data_prep.core.manifest import Position
+from data_prep.core.paper import NET_INPUT_PX
+from data_prep.core.progress import progress_bar
+from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
+from data_prep.core.tiffout import Calibration
+from deadnet_caffe.figout import save_figure
 from deadnet_caffe.gradcam import GradCam
-from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
-from deadnet_caffe.infer import DeployNet, Grid, crop_to_input, read_image_stack
-from deadnet_caffe.paper import NET_INPUT_PX
+from deadnet_caffe.heatmap import exact_heatmap, sick_fraction, write_maps
+from deadnet_caffe.infer import DeployNet, crop_to_input
 from deadnet_caffe.validate import (
     SICK_HEALTHY,
     SICK_NONE,
@@ -118,19 +123,40 @@ def analyse_position(
     every: int,
     batch: int,
     gradcam_crops: int = 4,
+    progress: bool | None = None,
+    keep_maps: Path | None = None,
 ) -> PositionResult:
-    """Heat maps of every ``every``-th frame of a position, and the ground-truth checks."""
-    from tqdm import tqdm
+    """Heat maps of every ``every``-th frame of a position, and the ground-truth checks.
 
-    frames = read_image_stack(pos.path, pos.channel)
+    With ``keep_maps`` (a folder), the heat maps are kept there as calibrated TIFFs
+    (:func:`deadnet_caffe.heatmap.write_maps`), named after the position's key.
+    """
+    frames = read_stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
     ids = list(range(0, len(frames), every))
     probs = np.stack(
         [
             exact_heatmap(frames[t], net.p_sick, stride, batch)
-            for t in tqdm(ids, desc=pos.key, unit="frame", leave=False)
+            for t in progress_bar(ids, desc=pos.key, unit="frame", leave=False, progress=progress)
         ]
     )
+    if keep_maps is not None:
+        write_position_maps(keep_maps, pos, frames, ids, probs, every)
     return score_position(pos, frames, ids, probs, gc, gradcam_crops)
+
+
+def write_position_maps(
+    folder: Path, pos: Position, frames: np.ndarray, ids: list[int], probs: np.ndarray, every: int
+) -> None:
+    """Keep a position's heat maps in ``folder`` as calibrated TIFFs named after its key
+    (:func:`deadnet_caffe.heatmap.write_maps`).
+
+    Parameters
+    ----------
+    frames : (T, H, W) the whole time-lapse; ids : the analysed frame indices (n,), every
+        ``every``-th; probs : (n, H, W) float32 heat maps of those frames.
+    """
+    name = pos.key.replace("/", "_")
+    write_maps(folder, name, frames[ids], probs, Calibration.of_position(pos, every))
 
 
 def score_position(
@@ -235,15 +261,16 @@ def highest_safe_dose(
 # --- Writing the report ---------------------------------------------------------------------
 
 
-def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) -> None:
-    import matplotlib
+def _plots(
+    out: Path, results: list[PositionResult], n_late: int, limit: float, formats: tuple[str, ...]
+) -> None:
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     doses = sorted({r.pos.dose_s for r in results})
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    cmap = colormaps["viridis"]
+    fig, ax = subplots(figsize=(6.5, 4))
     for i, d in enumerate(doses):
         rs = [r for r in results if r.pos.dose_s == d]
         for j, r in enumerate(rs):
@@ -259,10 +286,9 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.set_ylim(-0.02, 1.02)
     ax.legend(title="dose", fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "fraction_over_time.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "fraction_over_time.png", formats, dpi=120)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for r in results:
         ax.plot(r.pos.dose_s, r.late(n_late), "o", color="0.6", ms=4)
     means = [np.mean([r.late(n_late) for r in results if r.pos.dose_s == d]) for d in doses]
@@ -273,19 +299,25 @@ def _plots(out: Path, results: list[PositionResult], n_late: int, limit: float) 
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "dose_response.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "dose_response.png", formats, dpi=120)
 
 
 def write_report(
-    out: Path, experiment: Path, results: list[PositionResult], margin: float, n_late: int
+    out: Path,
+    experiment: Path,
+    results: list[PositionResult],
+    margin: float,
+    n_late: int,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict:
-    """Write report.md, its PNGs and CSV tables into ``out``; return the summary dict."""
+    """Write report.md, its figures (PNG and the other ``formats``) and CSV tables into
+    ``out``; return the summary dict."""
     import csv
 
     flags = flag_positions(results, margin, n_late)
     safe = highest_safe_dose(results, margin, n_late)
-    _plots(out, results, n_late, safe["limit"])
+    shown = next((f for f in ("png", "svg") if f in formats), formats[0])  # linked in report.md
+    _plots(out, results, n_late, safe["limit"], formats)
     with (out / "fractions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["plate", "well", "position", "dose_s", "frame", "time_min", "sick_fraction"])
@@ -332,9 +364,9 @@ def write_report(
         f"{n_late} analysed frames; a position is flagged when it exceeds the limit; a dose is "
         "safe when its positions' mean is within the limit and so are all lower doses.",
         "",
-        "![sick fraction over time](fraction_over_time.png)",
+        f"![sick fraction over time](fraction_over_time.{shown})",
         "",
-        "![dose response](dose_response.png)",
+        f"![dose response](dose_response.{shown})",
         "",
         "## Doses",
         "",
@@ -392,7 +424,12 @@ def write_report(
             md.append(f"- {zero} sick crops had an all-zero Grad-CAM map (not scored).")
     md += [
         "",
-        "Tables: `fractions.csv` (per frame), `summary.json`; settings: `settings.json`.",
+        "Tables: `fractions.csv` (per frame), `summary.json`; settings: `settings.json`."
+        + (
+            " Heat maps: `maps/` (P(sick) and RGB overlay per position, calibrated TIFFs)."
+            if (out / "maps").is_dir()
+            else ""
+        ),
         "",
     ]
     (out / "report.md").write_text("\n".join(md))

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 
 
 @dataclass

@@ -9,17 +9,13 @@ a convolution kernel's (C_in, kH, kW), so the conversion is a reshape. All other
 (convolutions, BatchNorm statistics, Scale) are copied unchanged.
 
 On an input of 220 + 16 k px the converted net gives k + 1 windows per axis at a stride of
-16 px (:data:`deadnet_caffe.paper.FCN_STRIDE_PX`); docs/FAITHFULNESS.md ("FCN") says when
+16 px (:data:`data_prep.core.paper.FCN_STRIDE_PX`); docs/FAITHFULNESS.md ("FCN") says when
 this equals the crop-wise net exactly.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.netspec import load_net
+from data_prep.core.errors import UserError
 
 #: fully connected layer of the deploy nets -> its convolution in the deploy_fcn nets
 FC_TO_CONV = {"fc1": "fc1_conv", "fc2": "fc2_conv", "score": "score_conv"}
@@ -56,39 +52,3 @@ def transplant_fcn(src, dst) -> None:
                     f"{out.shape}; use the FCN prototxt of the same variant."
                 )
             out[...] = blob.data.reshape(out.shape)
-
-
-def convert_to_fcn(
-    deploy_prototxt: Path | str,
-    weights: Path | str,
-    fcn_prototxt: Path | str,
-    out_weights: Path | str,
-) -> Path:
-    """Convert trained deploy weights into weights for the fully convolutional net.
-
-    Parameters
-    ----------
-    deploy_prototxt, weights : path
-        The deploy net (e.g. ``prototxt/deploy.prototxt``) and its trained .caffemodel.
-    fcn_prototxt : path
-        The matching fully convolutional net (e.g. ``prototxt/deploy_fcn.prototxt``).
-    out_weights : path
-        Where to write the converted .caffemodel (written to a temporary file, then renamed).
-
-    Returns
-    -------
-    Path
-        ``out_weights``.
-    """
-    src = load_net(deploy_prototxt, "TEST", weights)
-    dst = load_net(fcn_prototxt, "TEST")
-    transplant_fcn(src, dst)
-    out = Path(out_weights)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        dst.save(str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out

@@ -19,7 +19,7 @@ Paper section 2.4 trains the published nets with Caffe; this runner keeps that p
   dies with this process (``PR_SET_PDEATHSIG``), so a SIGKILL leaves no orphan training;
 - a run folder that holds no complete snapshot (stopped or killed before the first) is
   started afresh by the next session; snapshots left incomplete by a kill are removed and
-  the newest whole one is resumed. The run folder follows :mod:`deadnet_caffe.outdir`.
+  the newest whole one is resumed. The run folder follows :mod:`data_prep.core.outdir`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from deadnet_caffe import caffe_env, curves, logparse, netspec, outdir, paper, runinfo
-from deadnet_caffe.checks import check_lmdb, check_net_param
-from deadnet_caffe.errors import UserError
+from data_prep.core import outdir, paper, runinfo
+from data_prep.core.datum import check_lmdb
+from data_prep.core.errors import UserError
+from data_prep.core.progress import progress_bar
+from deadnet_caffe import caffe_env, curves, logparse, netspec
+from deadnet_caffe.checks import check_net_param
 
 SOLVER_NAME = "solver.prototxt"
 LATEST_NAME = "latest.caffemodel"
@@ -189,7 +192,8 @@ def resolve_net(net, dataset: Path, shapes: dict, where: Path, default_phase: in
     return net
 
 
-def _net_file(solver_path: Path, name: str) -> Path:
+def solver_net_file(solver_path: Path, name: str) -> Path:
+    """The net file a solver names: beside the solver, else in the current folder."""
     for base in (solver_path.parent, Path.cwd()):
         if (base / name).is_file():
             return base / name
@@ -215,7 +219,7 @@ def derive(settings: TrainSettings, shapes: dict) -> tuple[object, dict[str, obj
     solver = netspec.load_solver_param(solver_path)
     nets = {}
     if solver.HasField("net"):
-        nets["train_val.prototxt"] = (_net_file(solver_path, solver.net), None)
+        nets["train_val.prototxt"] = (solver_net_file(solver_path, solver.net), None)
         solver.net = "train_val.prototxt"
     elif solver.HasField("net_param"):
         nets["train_val.prototxt"] = (solver.net_param, None)
@@ -224,10 +228,10 @@ def derive(settings: TrainSettings, shapes: dict) -> tuple[object, dict[str, obj
     else:
         if not solver.HasField("train_net"):
             raise UserError(f"{solver_path} names no net (net, net_param or train_net).")
-        nets["train_net.prototxt"] = (_net_file(solver_path, solver.train_net), 0)
+        nets["train_net.prototxt"] = (solver_net_file(solver_path, solver.train_net), 0)
         solver.train_net = "train_net.prototxt"
         for i, name in enumerate(list(solver.test_net)):
-            nets[f"test_net_{i}.prototxt"] = (_net_file(solver_path, name), 1)
+            nets[f"test_net_{i}.prototxt"] = (solver_net_file(solver_path, name), 1)
             solver.test_net[i] = f"test_net_{i}.prototxt"
     out_nets = {}
     for fname, (src, phase) in nets.items():
@@ -470,7 +474,7 @@ def update_latest(run: Path) -> Path | None:
     return link
 
 
-def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
+def train(settings: TrainSettings, progress: bool | None = None) -> TrainResult:
     """Run (or resume) a training session; see the module docstring for what it writes.
 
     Raises
@@ -478,8 +482,6 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     UserError
         Bad inputs (nothing is written), or Caffe failed (its fatal line is quoted).
     """
-    from tqdm import tqdm
-
     run, state, max_iter = prepare(settings)
     cmd = [str(caffe_binary()), "train", f"-solver={SOLVER_NAME}", "-sigint_effect=stop"]
     if state is not None:
@@ -531,11 +533,11 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     try:
         with (
             open(run / curves.LOG_NAME, "a", buffering=1) as log,
-            tqdm(
+            progress_bar(
                 total=max_iter,
                 initial=start,
                 unit="iter",
-                disable=not progress,
+                progress=progress,
                 dynamic_ncols=True,
                 file=sys.stderr,
             ) as bar,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.errors import UserError
+from data_prep.core.errors import UserError
 
 SICK_HEALTHY, SICK_SICK, SICK_NONE = 0, 1, 255  # data_prep.sim.truth's values
 FATE_STRESSED = 2  # read_fate_masks: a stressed cell, neither healthy nor committed

@@ -6,13 +6,15 @@ import http.client
 import json
 import os
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.annotate.server import AnnotationServer
+from data_prep.core.manifest import Position, write_manifest
 
 # The items of small_experiment() with the default 80 s dose limit, in pool order.
 SMALL_ITEMS = (
@@ -121,3 +123,10 @@ def dump(path: Path) -> list[tuple]:
     with sqlite3.connect(path) as conn:
         tables = ("annotators", "items", "presentations", "votes")
         return [(t, *row) for t in tables for row in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
+
+
+def serve_in_thread(server: AnnotationServer) -> threading.Thread:
+    """Start ``server.serve_forever`` in a daemon thread (stop with ``shutdown()``)."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    return thread

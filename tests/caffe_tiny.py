@@ -12,7 +12,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 
 SIDE = 16  # stored crop side of the tiny LMDBs
 CROP = 12  # net input side (random crop in TRAIN, centre crop in TEST, as published)

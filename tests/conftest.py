@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 REAL_FRAMES = SHARED / "data" / "real" / "T98G-phase"
+
+# Qt without a window system (the napari plugin's tests); its OpenGL context comes from the
+# Xvfb display that pytest-xvfb starts.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture

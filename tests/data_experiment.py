@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from data_prep.experiment import Position, write_manifest
-from data_prep.votes import Vote, write_votes
+from data_prep.core.manifest import Position, write_manifest
+from data_prep.votes_csv import Vote, write_votes
 
 HEIGHT, WIDTH, FRAMES = 384, 640, 12  # 1 x 3 = 3 crops per frame by the 54-crop rule
 DOSES = (0.0, 0.0, 0.0, 200.0, 200.0, 200.0, 40.0)

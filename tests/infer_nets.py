@@ -177,7 +177,7 @@ def write_lmdb(path: Path, crops: np.ndarray, labels: list[int]) -> Path:
     import lmdb
     from caffe.proto import caffe_pb2
 
-    from data_prep.normalize import encode_z
+    from data_prep.core.normalize import encode_z
 
     env = lmdb.open(str(path), map_size=1 << 28)
     with env.begin(write=True) as txn:

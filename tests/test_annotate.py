@@ -8,15 +8,22 @@ import sqlite3
 
 import numpy as np
 import pytest
-from annotate_helpers import SMALL_ITEMS, Client, dump, large_experiment, small_experiment
+from annotate_helpers import (
+    SMALL_ITEMS,
+    Client,
+    dump,
+    large_experiment,
+    serve_in_thread,
+    small_experiment,
+)
 from PIL import Image
 
 from data_prep.annotate import db
 from data_prep.annotate.pool import build_pool, stretch_to_uint8
-from data_prep.annotate.server import make_server, serve_in_thread
-from data_prep.votes import read_votes
+from data_prep.annotate.server import make_server
+from data_prep.core.errors import UserError
+from data_prep.votes_csv import read_votes
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
 
 
 @pytest.fixture
@@ -62,13 +69,13 @@ def test_pool_without_items_is_a_user_error(experiment):
 
 
 def test_stretch_to_uint8_known_answer():
-    ramp = np.arange(2 * 10 * 10, dtype=np.uint16).reshape(2, 10, 10) * 3
-    out = stretch_to_uint8(ramp)
-    lo, hi = np.percentile(ramp.astype(np.float32), (0.5, 99.5))
-    assert out.dtype == np.uint8
-    expected = np.clip(np.floor((ramp - lo) * 255.0 / (hi - lo) + 0.5), 0, 255)
-    assert np.abs(out.astype(int) - expected).max() <= 1
-    assert out[0, 0, 0] == 0 and out[-1, -1, -1] == 255
+    # Ten values; numpy's linear percentiles: 0.5% at index 0.045 -> 4.5, 99.5% at index
+    # 8.955 -> 800 + 0.955 * 200 = 991; out = round((v - 4.5) * 255 / 986.5), clipped to 0-255:
+    # 100 -> 24.69 -> 25, 400 -> 102.23 -> 102, 800 -> 205.63 -> 206, 1000 -> 257.3 -> 255.
+    stack = np.array([[[0, 100, 200, 300, 400]], [[500, 600, 700, 800, 1000]]], np.uint16)
+    out = stretch_to_uint8(stack)
+    assert out.dtype == np.uint8 and out.shape == (2, 1, 5)
+    assert out.ravel().tolist() == [0, 25, 51, 76, 102, 128, 154, 180, 206, 255]
     assert not stretch_to_uint8(np.full((10, 4, 4), 7, np.uint16)).any()
 
 

@@ -7,10 +7,10 @@ import shutil
 import sqlite3
 
 import pytest
-from annotate_helpers import SMALL_ITEMS, small_experiment
+from annotate_helpers import SMALL_ITEMS, serve_in_thread, small_experiment
 
 from data_prep.annotate import db
-from data_prep.annotate.server import make_server, serve_in_thread
+from data_prep.annotate.server import make_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -13,10 +13,10 @@ import time
 from urllib.parse import quote
 
 import pytest
-from annotate_helpers import SMALL_ITEMS, Client, dump, small_experiment
+from annotate_helpers import SMALL_ITEMS, Client, dump, serve_in_thread, small_experiment
 
 from data_prep.annotate import db
-from data_prep.annotate.server import MAX_BODY_BYTES, is_loopback, make_server, serve_in_thread
+from data_prep.annotate.server import MAX_BODY_BYTES, is_loopback, make_server
 from deadnet_caffe.cli import build_parser, main
 from deadnet_caffe.commands.annotate import start_server
 

@@ -9,11 +9,11 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from annotate_helpers import Client, large_experiment, small_experiment
+from annotate_helpers import Client, large_experiment, serve_in_thread, small_experiment
 
 from data_prep.annotate import db
-from data_prep.annotate.server import make_server, serve_in_thread
-from deadnet_caffe.paper import VOTE_LABELS
+from data_prep.annotate.server import make_server
+from data_prep.core.paper import VOTE_LABELS
 
 ANNOTATORS = 20
 VOTES_EACH = 200

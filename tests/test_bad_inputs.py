@@ -24,6 +24,7 @@ Fixtures in every case folder:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import shutil
@@ -41,7 +42,7 @@ import tifffile
 from data_experiment import make_experiment
 from infer_nets import phase_like, write_net
 
-from deadnet_caffe.outdir import write_marker
+from data_prep.core.outdir import write_marker
 
 DEADNET = Path(sys.executable).with_name("deadnet")
 NET = "--model net/deploy.prototxt --weights net/weights.caffemodel"
@@ -103,6 +104,25 @@ def _marked(rel: str, command: str, files: list[str], extra: str | None = None):
             (d / rel / f).parent.mkdir(parents=True, exist_ok=True)
             (d / rel / f).write_text("x\n")
         write_marker(d / rel, command, "complete", files)
+
+    return prepare
+
+
+def _zoo(rel: str, sha1: str | None = None, flip: bool = False) -> Callable[[Path], None]:
+    """A ``prepare`` that makes ``rel`` a Model Zoo folder of the fixture net (readme.md
+    with ``sha1``, default the weights' own), with one byte of its caffemodel flipped."""
+
+    def prepare(d: Path) -> None:
+        (d / rel).mkdir()
+        shutil.copy(d / "net" / "deploy.prototxt", d / rel / "deploy.prototxt")
+        data = bytearray((d / "net" / "weights.caffemodel").read_bytes())
+        digest = sha1 or hashlib.sha1(data).hexdigest()
+        if flip:
+            data[len(data) // 2] ^= 0xFF
+        (d / rel / "w.caffemodel").write_bytes(bytes(data))
+        (d / rel / "readme.md").write_text(
+            f"---\nname: m\ncaffemodel: w.caffemodel\nsha1: {digest}\n---\n# m\n"
+        )
 
     return prepare
 
@@ -201,7 +221,6 @@ CASES = [
          "bad.prototxt",
          _write("bad.prototxt", _INPUT + 'layer { name: "r" type: "ReLU" bottom: "nowhere" '
                 'top: "r" }\n'), out="o"),
-    Case("describe-size-zero", "describe net/deploy.prototxt --size 0 0", "--size 0 0"),
     Case("describe-size-too-small", "describe net/deploy.prototxt --size 4 4", "--size 4 4"),
     # ---- images and TIFFs -----------------------------------------------------------------
     Case("classify-corrupt-first-ifd", f"classify {NET} --out o img/bad.tif", "img/bad.tif",
@@ -373,6 +392,10 @@ CASES = [
          out="o"),
     Case("report-margin-nan", f"report --experiment exp {NET} --margin nan --out o",
          "--margin", out="o"),
+    Case("heatmap-figure-format-jpg", f"heatmap {NET} --figure-format png,jpg --out o img/a.tif",
+         "--figure-format", out="o"),
+    Case("report-figure-format-empty", f"report --experiment exp {NET} --figure-format , --out o",
+         "--figure-format", out="o"),
     Case("gradcam-per-class-0", f"gradcam --dataset ds {NET} --per-class 0 --out o",
          "--per-class", out="o"),
     Case("classmodel-epsilon-nan", f"classmodel {NET} --epsilon nan --out o", "--epsilon",
@@ -430,6 +453,21 @@ CASES = [
          "--votes v.csv --out o", "v.csv",
          lambda d: (bf.tiny(d), bf.latin1(d / "v.csv", "item_id,label\nJ\u00fcrgen,sick\n")),
          "o"),
+    # ---- package, verify, export (issue 19) ------------------------------------------
+    Case("verify-corrupted-caffemodel", "verify zoo", "zoo/w.caffemodel", _zoo("zoo", flip=True)),
+    Case("verify-sha1-differs", "verify zoo", "zoo/w.caffemodel", _zoo("zoo", "0" * 40)),
+    Case("verify-no-readme", "verify net", "net/readme.md"),
+    Case("verify-missing-folder", "verify nothere", "nothere"),
+    Case("package-out-is-weights-folder", f"package {NET} --out net", "net", out="net"),
+    Case("package-bad-evaluation", f"package {NET} --evaluation keep/notes.txt --out m",
+         "keep/notes.txt", out="m"),
+    Case("export-unsupported-layer",
+         "export --model lrn.prototxt --weights net/weights.caffemodel --out o", "lrn.prototxt",
+         _write("lrn.prototxt", _INPUT.replace("16 dim: 16", "220 dim: 220")
+                + 'layer { name: "norm1" type: "LRN" bottom: "data" top: "norm1" }\n'), "o"),
+    Case("export-crops-0", f"export {NET} --crops 0 --out o", "--crops", out="o"),
+    Case("export-check-too-small", f"export {NET} --check small.tif --out o", "small.tif",
+         lambda d: tifffile.imwrite(d / "small.tif", np.zeros((100, 100), np.uint16)), "o"),
     Case("simulate-latin1-settings", "simulate --preset tiny --settings s.json --out o",
          "s.json", bf.at("s.json", bf.latin1, '{"biology": {}} # \u00e4'), "o"),
 ]  # fmt: skip

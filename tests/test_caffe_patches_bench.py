@@ -10,16 +10,16 @@ import sys
 
 import pytest
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.benchmarks import caffe_speed
 from deadnet_caffe.caffe_env import import_caffe
 
 caffe = import_caffe()
 
 
-def test_netspec_has_published_layers_and_blob_sizes(tmp_path):
+def test_train_net_is_the_published_one_with_input_layers(tmp_path):
     path = tmp_path / "net.prototxt"
-    path.write_text(caffe_speed.deadnet_netspec(batch=1))
+    path.write_text(caffe_speed.deadnet_train_net(batch=1))
     net = caffe.Net(str(path), caffe.TRAIN)
     sides = [net.blobs[name].data.shape[2] for name, *_ in paper.CONV_LAYERS[::2]]
     assert tuple(sides) == paper.BLOB_SIDES_PUBLISHED[:4]  # 212, 106, 53, 27
@@ -78,3 +78,28 @@ def test_import_caffe_asks_mkl_for_reproducible_results(preset, expected):
         check=True,
     )
     assert out.stdout.strip() == expected
+
+
+def test_interleaved_seconds_on_fake_timings():
+    """Known answer: the warm-up round is dropped, each step's best round is kept, and the
+    steps alternate within every round (so both see the same drift of the machine's load)."""
+    calls = []
+
+    def fake(name, times):
+        it = iter(times)
+
+        def step():
+            calls.append(name)
+            return next(it)
+
+        return step
+
+    best = caffe_speed.interleaved_seconds(
+        {
+            "caffe": fake("caffe", [0.1, 5.0, 3.0, 4.0]),
+            "torch": fake("torch", [9.0, 2.0, 6.0, 1.5]),
+        },
+        iters=3,
+    )
+    assert best == {"caffe": 3.0, "torch": 1.5}
+    assert calls == ["caffe", "torch"] * 4

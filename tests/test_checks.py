@@ -1,4 +1,4 @@
-"""Unit tests of the input checks (data_prep/checks.py, deadnet_caffe/checks.py) with known
+"""Unit tests of the input checks (data_prep/core/checks.py, deadnet_caffe/checks.py) with known
 answers: byte offsets, LMDB sizes from LMDB itself, layer lists read off the test nets."""
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ from caffe_tiny import write_dataset
 from data_experiment import make_experiment
 from infer_nets import deadnet_deploy, write_net
 
-from data_prep.checks import (
+from data_prep.core import datum
+from data_prep.core.checks import (
     check_decoded_size,
     check_frames,
     check_image_file_end,
     check_tiff_header,
     read_text,
 )
-from data_prep.experiment import read_manifest
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import read_manifest
 from deadnet_caffe import checks
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.train import _non_finite_loss
 
 # --- text -----------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def test_manifest_with_bom_reads_like_without(tmp_path):
 
 
 def test_votes_with_bom_read_like_without(tmp_path):
-    from data_prep.votes import read_votes
+    from data_prep.votes_csv import read_votes
 
     text = "item_id,annotator,label,overlap,created_at\nP/W0/p1@t0y0x0,J\u00fcrgen,sick,0,x\n"
     (tmp_path / "a.csv").write_text(text, encoding="utf-8")
@@ -247,15 +248,15 @@ def test_lmdb_size_from_meta_pages_matches_lmdb(tmp_path):
     env = lmdb.open(str(tmp_path / "train.lmdb"), readonly=True, lock=False)
     expected = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
     env.close()
-    assert checks.lmdb_required_size(tmp_path / "train.lmdb" / "data.mdb") == expected
-    assert checks.check_lmdb(tmp_path / "train.lmdb") == (40, (1, 16, 16))
+    assert datum.lmdb_required_size(tmp_path / "train.lmdb" / "data.mdb") == expected
+    assert datum.check_lmdb(tmp_path / "train.lmdb") == (40, (1, 16, 16))
 
 
 def test_lmdb_truncated_is_refused_without_mapping(tmp_path):
     write_dataset(tmp_path, 40, 6)
     bf.truncate(tmp_path / "train.lmdb" / "data.mdb", 0.5)
     with pytest.raises(UserError, match="the LMDB is truncated"):
-        checks.check_lmdb(tmp_path / "train.lmdb")
+        datum.check_lmdb(tmp_path / "train.lmdb")
 
 
 def test_lmdb_datum_sizes_must_agree(tmp_path):
@@ -266,10 +267,10 @@ def test_lmdb_datum_sizes_must_agree(tmp_path):
     other = caffe_pb2.Datum(channels=1, height=2, width=2, float_data=[0.0] * 4)
     bf.lmdb_of(tmp_path / "a", [good.SerializeToString(), short.SerializeToString()])
     with pytest.raises(UserError, match="holds 10 values for a 1 x 4 x 4 Datum"):
-        checks.check_lmdb(tmp_path / "a")
+        datum.check_lmdb(tmp_path / "a")
     bf.lmdb_of(tmp_path / "b", [good.SerializeToString(), other.SerializeToString()])
     with pytest.raises(UserError, match="records differ in size"):
-        checks.check_lmdb(tmp_path / "b")
+        datum.check_lmdb(tmp_path / "b")
 
 
 def test_load_npz(tmp_path):

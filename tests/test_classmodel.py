@@ -79,6 +79,7 @@ def test_classmodel_cli(tmp_path, net_files, rng):
         tifffile.imwrite(tmp_path / name, phase_like(rng, 260, 270))
     out = tmp_path / "cm"
     args = ["classmodel", "--out", str(out), "--iterations", "4", "--epsilon", "1"]
+    args += ["--figure-format", "png,pdf"]
     args += ["--init-image", str(tmp_path / "healthy.tif"), str(tmp_path / "sick.tif")]
     assert main([*args, "--model", str(model), "--weights", str(weights)]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -90,3 +91,4 @@ def test_classmodel_cli(tmp_path, net_files, rng):
         assert f["sick_from_zeros_image"].shape == (220, 220)
         assert len(f["sick_from_zeros_scores"]) == 5
     assert (out / "classmodel.png").is_file()
+    assert (out / "classmodel.pdf").read_bytes()[:5] == b"%PDF-"

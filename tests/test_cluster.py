@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from infer_nets import deadnet_deploy, write_net
 
+from data_prep.core.outdir import MARKER
 from deadnet_caffe.benchmarks.caffe_speed import caffe_threads
 from deadnet_caffe.cli import main
 from deadnet_caffe.cluster import net_loads
-from deadnet_caffe.outdir import MARKER
 
 BIN = Path(sys.executable).parent
 NOT_COMPARED = {"settings.json", MARKER}

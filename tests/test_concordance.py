@@ -6,8 +6,8 @@ import pytest
 
 from data_prep.concordance import count_disagreement
 from data_prep.labels import label_items_b
-from data_prep.sim.votes import disagreement
-from data_prep.votes import Vote
+from data_prep.sim.annotators import disagreement
+from data_prep.votes_csv import Vote
 
 # (item, annotator, label) in the order cast; comments give the hand count.
 TABLE = [

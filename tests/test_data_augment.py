@@ -9,22 +9,23 @@ import pytest
 
 from data_prep import augment, tps
 from data_prep.concordance import concordance
-from data_prep.normalize import variance_normalize
+from data_prep.core import grids
+from data_prep.core.normalize import variance_normalize
 
 
 def test_crop_rule_gives_54_per_paper_frame_and_positions():
-    assert augment.crop_origins(1344) == [0, 128, 256, 384, 512, 640, 768, 896, 1024]
-    assert augment.crop_origins(1024) == [0, 128, 256, 384, 512, 640]
-    assert augment.crop_origins(256) == [0]
-    grid = augment.crop_grid(1024, 1344)
-    assert len(grid) == 54 == len(augment.crop_grid(1344, 1024))
+    assert grids.crop_origins(1344) == [0, 128, 256, 384, 512, 640, 768, 896, 1024]
+    assert grids.crop_origins(1024) == [0, 128, 256, 384, 512, 640]
+    assert grids.crop_origins(256) == [0]
+    grid = grids.crop_grid(1024, 1344)
+    assert len(grid) == 54 == len(grids.crop_grid(1344, 1024))
     assert grid[0] == (0, 0) and grid[8] == (0, 1024) and grid[-1] == (640, 1024)
     image = np.arange(1024 * 1344, dtype=np.float32).reshape(1024, 1344)
     c = augment.crops(image)
     assert c.shape == (54, 256, 256)
     assert c[10, 0, 0] == image[128, 128] and c[-1, -1, -1] == image[895, 1279]
     with pytest.raises(ValueError):
-        augment.crop_origins(255)
+        grids.crop_origins(255)
 
 
 def test_dihedral_transforms_are_distinct_and_form_the_group():
@@ -45,14 +46,18 @@ def test_tps_maps_control_points_exactly(rng):
     grid = tps.control_grid(300, 400)
     assert grid[:, 0].max() >= 399 and grid[:, 1].max() >= 299  # grid covers the image
     assert np.allclose(np.diff(np.unique(grid[:, 0])), 128)
-    f = tps.random_tps(300, 400, rng)
-    moved = f(grid)
-    displacement = moved - grid
-    np.testing.assert_allclose(moved, f.centers + displacement, atol=1e-9)
-    # Every control point goes to its own displaced target, which is N(0, 10^2) away.
-    target = tps.ThinPlateSpline.fit(grid, grid + 7.0).__call__(grid)
-    np.testing.assert_allclose(target, grid + 7.0, atol=1e-8)
-    assert 3.0 < displacement.std() < 20.0
+    # Interpolation: a spline fitted to random targets t_i sends each c_i to its t_i.
+    targets = grid + rng.normal(0.0, 10.0, size=grid.shape)
+    f = tps.ThinPlateSpline.fit(grid, targets)
+    np.testing.assert_allclose(f(grid), targets, atol=1e-6)
+    # A thin-plate spline reproduces an affine map exactly, also between the control points.
+    a, b = np.array([[1.1, 0.2], [-0.1, 0.9]]), np.array([5.0, -3.0])
+    affine = tps.ThinPlateSpline.fit(grid, grid @ a.T + b)
+    between = rng.uniform(0, [400, 300], size=(50, 2))
+    np.testing.assert_allclose(affine(between), between @ a.T + b, atol=1e-6)
+    # random_tps displaces the control points by N(0, sigma^2) per coordinate (2.3 w)
+    moved = tps.random_tps(300, 400, rng)(grid) - grid
+    assert 3.0 < moved.std() < 20.0
 
 
 def test_tps_lattice_interpolation_error_below_quarter_pixel(rng):

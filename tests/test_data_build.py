@@ -15,17 +15,19 @@ import lmdb
 import numpy as np
 import pytest
 import tifffile
-from data_experiment import make_experiment, make_votes
+from data_experiment import HEIGHT, WIDTH, make_experiment, make_votes
 
-from data_prep import readers, writers
-from data_prep.experiment import read_manifest, write_manifest
-from data_prep.normalize import encode_z
+from data_prep import writers
+from data_prep.core import datum, grids, paper
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import read_manifest, write_manifest
+from data_prep.core.normalize import encode_z
+from data_prep.core.outdir import MARKER
+from data_prep.core.paper import DATA_MEAN_VALUE, DATA_SCALE, NET_INPUT_PX
+from data_prep.core.stack import Stack
 from data_prep.split import split_positions
 from deadnet_caffe.caffe_env import import_caffe
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import MARKER
-from deadnet_caffe.paper import DATA_MEAN_VALUE, DATA_SCALE, NET_INPUT_PX
 
 QUICK = ["--warps", "1", "--blurs", "1", "--rotations", "2", "--workers", "1"]
 
@@ -56,7 +58,7 @@ def test_datum_round_trip_through_caffe_data_layer(tmp_path, rng):
     z = rng.normal(size=(3, 256, 256)).astype(np.float32)
     db = tmp_path / "rt.lmdb"
     w = writers.LmdbWriter(db)
-    w.write([(b"%02d" % i, writers.datum_bytes(encode_z(z[i]), i % 2)) for i in range(3)])
+    w.write([(b"%02d" % i, datum.datum_bytes(encode_z(z[i]), i % 2)) for i in range(3)])
     w.close()
     data, label = _read_with_caffe(tmp_path, db, 3)
     assert data.shape == (3, 1, 220, 220)
@@ -65,13 +67,13 @@ def test_datum_round_trip_through_caffe_data_layer(tmp_path, rng):
     # protobuf parses the packed bytes into the same Datum as protobuf-Python's own bytes.
     from caffe.proto import caffe_pb2
 
-    fast = writers.datum_bytes(encode_z(z[0]), 1)
+    fast = datum.datum_bytes(encode_z(z[0]), 1)
     slow = writers.datum_bytes_protobuf(encode_z(z[0]), 1)
     a, b = caffe_pb2.Datum(), caffe_pb2.Datum()
     a.ParseFromString(fast)
     b.ParseFromString(slow)
     assert a == b and a.label == 1 and (a.channels, a.height, a.width) == (1, 256, 256)
-    v, lab = writers.parse_datum(fast)
+    v, lab = datum.parse_datum(fast)
     np.testing.assert_array_equal(v[0], encode_z(z[0]))
     assert lab == 1 and len(fast) < len(slow)
 
@@ -80,7 +82,7 @@ def test_lmdb_writer_grows_map_and_reopens(tmp_path, monkeypatch):
     monkeypatch.setattr(writers, "_INITIAL_MAP_SIZE", 1 << 20)
     monkeypatch.setattr(writers, "REOPEN_BYTES", 1 << 20)
     w = writers.LmdbWriter(tmp_path / "g.lmdb")
-    record = writers.datum_bytes(np.zeros((256, 256), np.float32), 0)
+    record = datum.datum_bytes(np.zeros((256, 256), np.float32), 0)
     for i in range(20):  # 20 x 262 kB > 1 MiB
         w.write([(b"%03d" % i, record)])
     w.close()
@@ -197,11 +199,11 @@ def test_readers_hyperstack_ome_lzw_and_folder(tmp_path, rng):
         ("lzw.tif", None, a[:, 0]),
         ("dir", None, a[:, 1].astype(np.uint8)),
     ):
-        s = readers.Stack(tmp_path / name, channel)
+        s = Stack(tmp_path / name, channel)
         assert (s.n_frames, s.height, s.width) == (3, 260, 270)
         np.testing.assert_array_equal(s.read(2), expect[2])
     with pytest.raises(UserError, match="channels"):
-        readers.Stack(tmp_path / "hs.tif", None)
+        Stack(tmp_path / "hs.tif", None)
 
 
 def _bad(root: Path, case: str) -> None:
@@ -295,3 +297,50 @@ def test_dataset_b_balance_gives_the_rarer_class_extra_copies(experiment, tmp_pa
     total = bal["counts"]["train"]["crops"]
     _, label = _read_with_caffe(tmp_path, tmp_path / "bal/train.lmdb", total)
     assert int((label == 1).sum()) == bal["counts"]["train"]["per_class"]["sick"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "per_crop"),
+    [
+        # the paper's w x r x b = 3 x 8 x 2 = 48 per crop position; x 54 = 2592 per full frame
+        (["--warps", "3", "--rotations", "8", "--blurs", "2"], 48),
+        # "0 copies means one": no warp and no blur still give one copy of each view
+        (["--warps", "0", "--rotations", "8", "--blurs", "0"], 8),
+    ],
+)
+def test_dataset_a_full_multiplicities_on_tiny_frames(experiment, tmp_path, argv, per_crop):
+    assert per_crop * len(grids.crop_grid(1024, 1344)) == (2592 if per_crop == 48 else 432)
+    assert paper.AUG_A_TOTAL == 48 * 54
+    out = tmp_path / "A"
+    assert main(["dataset", "A", "--experiment", str(experiment), "--out", str(out),
+                 "--workers", "1", *argv]) == 0  # fmt: skip
+    card = json.loads((out / "dataset.json").read_text())
+    crops = len(grids.crop_grid(HEIGHT, WIDTH))  # 3 on the tiny 384 x 640 frames
+    n_train = card["counts"]["train"]["positions"]  # one frame each (as in the test above)
+    assert n_train == 4
+    assert card["counts"]["train"]["crops"] == n_train * per_crop * crops
+    with lmdb.open(str(out / "train.lmdb"), readonly=True, lock=False) as env:
+        assert env.stat()["entries"] == n_train * per_crop * crops
+
+
+def _positions_of(dataset: Path, part: str) -> set[str]:
+    """Every key of ``part``.lmdb, looked up in its index: the set of its stage positions."""
+    with (dataset / f"{part}_index.csv").open(newline="") as fh:
+        index = {r["key"]: r["position"] for r in csv.DictReader(fh)}
+    with lmdb.open(str(dataset / f"{part}.lmdb"), readonly=True, lock=False) as env:
+        keys = [k.decode() for k in env.begin().cursor().iternext(values=False)]
+    assert keys and set(keys) == set(index)  # every record is indexed, and only those
+    return {index[k] for k in keys}
+
+
+@pytest.mark.parametrize("dataset", ["A", "B"])
+def test_no_stage_position_in_both_lmdbs(experiment, tmp_path, dataset):
+    out = tmp_path / dataset
+    extra = ["--time-frames", "2", "--noise-copies", "1"] if dataset == "B" else ["--warps", "1"]
+    assert main(["dataset", dataset, "--experiment", str(experiment), "--out", str(out),
+                 "--blurs", "1", "--rotations", "2", "--workers", "1", *extra]) == 0  # fmt: skip
+    train, test = _positions_of(out, "train"), _positions_of(out, "test")
+    assert train and test and not train & test
+    with (out / "split.csv").open(newline="") as fh:
+        parts = {r["key"]: r["part"] for r in csv.DictReader(fh)}
+    assert {parts[p] for p in train} == {"train"} and {parts[p] for p in test} == {"test"}

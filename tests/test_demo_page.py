@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.demo_page import TARGETS_B, _figure3_html, figure3_table, targets_b
 
 

@@ -98,6 +98,16 @@ def test_evaluate_matches_caffe_and_writes_reports(run, capsys):
     assert cm.sum() == N_TEST and np.trace(cm) == (pred == labels).sum()
     assert set(val["per_dose"]) == {"0.0", "20.0", "80.0"} and val["per_dose"]["0.0"]["n"] == 8
     assert set(val["per_position"]) == set(POSITIONS)
+    # every group exactly: n, correct and accuracy counted here from predictions.csv
+    dose = np.array([float(r["dose_s"]) for r in rows])
+    position = np.array([r["position"] for r in rows])
+    groups = [(dose == float(d), got) for d, got in val["per_dose"].items()]
+    groups += [(position == p, got) for p, got in val["per_position"].items()]
+    assert len(groups) == 3 + len(set(POSITIONS))
+    for sel, got in groups:
+        k = int((pred[sel] == labels[sel]).sum())
+        assert (got["n"], got["correct"]) == (int(sel.sum()), k)
+        assert got["accuracy"] == k / sel.sum()
     unexp = val["unexposed"]
     dose0 = np.array([float(r["dose_s"]) == 0 for r in rows])
     assert unexp["n"] == 8
@@ -116,8 +126,11 @@ def test_evaluate_without_metadata_degrades(run, tmp_path):
     (bare / "test.lmdb").symlink_to(ds / "test.lmdb")
     out = tmp_path / "ev"
     rc = main(["evaluate", "--weights", str(run_dir / "latest.caffemodel"), "--dataset",
-               str(bare), "--out", str(out), "--resamples", "2000"])  # fmt: skip
+               str(bare), "--out", str(out), "--resamples", "2000",
+               "--figure-format", "svg,png"])  # fmt: skip
     assert rc == 0
+    assert b"<svg" in (out / "figure3c_misclassified.svg").read_bytes()[:1000]
+    assert "figure3c_misclassified.svg" in (out / "report.md").read_text()
     doc = json.loads((out / "evaluation.json").read_text())
     assert doc["metadata_source"] == "none"
     assert doc["modes"]["global_stats"]["per_dose"] == {}

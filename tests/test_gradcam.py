@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from infer_nets import make_weights, phase_like, write_lmdb, write_net
 
-from data_prep.normalize import variance_normalize
+from data_prep.core.datum import sample_crops
+from data_prep.core.normalize import variance_normalize
 from deadnet_caffe.cli import main
 from deadnet_caffe.gradcam import (
     CamBatch,
     GradCam,
     average_alphas,
     class_weights,
-    read_lmdb_crops,
     stitch_frame,
 )
 from deadnet_caffe.infer import DeployNet, crop_to_input
@@ -186,7 +186,7 @@ def test_class_weights_are_eq3_and_cached(tmp_path, deadnet_files, dataset):
     cache = tmp_path / "eq3.npz"
     cw = class_weights(gc, dataset / "train.lmdb", cache, per_class=2, batch=3)
     assert not cw["cached"] and cw["counts"].tolist() == [2, 2] and cache.is_file()
-    z, labels = read_lmdb_crops(dataset / "train.lmdb", 2)
+    z, labels = sample_crops(dataset / "train.lmdb", 2)
     one = np.stack([gc.compute(z[i : i + 1], labels[i]).alphas[0] for i in range(len(z))])
     for c in (0, 1):
         np.testing.assert_allclose(cw["alpha"][c], one[labels == c].mean(axis=0), rtol=1e-4)
@@ -222,17 +222,25 @@ def test_gradcam_cli(tmp_path, deadnet_files, dataset, rng):
     import tifffile
 
     model, weights = deadnet_files
-    tifffile.imwrite(tmp_path / "frame.tif", phase_like(rng, 300, 420))
+    tifffile.imwrite(  # a frame with 0.5 um pixels in centimetres (a plain TIFF's unit)
+        tmp_path / "frame.tif", phase_like(rng, 300, 420), resolution=(2e4, 2e4), resolutionunit=3
+    )
     out = tmp_path / "gc"
     cache = tmp_path / "w.eq3.npz"
     args = ["gradcam", "--dataset", str(dataset), "--out", str(out), "--per-class", "2"]
     args += ["--model", str(model), "--weights", str(weights), "--cache", str(cache)]
+    args += ["--figure-format", "svg"]
     assert main([*args, "--examples", "1", "--frame", str(tmp_path / "frame.tif")]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eq3_counts"] == [2, 2] and summary["examples"] == 2
     assert np.isfinite(summary["whole_frame"]["seam_index_eq3"])
-    for name in ("gradcam_examples.png", "gradcam_examples.csv", "whole_frame.png",
+    for name in ("gradcam_examples.svg", "gradcam_examples.csv", "whole_frame.svg",
                  "whole_frame_cam.tif", "settings.json"):  # fmt: skip
         assert (out / name).is_file()
-    assert tifffile.imread(out / "whole_frame_cam.tif").shape == (2, 300, 420)
+    assert not (out / "whole_frame.png").exists()
+    with tifffile.TiffFile(out / "whole_frame_cam.tif") as tif:
+        assert tif.series[0].shape == (2, 300, 420) and tif.series[0].axes == "CYX"
+        md = tif.imagej_metadata
+        assert md["channels"] == 2 and md["Labels"] == ["eq1", "eq3"] and md["unit"] == "um"
+        assert tif.pages.first.tags["XResolution"].value == (2, 1)
     assert cache.is_file()

@@ -10,13 +10,14 @@ import tifffile
 from infer_nets import deadnet_deploy, make_weights, nopad_deploy, phase_like, write_net
 from PIL import Image
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core.manifest import Position, write_manifest
 from deadnet_caffe.cli import main
 from deadnet_caffe.heatmap import (
     DenseNet,
     dense_heatmap,
     exact_heatmap,
     local_normalize,
+    red_overlay,
     sick_fraction,
 )
 from deadnet_caffe.infer import DeployNet
@@ -38,6 +39,8 @@ def test_heatmap_cli_real_8bit_odd_lzw_timelapse(tmp_path, net_files, real_frame
     assert main([*args, "--out", str(out), "--frame-interval-min", "10"]) == 0
     with tifffile.TiffFile(out / "T98G_odd8_prob.tif") as tif:
         assert tif.is_imagej and tif.series[0].axes == "TYX"
+        # no pixel size in a plain TIFF: none is invented; the interval is the option's
+        assert "unit" not in tif.imagej_metadata and tif.imagej_metadata["finterval"] == 600.0
         probs = tif.asarray()
     assert probs.shape == (3, 1019, 1021) and probs.dtype == np.float32
     net = DeployNet(model, weights)
@@ -63,7 +66,19 @@ def test_heatmap_cli_simulated_16bit_experiment_stride_32(tmp_path, net_files, r
     write_manifest(exp, positions)
     out = tmp_path / "hm"
     args = ["heatmap", "--experiment", str(exp), "--stride", "32", "--model", str(model)]
+    args += ["--figure-format", "png,svg,pdf"]
     assert main([*args, "--weights", str(weights), "--out", str(out)]) == 0
+    for suffix in ("png", "svg", "pdf"):
+        assert (out / f"sick_fraction.{suffix}").stat().st_size > 0
+    # Calibrated as the manifest says: 0.3225 um pixels, 8 min = 480 s between frames.
+    for name in ("plate1_B2_p1_prob.tif", "plate1_B2_p1_overlay.tif"):
+        with tifffile.TiffFile(out / name) as tif:
+            md, tags = tif.imagej_metadata, tif.pages.first.tags
+            assert md["unit"] == "um" and md["finterval"] == 480.0 and md["frames"] == 2
+            num, den = tags["XResolution"].value
+            assert num / den == pytest.approx(1 / 0.3225, rel=1e-7)
+            assert tif.series[0].axes == ("TYX" if "prob" in name else "TYXS")
+            assert tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE  # zlib
     rows = list(csv.DictReader((out / "sick_fraction.csv").open()))
     assert [(r["position"], r["time_min"]) for r in rows] == [
         ("plate1_B2_p0", "0.0"), ("plate1_B2_p0", "8.0"),
@@ -73,6 +88,9 @@ def test_heatmap_cli_simulated_16bit_experiment_stride_32(tmp_path, net_files, r
     net = DeployNet(model, weights)
     frame = tifffile.imread(exp / "p1.tif")[1]
     np.testing.assert_allclose(probs[1], exact_heatmap(frame, net.p_sick, 32), atol=1e-6)
+    overlay = tifffile.imread(out / "plate1_B2_p1_overlay.tif")
+    assert overlay.shape == (2, 260, 301, 3) and overlay.dtype == np.uint8
+    np.testing.assert_array_equal(overlay[1], red_overlay(frame, probs[1]))
 
 
 def test_heatmap_cli_rejects_mixed_inputs(tmp_path, net_files, capsys):
@@ -127,5 +145,15 @@ def test_dense_mode_on_deadnet_geometry(tmp_path, net_files, rng):
     out = tmp_path / "hm"
     tifffile.imwrite(tmp_path / "f.tif", frame)
     args = ["heatmap", str(tmp_path / "f.tif"), "--mode", "dense", "--dense-model", str(fcn)]
+    tifffile.imwrite(  # calibrated as Fiji writes it: micron, interval in minutes
+        tmp_path / "f.tif",
+        frame[None],
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "TYX", "unit": "micron", "finterval": 5, "tunit": "min"},
+    )
     assert main([*args, "--model", str(model), "--weights", str(weights), "--out", str(out)]) == 0
-    np.testing.assert_allclose(tifffile.imread(out / "f_prob.tif"), hm, atol=1e-6)
+    with tifffile.TiffFile(out / "f_prob.tif") as tif:
+        np.testing.assert_allclose(tif.asarray(), hm, atol=1e-6)
+        assert tif.imagej_metadata["unit"] == "um" and tif.imagej_metadata["finterval"] == 300
+        assert tif.pages.first.tags["XResolution"].value == (2, 1)

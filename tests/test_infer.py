@@ -9,17 +9,16 @@ import pytest
 import tifffile
 from infer_nets import phase_like, write_net
 
-from data_prep.normalize import decode_v, encode_z, variance_normalize
+from data_prep.core.errors import UserError
+from data_prep.core.grids import Grid, window_starts
+from data_prep.core.normalize import decode_v, encode_z, variance_normalize
+from data_prep.core.stack import read_stack
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.infer import (
     DeployNet,
-    Grid,
     crop_to_input,
-    read_image_stack,
     upsample,
     window_inputs,
-    window_starts,
 )
 
 
@@ -95,16 +94,16 @@ def test_readers_real_world_inputs(tmp_path, real_frames_dir):
     assert frames[0].dtype == np.uint16
     stack8 = np.stack([(f[:1019, :1021] >> 8).astype(np.uint8) for f in frames])
     tifffile.imwrite(tmp_path / "odd8.tif", stack8, compression="lzw", photometric="minisblack")
-    got = read_image_stack(tmp_path / "odd8.tif")
+    got = read_stack(tmp_path / "odd8.tif")
     assert got.shape == (3, 1019, 1021) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, stack8)
-    one = read_image_stack(sorted(real_frames_dir.glob("*.tif"))[0])
+    one = read_stack(sorted(real_frames_dir.glob("*.tif"))[0])
     assert one.shape == (1, *frames[0].shape) and one.dtype == np.uint16
-    folder = read_image_stack(real_frames_dir)
+    folder = read_stack(real_frames_dir)
     assert folder.shape[0] == 6
     with pytest.raises(UserError, match="at least 220 px"):
         tifffile.imwrite(tmp_path / "small.tif", stack8[0, :200, :300])
-        read_image_stack(tmp_path / "small.tif")
+        read_stack(tmp_path / "small.tif")
 
 
 def test_classify_cli_on_real_8bit_lzw_stack(tmp_path, net_files, net, real_frames_dir):
@@ -130,7 +129,7 @@ def test_classify_cli_on_real_8bit_lzw_stack(tmp_path, net_files, net, real_fram
 def test_classify_centre_and_bad_input(tmp_path, net_files, capsys):
     model, weights = net_files
     common = ["--model", str(model), "--weights", str(weights)]
-    # not constant: a constant image is refused (data_prep.checks)
+    # not constant: a constant image is refused (data_prep.core.checks)
     tifffile.imwrite(tmp_path / "a.tif", np.arange(240 * 250, dtype=np.uint16).reshape(240, 250))
     assert main(["classify", str(tmp_path / "a.tif"), "--crops", "centre", *common,
                  "--out", str(tmp_path / "ok")]) == 0  # fmt: skip
@@ -150,7 +149,7 @@ def test_classify_centre_and_bad_input(tmp_path, net_files, capsys):
 def test_reader_hyperstack_channels(tmp_path, rng):
     stack = np.stack([np.stack([phase_like(rng, 230, 240), phase_like(rng, 230, 240)])] * 3)
     tifffile.imwrite(tmp_path / "h.tif", stack, imagej=True, metadata={"axes": "TCYX"})
-    got = read_image_stack(tmp_path / "h.tif", channel=1)
+    got = read_stack(tmp_path / "h.tif", channel=1)
     np.testing.assert_array_equal(got, stack[:, 1])
     with pytest.raises(UserError, match="2 channels"):
-        read_image_stack(tmp_path / "h.tif")
+        read_stack(tmp_path / "h.tif")

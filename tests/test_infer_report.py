@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 import tifffile
 from infer_nets import phase_like, write_net
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core.manifest import Position, write_manifest
 from deadnet_caffe.cli import main
+from deadnet_caffe.heatmap import exact_heatmap, sick_fraction
+from deadnet_caffe.infer import DeployNet
 from deadnet_caffe.report import PositionResult, flag_positions, highest_safe_dose, pooled_auroc
 from deadnet_caffe.validate import (
     FATE_STRESSED,
@@ -109,16 +112,34 @@ def test_report_cli_with_ground_truth(tmp_path, rng):
     write_manifest(exp, positions)
     out = tmp_path / "rep"
     args = ["report", "--experiment", str(exp), "--out", str(out), "--late-frames", "2"]
-    assert main([*args, "--model", str(model), "--weights", str(weights)]) == 0
+    assert main([*args, "--model", str(model), "--weights", str(weights), "--every", "2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["positions"] == 2
+    # --keep-maps (the default): frames 0 and 2, 0.3 um pixels, 2 x 30 min apart.
+    with tifffile.TiffFile(out / "maps" / "pl_Wb_p1_prob.tif") as tif:
+        maps, md = tif.asarray(), tif.imagej_metadata
+        assert maps.shape == (2, 256, 300) and tif.series[0].axes == "TYX"
+        assert md["unit"] == "um" and md["finterval"] == 3600.0
+        num, den = tif.pages.first.tags["XResolution"].value
+        assert num / den == pytest.approx(1 / 0.3, rel=1e-7)
+    frames = tifffile.imread(exp / "b.tif")
+    np.testing.assert_allclose(
+        maps[1], exact_heatmap(frames[2], DeployNet(model, weights).p_sick), atol=1e-6
+    )
+    assert tifffile.imread(out / "maps" / "pl_Wa_p1_overlay.tif").shape == (2, 256, 300, 3)
+    fractions = list(csv.DictReader((out / "fractions.csv").open()))
+    assert float(fractions[-1]["sick_fraction"]) == pytest.approx(sick_fraction(maps[1:])[0])
+    args += ["--no-keep-maps", "--figure-format", "pdf"]
+    assert main([*args, "--model", str(model), "--weights", str(weights), "--every", "2"]) == 0
+    assert not (out / "maps").exists() and (out / "dose_response.pdf").is_file()
+    assert not (out / "dose_response.png").exists()
     v = summary["validation"]
     assert v["positions_with_truth"] == 2 and 0 <= v["heatmap_auroc_mean"] <= 1
     assert 0 <= v["heatmap_auroc_pooled"] <= 1
     assert v["gradcam_crops"] in (0, 2)
     md = (out / "report.md").read_text()
-    assert "Highest dose that looks safe" in md and "dose_response.png" in md
-    for name in ("dose_response.png", "fraction_over_time.png", "fractions.csv"):
+    assert "Highest dose that looks safe" in md and "](dose_response.pdf)" in md
+    for name in ("dose_response.pdf", "fraction_over_time.pdf", "fractions.csv"):
         assert (out / name).is_file()
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import caffe_tiny
 import pytest
 
+from data_prep.core.errors import UserError
 from deadnet_caffe import caffe_env
-from deadnet_caffe.errors import UserError
 
 
 def test_abort_in_the_child_is_a_sentence_with_caffes_reason(tmp_path):

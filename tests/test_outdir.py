@@ -1,4 +1,4 @@
-"""Output folders (deadnet_caffe/outdir.py): own output replaced, everything else refused,
+"""Output folders (data_prep/core/outdir.py): own output replaced, everything else refused,
 stale leftovers of killed runs cleaned, workers that die with their parent.
 
 The command-line refusals (every command, one sentence, exit 2, --out untouched) are cases of
@@ -20,9 +20,9 @@ import pytest
 import tifffile
 from infer_nets import phase_like, write_net
 
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import MARKER, check_location, output_dir, read_marker, write_marker
 from deadnet_caffe.cli import main
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import MARKER, check_location, output_dir, read_marker, write_marker
 
 
 def _dead_pid() -> int:
@@ -178,7 +178,7 @@ def test_classify_rerun_replaces_its_own_output(tmp_path, monkeypatch):
 
 _POOL = """
 import multiprocessing, sys, time
-from deadnet_caffe.outdir import die_with_parent
+from data_prep.core.outdir import die_with_parent
 def work(_):
     import os
     print(os.getpid(), flush=True)

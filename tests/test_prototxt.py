@@ -1,5 +1,5 @@
 """The published facts (shared/reference/released-settings.md) read from prototxt/ with Caffe's
-own protobuf classes, and their agreement with deadnet_caffe/paper.py.
+own protobuf classes, and their agreement with data_prep/core/paper.py.
 
 The literal numbers below are copied from released-settings.md, so this file checks the
 prototxts and paper.py against the reference independently of either.
@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from deadnet_caffe import paper
-from deadnet_caffe.errors import UserError
+from data_prep.core import paper
+from data_prep.core.errors import UserError
 from deadnet_caffe.netspec import (
     load_net_param,
     load_solver_param,
-    resolve_data_sources,
-    resolve_solver_net,
 )
+from deadnet_caffe.train import resolve_net, solver_net_file
 
 PROTO = Path(__file__).resolve().parent.parent / "prototxt"
 PUBLISHED = {"a": PROTO / "dataset_a", "b": PROTO / "dataset_b"}
@@ -190,7 +189,7 @@ def test_paper_constants_agree_with_reference():
 
 
 def test_every_prototxt_agrees_with_paper_py():
-    """Every net and solver in prototxt/ repeats the numbers of deadnet_caffe/paper.py."""
+    """Every net and solver in prototxt/ repeats the numbers of data_prep/core/paper.py."""
     convs = {c[0]: c[1:] for c in paper.CONV_LAYERS}
     fcs = dict(paper.FC_LAYERS)
     for path in ALL_PROTOTXT:
@@ -269,38 +268,24 @@ def test_variants_differ_from_published_only_where_named():
             assert alt == sol
 
 
-def test_resolve_data_sources(tmp_path):
+def test_resolve_net_points_data_layers_at_the_dataset(tmp_path):
+    """The training runner's resolver (the one the product uses): each published Data layer
+    reads its split of the data set, and stored crops smaller than crop_size are refused."""
     net = load_net_param(PUBLISHED["a"] / "train_val.prototxt")
-    with pytest.raises(UserError, match=r"train\.lmdb.*does not exist"):
-        resolve_data_sources(net, tmp_path)
-    (tmp_path / "train.lmdb").mkdir()
-    (tmp_path / "test.lmdb").mkdir()
-    out = resolve_data_sources(net, tmp_path)
-    assert [layer.data_param.source for layer in out.layer[:2]] == [
-        str((tmp_path / "train.lmdb").resolve()),
-        str((tmp_path / "test.lmdb").resolve()),
-    ]
-    assert net.layer[0].data_param.source == "train.lmdb"  # the original is untouched
-    again = resolve_data_sources(out, tmp_path / "elsewhere", check=False)
-    assert again == out  # absolute sources are kept
-    h5 = load_net_param_text(
-        'layer { name: "d" type: "HDF5Data" hdf5_data_param { source: "x.txt" } }'
-    )
-    h5 = resolve_data_sources(h5, tmp_path, check=False)
-    assert h5.layer[0].hdf5_data_param.source == str(tmp_path.resolve() / "x.txt")
+    shapes = {s: (3, (1, 256, 256)) for s in ("train.lmdb", "test.lmdb")}
+    out = resolve_net(net, tmp_path, shapes, PUBLISHED["a"], None)
+    sources = [layer.data_param.source for layer in out.layer if layer.type == "Data"]
+    assert sources == [str((tmp_path / s).resolve()) for s in ("train.lmdb", "test.lmdb")]
+    small = {s: (3, (1, 200, 200)) for s in ("train.lmdb", "test.lmdb")}
+    fresh = load_net_param(PUBLISHED["a"] / "train_val.prototxt")
+    with pytest.raises(UserError, match="200 px crops, smaller than the crop_size 220"):
+        resolve_net(fresh, tmp_path, small, PUBLISHED["a"], None)
 
 
-def load_net_param_text(text: str):
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
-    return text_format.Parse(text, caffe_pb2.NetParameter())
-
-
-def test_resolve_solver_net():
+def test_solver_net_file_is_beside_the_solver():
     path = PUBLISHED["b"] / "solver.prototxt"
-    s = resolve_solver_net(load_solver_param(path), path)
-    assert s.net == str(PUBLISHED["b"].resolve() / "train_val.prototxt")
+    s = load_solver_param(path)
+    assert solver_net_file(path, s.net) == PUBLISHED["b"] / "train_val.prototxt"
 
 
 def test_bad_prototxt_is_one_sentence(tmp_path):

@@ -21,18 +21,18 @@ import lmdb
 import numpy as np
 import pytest
 
-from deadnet_caffe import paper
+from data_prep.core import paper
+from data_prep.core.errors import UserError
 from deadnet_caffe.cli import main as cli_main
 from deadnet_caffe.describe import describe_net, format_table
-from deadnet_caffe.errors import UserError
 from deadnet_caffe.netspec import (
     check_weights,
     load_net,
     load_net_param,
     net_from_param,
-    resolve_data_sources,
 )
-from deadnet_caffe.surgery import convert_to_fcn, transplant_fcn
+from deadnet_caffe.surgery import transplant_fcn
+from deadnet_caffe.train import check_dataset, resolve_net, solver_net_file
 
 PROTO = Path(__file__).resolve().parent.parent / "prototxt"
 TRAIN_VALS = sorted(PROTO.rglob("train_val.prototxt"))
@@ -108,6 +108,11 @@ def randomise(net, rng, centre_taps: bool = False) -> None:
 # --- every net builds, with the published and Table 1 blob sizes -------------------------
 
 
+def resolved(net_param, dataset_dir: Path, where: Path):
+    """The net's Data layers pointed at ``dataset_dir`` by the training runner's resolver."""
+    return resolve_net(net_param, dataset_dir, check_dataset(dataset_dir), where, None)
+
+
 def small_batch(net_param, batch: int = 2):
     """Copy with the Data layers' batch_size (published 20, test_prototxt.py) set to ``batch``."""
     out = type(net_param)()
@@ -121,7 +126,7 @@ def small_batch(net_param, batch: int = 2):
 
 @pytest.mark.parametrize("path", TRAIN_VALS, ids=lambda p: str(p.relative_to(PROTO)))
 def test_train_val_builds_in_both_phases(path, caffe, dataset_dir):
-    param = small_batch(resolve_data_sources(load_net_param(path), dataset_dir))
+    param = small_batch(resolved(load_net_param(path), dataset_dir, path))
     floor = "table1_floor" in path.parts
     expect = list(paper.BLOB_SIDES_TABLE1 if floor else paper.BLOB_SIDES_PUBLISHED)
     published = path.parent.parent == PROTO
@@ -169,11 +174,12 @@ def test_deploy_builds(path, caffe):
 
 def test_solvers_build(caffe, dataset_dir, tmp_path):
     """The published solver builds its train and test nets once paths are resolved."""
-    from deadnet_caffe.netspec import load_solver_param, resolve_solver_net, save_param
+    from deadnet_caffe.netspec import load_solver_param, save_param
 
     path = PROTO / "dataset_b" / "solver.prototxt"
-    s = resolve_solver_net(load_solver_param(path), path)
-    net = small_batch(resolve_data_sources(load_net_param(s.net), dataset_dir))
+    s = load_solver_param(path)
+    net_path = solver_net_file(path, s.net)
+    net = small_batch(resolved(load_net_param(net_path), dataset_dir, net_path))
     s.net = str(save_param(net, tmp_path / "train_val.prototxt"))
     s.solver_mode = s.CPU
     solver = caffe.get_solver(str(save_param(s, tmp_path / "solver.prototxt")))
@@ -190,9 +196,8 @@ def test_solvers_build(caffe, dataset_dir, tmp_path):
 )
 def test_deploy_equals_test_net_with_global_stats(variant, caffe, dataset_dir, tmp_path, rng):
     base = PROTO / variant if variant else PROTO
-    tv = resolve_data_sources(
-        load_net_param(base / "dataset_a" / "train_val.prototxt"), dataset_dir
-    )
+    tv_path = base / "dataset_a" / "train_val.prototxt"
+    tv = resolved(load_net_param(tv_path), dataset_dir, tv_path)
     test_net = net_from_param(tv, "TEST")
     randomise(test_net, rng)
     weights = tmp_path / "w.caffemodel"
@@ -229,8 +234,8 @@ def _fcn_vs_crops(deploy_path, fcn_path, rng, tmp_path, centre_taps, k=1):
     randomise(deploy, rng, centre_taps)
     weights = tmp_path / "deploy.caffemodel"
     deploy.save(str(weights))
-    fcn_weights = convert_to_fcn(deploy_path, weights, fcn_path, tmp_path / "fcn.caffemodel")
-    fcn = load_net(fcn_path, "TEST", fcn_weights)
+    fcn = load_net(fcn_path, "TEST")
+    transplant_fcn(load_net(deploy_path, "TEST", weights), fcn)
     side = 220 + paper.FCN_STRIDE_PX * k
     img = rng.standard_normal((side, side)).astype(np.float32)
     fcn.blobs["data"].reshape(1, 1, side, side)

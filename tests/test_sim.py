@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from data_prep.experiment import read_manifest
+from data_prep.core import paper
+from data_prep.core.manifest import read_manifest
+from data_prep.core.stack import check_stack
+from data_prep.sim.annotators import TARGET_DISAGREEMENT, disagreement, simulate_votes
 from data_prep.sim.biology import DEAD, DYING, Population
 from data_prep.sim.optics import PhaseContrast
 from data_prep.sim.params import PRESETS, Biology, Layout, Optics
 from data_prep.sim.render import CellRenderer
 from data_prep.sim.truth import SICK_NONE, crop_sick_fraction, sick_mask
-from data_prep.sim.votes import TARGET_DISAGREEMENT, disagreement, simulate_votes
-from data_prep.votes import Item, read_votes
-from deadnet_caffe import paper
+from data_prep.votes_csv import Item, read_votes
 from deadnet_caffe.cli import main
 
 LAYOUT = Layout(hours=18.0)
@@ -106,7 +107,7 @@ def test_sick_mask_and_crop_fractions_known_answer():
 
 
 def _simulate(out, seed=1, extra=()):
-    argv = ["simulate", "--preset", "tiny", "--seed", str(seed), "--out", str(out), "--quiet"]
+    argv = ["simulate", "--preset", "tiny", "--seed", str(seed), "--out", str(out), "--no-progress"]
     return main([*argv, "--size", "384", "256", "--hours", "2", "--render-every", "5", *extra])
 
 
@@ -123,13 +124,19 @@ def test_output_round_trips_and_is_deterministic(tmp_path):
     for p in positions:
         assert p.n_frames == 4 and p.frame_interval_min == 40.0
         assert p.pixel_size_um == pytest.approx(paper.PIXEL_SIZE_UM)
-        with tifffile.TiffFile(p.path) as tf:
+        with tifffile.TiffFile(p.path) as tf:  # the ImageJ metadata
             assert tf.is_imagej and tf.series[0].axes == "TYX"
-            stack = tf.asarray()
-            assert stack.shape == (4, 256, 384) and stack.dtype == np.uint16
             assert tf.imagej_metadata["finterval"] == pytest.approx(40 * 60.0)
             num, den = tf.pages[0].tags["XResolution"].value
             assert num / den == pytest.approx(1 / paper.PIXEL_SIZE_UM, rel=1e-4)
+        stack = check_stack(p, range(p.n_frames)).frames()  # the toolkit's one reader
+        assert stack.shape == (4, 256, 384) and stack.dtype == np.uint16
+        for truth in ("labels.tif", "sick.tif"):  # calibrated like the movie
+            with tifffile.TiffFile(p.ground_truth / truth) as tf:
+                assert tf.series[0].axes == "TYX" and tf.imagej_metadata["unit"] == "um"
+                assert tf.imagej_metadata["finterval"] == pytest.approx(40 * 60.0)
+                num, den = tf.pages[0].tags["XResolution"].value
+                assert num / den == pytest.approx(1 / paper.PIXEL_SIZE_UM, rel=1e-4)
         labels = tifffile.imread(p.ground_truth / "labels.tif")
         assert labels.shape == (4, 256, 384)
         assert stack.std() > 0 and stack.max() < 2**12  # 12-bit counts in 16 bits
@@ -151,7 +158,7 @@ def test_vote_disagreement_lies_in_band(tmp_path):
     truth = np.concatenate([np.zeros(n // 2), rng.uniform(0, 1, n // 4), np.ones(n - 3 * n // 4)])
     items = [Item("sim/A1/p1", 0, 256 * (i % 4), 256 * (i // 4)) for i in range(n)]
     votes, _ = simulate_votes(items, truth, rng)
-    from data_prep.votes import write_votes
+    from data_prep.votes_csv import write_votes
 
     back = read_votes(write_votes(tmp_path / "votes.csv", votes))
     d = disagreement(back)
@@ -171,8 +178,8 @@ def test_presets_have_a_healthy_and_a_mass_death_well():
 
 def test_a_frame_is_the_same_whatever_is_rendered_around_it():
     """Biology steps every 8 min and each step has its own noise stream (streamed rendering)."""
-    from data_prep.sim.experiment import PositionSim
     from data_prep.sim.params import Settings
+    from data_prep.sim.plate import PositionSim
 
     lay = replace(PRESETS["tiny"], width=256, height=256, hours=1.0)
     every3 = [img for _, img, _, _ in PositionSim(Settings(replace(lay, render_every=3)), 0, 0, 80)]
@@ -183,8 +190,8 @@ def test_a_frame_is_the_same_whatever_is_rendered_around_it():
 
 
 def test_vote_items_are_10_frame_crops_of_low_dose_positions(tmp_path):
-    from data_prep.experiment import Position
-    from data_prep.sim.experiment import vote_items
+    from data_prep.core.manifest import Position
+    from data_prep.sim.plate import vote_items
 
     def pos(well, dose):
         return Position("sim", well, "p1", dose, 8.0, 0.3225, 25, tmp_path / f"{well}.tif")
@@ -232,8 +239,8 @@ def test_statistic_functions_known_answers():
 
 
 def _demo_frame0(size=(640, 512), seed=0):
-    from data_prep.sim.experiment import PositionSim
     from data_prep.sim.params import Settings
+    from data_prep.sim.plate import PositionSim
 
     lay = replace(PRESETS["demo"], hours=0.0, width=size[0], height=size[1])
     sim = PositionSim(Settings(lay, seed=seed), 0, 0, 0.0)

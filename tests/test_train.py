@@ -13,7 +13,7 @@ import caffe_tiny
 import numpy as np
 import pytest
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.cli import main
 from deadnet_caffe.logparse import parse_log
 from deadnet_caffe.train import TrainSettings, snapshots, train
@@ -117,7 +117,7 @@ def test_sigterm_snapshots_and_resume_continues(tmp_path):
     ds = caffe_tiny.write_dataset(tmp_path / "ds", 64, 16)
     solver = caffe_tiny.write_solver(tmp_path / "net")
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "deadnet_caffe.cli", "train", "--dataset", str(ds),
+    cmd = [sys.executable, "-m", "deadnet_caffe", "train", "--dataset", str(ds),
            "--solver", str(solver), "--run", str(run), "--max-iter", "10000000",
            "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -198,6 +198,9 @@ def test_figures_redraws_from_the_log(trained, tmp_path, capsys):
     assert main(["figures", "--run", str(run)]) == 0
     assert (run / "curves.csv").read_text() == before
     assert (run / "figure3a_loss.png").stat().st_size > 0
+    assert main(["figures", "--run", str(run), "--figure-format", "svg,pdf"]) == 0
+    assert b"<svg" in (run / "figure3b_accuracy.svg").read_bytes()[:1000]
+    assert (run / "figure3a_loss.pdf").read_bytes()[:5] == b"%PDF-"
     assert main(["figures", "--run", str(tmp_path)]) == 2
     assert "caffe.log does not exist" in capsys.readouterr().err
 
@@ -273,7 +276,7 @@ def test_interrupted_run_resumes_or_starts_afresh(tmp_path, moment):
     ds = caffe_tiny.write_dataset(tmp_path / "ds", 64, 16)
     solver = caffe_tiny.write_solver(tmp_path / "net")
     run = tmp_path / "run"
-    base = [sys.executable, "-m", "deadnet_caffe.cli", "train", "--dataset", str(ds),
+    base = [sys.executable, "-m", "deadnet_caffe", "train", "--dataset", str(ds),
             "--solver", str(solver), "--run", str(run), "--snapshot-interval", "100",
             "--no-progress"]  # fmt: skip
     proc = subprocess.Popen([*base, "--max-iter", "100000000"], cwd=ROOT, stderr=subprocess.PIPE,

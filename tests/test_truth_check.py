@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from data_prep.sim.annotators import THRESHOLD, item_truth, truth_label, vote_truth_agreement
 from data_prep.sim.truth import SICK_HEALTHY, SICK_NONE, SICK_SICK
-from data_prep.sim.votes import THRESHOLD, item_truth, truth_label, vote_truth_agreement
-from data_prep.votes import Item, Vote
+from data_prep.votes_csv import Item, Vote
 
 
 def test_item_truth_is_the_mean_sick_fraction_over_ten_frames(tmp_path):

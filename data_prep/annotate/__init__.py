@@ -10,7 +10,7 @@ annotator."
   their frames rendered as 8-bit PNGs;
 - :mod:`.db`: the SQL schema (SQLAlchemy Core), annotators with hashed secret tokens, the
   presentation rule (random, every 5th item from the already-scored pool), votes, undo,
-  concordance and export to ``votes.csv`` (:mod:`data_prep.votes`);
+  concordance and export to ``votes.csv`` (:mod:`data_prep.votes_csv`);
 - :mod:`.server`: a threaded stdlib HTTP server with a JSON API and the static page in
   ``static/``.
 

@@ -29,7 +29,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,9 +59,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from data_prep.concordance import count_disagreement
-from data_prep.votes import Vote
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import OVERLAP_EVERY_NTH, VOTE_LABELS
+from data_prep.core.errors import UserError
+from data_prep.core.paper import OVERLAP_EVERY_NTH, VOTE_LABELS
+from data_prep.votes_csv import Vote
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WHY_MAX_CHARS = 2000
@@ -127,7 +127,7 @@ class Annotator:
 
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with microseconds and a ``Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def hash_token(token: str) -> str:
@@ -538,7 +538,7 @@ def concordance(engine: Engine) -> dict:
 
 
 def all_votes(engine: Engine) -> list[Vote]:
-    """Every vote, oldest first, in the schema of :mod:`data_prep.votes`."""
+    """Every vote, oldest first, in the schema of :mod:`data_prep.votes_csv`."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(

@@ -1,10 +1,10 @@
 """The pool of annotation items of a raw experiment, and their frames as 8-bit PNGs.
 
 An item is a 256 px crop of 10 consecutive frames (paper section 2.2), identified by
-:class:`data_prep.votes.Item`. Crops tile each frame without overlap on a centred grid (the
+:class:`data_prep.votes_csv.Item`. Crops tile each frame without overlap on a centred grid (the
 margins narrower than 256 px that are left out are split evenly between the two sides);
 the 10-frame windows tile the time-lapse without overlap from frame 0. Only positions whose
-dose lies in Data Set B's range (0-80 s, :data:`deadnet_caffe.paper.DATASET_B_DOSE_RANGE_S`)
+dose lies in Data Set B's range (0-80 s, :data:`data_prep.core.paper.DATASET_B_DOSE_RANGE_S`)
 are used; the upper limit is configurable.
 """
 
@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
 
-from data_prep.experiment import Position, read_manifest
-from data_prep.votes import Item
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import CROP_PX, DATASET_B_DOSE_RANGE_S, SEQUENCE_FRAMES
+from data_prep.core.errors import UserError
+from data_prep.core.grids import centred_tiles
+from data_prep.core.manifest import Position, read_manifest
+from data_prep.core.paper import CROP_PX, DATASET_B_DOSE_RANGE_S, SEQUENCE_FRAMES
+from data_prep.core.stack import MANIFEST_CHANNEL, Stack
+from data_prep.votes_csv import Item
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 STRETCH_PERCENTILES = (0.5, 99.5)  # contrast stretch of a sequence (display only)
 
 
@@ -43,86 +43,6 @@ class PoolItem:
     @property
     def dose_s(self) -> float:
         return self.position.dose_s
-
-
-def _frame_files(position: Position) -> list[Path]:
-    if position.path.is_dir():
-        files = sorted(p for p in position.path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
-        if not files:
-            raise UserError(f"{position.path}: folder of position {position.key} has no TIFFs.")
-        return files
-    return [position.path]
-
-
-def _page_index(series, position: Position, t: int) -> int:
-    """Index of the TIFF page holding frame ``t`` (and ``position.channel``) of a series."""
-    axes = series.axes.replace("S", "")
-    if not axes.endswith("YX"):
-        raise UserError(f"{position.path}: image axes {series.axes!r} do not end in YX.")
-    lead_axes, lead_shape = axes[:-2], series.shape[: len(axes) - 2]
-    if not lead_axes:
-        return 0
-    time_axis = next((a for a in "TZIQ" if a in lead_axes), lead_axes[0])
-    index = []
-    for axis, size in zip(lead_axes, lead_shape, strict=True):
-        if axis == time_axis:
-            index.append(t)
-        elif axis == "C" and position.channel is not None:
-            if position.channel >= size:
-                raise UserError(
-                    f"{position.path}: channel {position.channel} asked for, the stack has {size}."
-                )
-            index.append(position.channel)
-        else:
-            index.append(0)
-    return int(np.ravel_multi_index(index, lead_shape))
-
-
-def frame_shape(position: Position) -> tuple[int, int]:
-    """(H, W) of the frames of ``position``, from the TIFF header only."""
-    first = _frame_files(position)[0]
-    try:
-        with tifffile.TiffFile(first) as tif:
-            shape = tif.series[0].shape
-            axes = tif.series[0].axes.replace("S", "")
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        raise UserError(f"{first}: cannot read the TIFF ({err}).") from None
-    if not axes.endswith("YX"):
-        raise UserError(f"{first}: image axes {axes!r} do not end in YX.")
-    y, x = axes.index("Y"), axes.index("X")
-    return int(shape[y]), int(shape[x])
-
-
-def read_frames(position: Position, t0: int, count: int) -> np.ndarray:
-    """Frames ``t0 .. t0+count-1`` of ``position``.
-
-    Returns
-    -------
-    (count, H, W) array of the file's dtype (the first sample of RGB/multi-sample pages).
-    """
-    files = _frame_files(position)
-    frames = []
-    try:
-        if len(files) > 1:
-            for t in range(t0, t0 + count):
-                frames.append(tifffile.imread(files[t]))
-        else:
-            with tifffile.TiffFile(files[0]) as tif:
-                series = tif.series[0]
-                for t in range(t0, t0 + count):
-                    frames.append(series.pages[_page_index(series, position, t)].asarray())
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
-        raise UserError(
-            f"{position.path}: cannot read frames {t0}..{t0 + count - 1} ({err})."
-        ) from None
-    return np.stack([f if f.ndim == 2 else f[..., 0] for f in frames])
-
-
-def _grid(size: int) -> range:
-    """Starts of the non-overlapping ``CROP_PX`` crops along an axis, centred."""
-    n = size // CROP_PX
-    offset = (size - n * CROP_PX) // 2
-    return range(offset, offset + n * CROP_PX, CROP_PX)
 
 
 def build_pool(
@@ -144,8 +64,9 @@ def build_pool(
     for pos in positions:
         if not DATASET_B_DOSE_RANGE_S[0] <= pos.dose_s <= max_dose_s:
             continue
-        h, w = frame_shape(pos)
-        ys, xs = _grid(h), _grid(w)
+        stack = Stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
+        h, w = stack.height, stack.width
+        ys, xs = centred_tiles(h), centred_tiles(w)
         for t0 in range(0, pos.n_frames - SEQUENCE_FRAMES + 1, SEQUENCE_FRAMES):
             for y0 in ys:
                 for x0 in xs:
@@ -213,7 +134,9 @@ class FrameCache:
                 self._cache.move_to_end(item_id)
                 return self._cache[item_id]
         it = pool_item.item
-        stack = read_frames(pool_item.position, it.t0, SEQUENCE_FRAMES)
+        pos = pool_item.position
+        stack = Stack(pos.path, pos.channel, channel_source=MANIFEST_CHANNEL)
+        stack = stack.frames(it.t0, SEQUENCE_FRAMES)
         crop = stack[:, it.y0 : it.y0 + CROP_PX, it.x0 : it.x0 + CROP_PX]
         pngs = [encode_png(f) for f in stretch_to_uint8(crop)]
         with self._lock:

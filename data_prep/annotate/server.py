@@ -59,8 +59,8 @@ from sqlalchemy.engine import Engine
 
 from data_prep.annotate import db
 from data_prep.annotate.pool import FrameCache, PoolItem, build_pool
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import SEQUENCE_FRAMES
+from data_prep.core.errors import UserError
+from data_prep.core.paper import SEQUENCE_FRAMES
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONTENT_TYPES = {
@@ -551,13 +551,6 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def serve_in_thread(server: AnnotationServer) -> threading.Thread:
-    """Start ``server.serve_forever`` in a daemon thread (tests; stop with ``shutdown()``)."""
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    return thread
 
 
 def make_server(

@@ -234,14 +234,11 @@ def write_figures(
     """docs/simulator-vs-real.png (same field and scale, statistics under each panel) and
     docs/simulator-stats.png (histogram, power spectrum, edge profile). ``sims[0]`` is shown.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     out.mkdir(parents=True, exist_ok=True)
     frames = (("real", real, real_px), ("simulated", sims[0], sim_px))
-    fig, ax = plt.subplots(1, 2, figsize=(9.2, 4.9), dpi=100)
+    fig, ax = subplots(1, 2, figsize=(9.2, 4.9), dpi=100)
     for a, (name, img, px) in zip(ax, frames, strict=True):
         s = envelope(img, px)
         a.imshow(display_crop(img, px), cmap="gray", vmin=0, vmax=255)
@@ -261,8 +258,7 @@ def write_figures(
         )
     fig.tight_layout()
     fig.savefig(out / "simulator-vs-real.png")
-    plt.close(fig)
-    fig, ax = plt.subplots(1, 3, figsize=(10, 3), dpi=80)
+    fig, ax = subplots(1, 3, figsize=(10, 3), dpi=80)
     for name, img, px in frames:
         colour = "k" if name == "real" else "tab:red"
         ax[0].hist(
@@ -283,7 +279,6 @@ def write_figures(
     ax[2].set_title("edge profile")
     fig.tight_layout()
     fig.savefig(out / "simulator-stats.png")
-    plt.close(fig)
 
 
 STRIP_STATES = ("healthy", "stressed", "dying", "dead")
@@ -311,7 +306,7 @@ def damage_strip(settings, positions: list[tuple[int, int, float]], side_px: int
     or ``None`` when no cell of these positions goes through all four states.
     """
     from data_prep.sim.biology import STATES
-    from data_prep.sim.experiment import PositionSim
+    from data_prep.sim.plate import PositionSim
 
     lay = settings.layout
     want = [STATES.index(s) for s in STRIP_STATES]
@@ -363,13 +358,10 @@ def write_strip(
 
     ``where`` is (well, position, dose) for the title; the cell is at the centre of each crop.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from data_prep.core.figures import subplots
 
     lo, hi = np.percentile(np.concatenate([c.ravel() for c in crops]), [0.5, 99.5])
-    fig, ax = plt.subplots(1, len(crops), figsize=(2.2 * len(crops), 2.5), dpi=100)
+    fig, ax = subplots(1, len(crops), figsize=(2.2 * len(crops), 2.5), dpi=100)
     for a, crop, state, t in zip(ax, crops, STRIP_STATES, times_h, strict=True):
         a.imshow(crop, cmap="gray", vmin=lo, vmax=hi)
         a.set_axis_off()
@@ -378,4 +370,3 @@ def write_strip(
     fig.suptitle(f"one cell at the centre, {where[2]:g} s of light", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

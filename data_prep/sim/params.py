@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from deadnet_caffe import paper
-from deadnet_caffe.errors import UserError
+from data_prep.core import paper
+from data_prep.core.errors import UserError
 
 
 def _from_dict(cls, doc: dict, where: str):

@@ -11,7 +11,7 @@ Caffe net (forward and backward of each layer, summed per layer type; the rows a
 to ``caffe_speed_layers.csv``) says where the time goes. docs/cpu-speed.md explains the
 figures, the BLAS choice and the project's patches (third_party/caffe/patches/).
 
-The net is built here from :mod:`deadnet_caffe.paper`, with an ``Input`` layer in place of
+The net is built here from :mod:`data_prep.core.paper`, with an ``Input`` layer in place of
 the LMDB ``Data`` layer, so that no data set is needed and both frameworks see the same
 random batch. Each framework runs in a child process of its own (:class:`StepWorker`) and
 times its step there: in one process the two share an allocator and the kernel's view of
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.caffe_env import import_caffe
 
 NAME = "caffe_speed"
@@ -52,8 +52,12 @@ _QUICK_BATCH = 2
 _QUICK_SIDE = 76  # --quick: blobs 68, 34, 17, 9 and 5 pixels wide
 
 
-def deadnet_netspec(batch: int = paper.BATCH_SIZE, side: int = paper.NET_INPUT_PX) -> str:
-    """The published DeadNet train net as prototxt text, fed by ``Input`` layers.
+def deadnet_train_net(batch: int = paper.BATCH_SIZE, side: int = paper.NET_INPUT_PX) -> str:
+    """The published Data Set A train/val net as prototxt text, fed by ``Input`` layers.
+
+    Loads ``prototxt/dataset_a/train_val.prototxt`` (the net ``deadnet train`` runs) and
+    replaces its Data layers by ``Input`` layers and drops its Accuracy layers, so that the
+    benchmark times exactly the published layers on a batch held in memory.
 
     Parameters
     ----------
@@ -64,69 +68,21 @@ def deadnet_netspec(batch: int = paper.BATCH_SIZE, side: int = paper.NET_INPUT_P
     -------
     str
         NetParameter text with blobs ``data`` (batch, 1, side, side) float32 and ``label``
-        (batch,), and the layers of the published train net (BatchNorm with batch
-        statistics, Scale with bias, in-place ReLU, ceiling max-pooling, dropout 0.5).
+        (batch,); build it in the TRAIN phase (batch statistics, dropout 0.5).
     """
-    caffe = import_caffe()
-    from caffe import layers as L
-    from caffe import params as P
+    from google.protobuf import text_format
 
-    n = caffe.NetSpec()
-    n.data = L.Input(shape=dict(dim=[batch, 1, side, side]))
-    n.label = L.Input(shape=dict(dim=[batch]))
-    bottom = n.data
-    frozen = [dict(lr_mult=0, decay_mult=0)] * 3
-    weight_bias = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
-    for i, (name, num_output, kernel, pad) in enumerate(paper.CONV_LAYERS):
-        conv = L.Convolution(
-            bottom,
-            num_output=num_output,
-            kernel_size=kernel,
-            pad=pad,
-            stride=1,
-            weight_filler=dict(type="xavier"),
-            bias_filler=dict(type="constant", value=0),
-            param=weight_bias,
-        )
-        setattr(n, name, conv)
-        suffix = name.removeprefix("conv")
-        setattr(
-            n,
-            f"bn{suffix}",
-            L.BatchNorm(
-                conv,
-                in_place=True,
-                param=frozen,
-                batch_norm_param=dict(
-                    use_global_stats=False,
-                    moving_average_fraction=paper.BN_MOVING_AVERAGE_FRACTION,
-                ),
-            ),
-        )
-        setattr(n, f"scale{suffix}", L.Scale(conv, in_place=True, bias_term=True))
-        setattr(n, f"relu{suffix}", L.ReLU(conv, in_place=True))
-        bottom = conv
-        if i % 2 == 1:
-            pool = L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=2, stride=2)
-            setattr(n, paper.POOL_LAYERS[i // 2], pool)
-            bottom = pool
-    for name, num_output in paper.FC_LAYERS:
-        fc = L.InnerProduct(
-            bottom,
-            num_output=num_output,
-            weight_filler=dict(type="xavier"),
-            bias_filler=dict(type="constant", value=0),
-            param=weight_bias,
-        )
-        setattr(n, name, fc)
-        bottom = fc
-        if name != paper.FC_LAYERS[-1][0]:
-            setattr(n, f"relu_{name}", L.ReLU(fc, in_place=True))
-            setattr(
-                n, f"drop_{name}", L.Dropout(fc, in_place=True, dropout_ratio=paper.DROPOUT_RATIO)
-            )
-    n.loss = L.SoftmaxWithLoss(bottom, n.label)
-    return "name: 'DeadNet-speed'\n" + str(n.to_proto())
+    from deadnet_caffe.netspec import load_net_param, published
+
+    param = load_net_param(published("dataset_a/train_val.prototxt"))
+    out = type(param)(name=param.name)
+    for top, dims in (("data", [batch, 1, side, side]), ("label", [batch])):
+        layer = out.layer.add(name=top, type="Input", top=[top])
+        layer.input_param.shape.add(dim=dims)
+    for layer in param.layer:
+        if layer.type not in ("Data", "Accuracy"):
+            out.layer.add().CopyFrom(layer)
+    return text_format.MessageToString(out)
 
 
 def _solver_text(net_path: Path) -> str:
@@ -228,7 +184,7 @@ def caffe_step(batch: int, side: int):
     x, y = _batch(batch, side)
     with tempfile.TemporaryDirectory(prefix="caffe-speed-") as tmp:
         net_path = Path(tmp) / "net.prototxt"
-        net_path.write_text(deadnet_netspec(batch, side))
+        net_path.write_text(deadnet_train_net(batch, side))
         solver_path = Path(tmp) / "solver.prototxt"
         solver_path.write_text(_solver_text(net_path))
         solver = caffe.get_solver(str(solver_path))
@@ -356,7 +312,7 @@ def layer_profile(net, reps: int) -> dict:
 def torch_step(batch: int, side: int):
     """The same net in PyTorch (CPU, train mode) on the same batch, and its step.
 
-    Same layers, shapes and update rule as :func:`deadnet_netspec` and the published
+    Same layers, shapes and update rule as :func:`deadnet_train_net` and the published
     solver: BatchNorm with batch statistics and affine scale/shift (Caffe's BatchNorm +
     Scale), ceiling max-pooling, dropout 0.5, cross-entropy, SGD with Nesterov momentum 0.9
     and weight decay.

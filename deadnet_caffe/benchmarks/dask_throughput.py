@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import tifffile
 
-from data_prep.experiment import Position
+from data_prep.core.manifest import Position
 from deadnet_caffe.benchmarks.caffe_speed import caffe_threads
 from deadnet_caffe.benchmarks.inference import MODEL, TRAINED, _filler_weights, _frame
 from deadnet_caffe.infer import DEFAULT_BATCH

@@ -20,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.tiffout import Calibration, write_stack
+
 NAME = "dataset"
+#: The synthetic positions' calibration, as their manifest rows say (0.3225 um, 8 min).
+_CAL = Calibration(0.3225, "um", 8.0 * 60)
 
 
 def _experiment(root: Path, n_positions: int) -> Path:
-    import tifffile
-
-    from data_prep.experiment import Position, write_manifest
-    from deadnet_caffe.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX
+    from data_prep.core.manifest import Position, write_manifest
+    from data_prep.core.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX
 
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
@@ -35,7 +37,7 @@ def _experiment(root: Path, n_positions: int) -> Path:
     for i in range(n_positions):
         path = root / f"p{i}.tif"
         img = rng.integers(1000, 3000, size=(1, FRAME_HEIGHT_PX, FRAME_WIDTH_PX), dtype=np.uint16)
-        tifffile.imwrite(path, img, photometric="minisblack")
+        write_stack(path, img, "TYX", _CAL)
         dose = 0.0 if i % 2 == 0 else 200.0
         positions.append(
             Position("B", f"W{i}", "p1", dose, 8.0, 0.3225, 1, path, dead_at_end=dose > 0)
@@ -47,11 +49,9 @@ def _experiment(root: Path, n_positions: int) -> Path:
 def _experiment_b(root: Path, n_positions: int) -> Path:
     """Positions of 10 frames (0 or 80 s) and two annotators' agreeing votes on every
     256 px item (5 x 4 per frame), half of the positions sick."""
-    import tifffile
-
-    from data_prep.experiment import Position, write_manifest
-    from data_prep.votes import Item, Vote, write_votes
-    from deadnet_caffe.paper import CROP_PX, FRAME_HEIGHT_PX, FRAME_WIDTH_PX, SEQUENCE_FRAMES
+    from data_prep.core.manifest import Position, write_manifest
+    from data_prep.core.paper import CROP_PX, FRAME_HEIGHT_PX, FRAME_WIDTH_PX, SEQUENCE_FRAMES
+    from data_prep.votes_csv import Item, Vote, write_votes
 
     rng = np.random.default_rng(1)
     root.mkdir(parents=True, exist_ok=True)
@@ -59,8 +59,7 @@ def _experiment_b(root: Path, n_positions: int) -> Path:
     shape = (SEQUENCE_FRAMES, FRAME_HEIGHT_PX, FRAME_WIDTH_PX)
     for i in range(n_positions):
         path = root / f"p{i}.tif"
-        tifffile.imwrite(path, rng.integers(1000, 3000, size=shape, dtype=np.uint16),
-                         photometric="minisblack")  # fmt: skip
+        write_stack(path, rng.integers(1000, 3000, size=shape, dtype=np.uint16), "TYX", _CAL)
         dose = 0.0 if i % 2 == 0 else 80.0
         positions.append(Position("B", f"W{i}", "p1", dose, 8.0, 0.3225, SEQUENCE_FRAMES, path))
         for y in range(0, FRAME_HEIGHT_PX - CROP_PX + 1, CROP_PX):
@@ -100,10 +99,12 @@ def _fast(experiment: Path, out: Path) -> dict:
 def _naive(experiment: Path, out: Path, n_images: int) -> dict:
     import lmdb
 
-    from data_prep import augment, readers, tps, writers
-    from data_prep.experiment import read_manifest
-    from data_prep.normalize import encode_z, variance_normalize
-    from deadnet_caffe.paper import AUG_A
+    from data_prep import augment, tps, writers
+    from data_prep.core.grids import crop_grid
+    from data_prep.core.manifest import read_manifest
+    from data_prep.core.normalize import encode_z, variance_normalize
+    from data_prep.core.paper import AUG_A
+    from data_prep.core.stack import Stack
 
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,13 +112,13 @@ def _naive(experiment: Path, out: Path, n_images: int) -> dict:
     t0 = time.perf_counter()
     n = 0
     for p in read_manifest(experiment)[:n_images]:
-        image = readers.Stack(p.path).read(0)
+        image = Stack(p.path).read(0).astype(np.float32)
         h, w = image.shape
         warped = tps.warp(image, *tps.dense_maps(tps.random_tps(h, w, rng), h, w))
         for sigma in augment.blur_sigmas(rng, AUG_A["b"]):
             for k in range(8):
                 view = augment.blur(np.ascontiguousarray(augment.dihedral(warped, k)), sigma)
-                for y, x in augment.crop_grid(*view.shape):
+                for y, x in crop_grid(*view.shape):
                     z = variance_normalize(view[y : y + 256, x : x + 256])
                     raw = writers.datum_bytes_protobuf(encode_z(z), 0)
                     with env.begin(write=True) as txn:

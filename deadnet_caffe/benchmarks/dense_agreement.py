@@ -25,9 +25,9 @@ EXPERIMENT = ROOT / "runs" / "demo" / "experiment"
 
 
 def run(out_dir: Path, quick: bool) -> dict:
-    from data_prep.experiment import read_manifest
-    from data_prep.sim.experiment import simulate_experiment
+    from data_prep.core.manifest import read_manifest
     from data_prep.sim.params import PRESETS, Settings
+    from data_prep.sim.plate import simulate_experiment
     from deadnet_caffe.dense import GOALS, holds, measure
     from deadnet_caffe.heatmap import DenseNet
     from deadnet_caffe.infer import DeployNet

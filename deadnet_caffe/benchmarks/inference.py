@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX, NET_INPUT_PX
 from deadnet_caffe.heatmap import DenseNet, dense_heatmap, exact_heatmap, local_normalize
 from deadnet_caffe.infer import DEFAULT_BATCH, DeployNet, crop_to_input
-from deadnet_caffe.paper import FRAME_HEIGHT_PX, FRAME_WIDTH_PX, NET_INPUT_PX
+from deadnet_caffe.netspec import published
 
 NAME = "inference"
 ROOT = Path(__file__).resolve().parent.parent.parent
-MODEL = ROOT / "prototxt" / "deploy.prototxt"
-FCN_MODEL = ROOT / "prototxt" / "deploy_fcn.prototxt"
+MODEL = published("deploy.prototxt")
+FCN_MODEL = published("deploy_fcn.prototxt")
 TRAINED = ROOT / "snapshots" / "dataset_A" / "latest.caffemodel"
 
 
@@ -120,8 +121,8 @@ def _validation(net: DeployNet, quick: bool) -> dict:
     """Exact heat maps and Grad-CAM of a small simulated experiment against its ground truth."""
     from dataclasses import replace
 
-    from data_prep.sim.experiment import simulate_experiment
     from data_prep.sim.params import PRESETS, Settings
+    from data_prep.sim.plate import simulate_experiment
     from deadnet_caffe.gradcam import GradCam
     from deadnet_caffe.report import analyse_position, pooled_auroc
 

@@ -23,11 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
+from data_prep.core.tiffout import Calibration, write_stack
 from data_prep.sim.biology import Population
-from data_prep.sim.experiment import PositionSim, simulate_position
 from data_prep.sim.params import PRESETS, Settings
+from data_prep.sim.plate import PositionSim, simulate_position
 from data_prep.sim.truth import cell_rows, pixel_coords, sick_mask
 
 NAME = "simulate"
@@ -79,9 +79,11 @@ def run(out_dir: Path, quick: bool) -> dict:
                 labels.append(lab)
                 sick.append(sick_mask(lab, snap["id"], snap["state"]))
                 rows += cell_rows(lab, snap, frame, step, step * 8 / 60.0)
-            tifffile.imwrite(root / "naive.tif", np.stack(images), imagej=True)
-            tifffile.imwrite(root / "naive_labels.tif", np.stack(labels), compression="zlib")
-            tifffile.imwrite(root / "naive_sick.tif", np.stack(sick), compression="zlib")
+            cal = Calibration(s2.layout.pixel_size_um, "um", s2.layout.frame_interval_min * 60)
+            zlib = {"compression": "zlib", "compressionargs": {"level": 1}}
+            write_stack(root / "naive.tif", np.stack(images), "TYX", cal)
+            write_stack(root / "naive_labels.tif", np.stack(labels), "TYX", cal, **zlib)
+            write_stack(root / "naive_sick.tif", np.stack(sick), "TYX", cal, **zlib)
 
         _, naive_peak = _peak(unstreamed)
         pop = Population(s2.biology, s2.layout, 80.0, np.random.default_rng(0))

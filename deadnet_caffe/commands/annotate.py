@@ -14,11 +14,11 @@ from pathlib import Path
 
 from data_prep.annotate import db
 from data_prep.annotate.server import AnnotationServer, is_loopback, make_server
-from data_prep.votes import COLUMNS, write_votes
+from data_prep.core.errors import UserError
+from data_prep.core.paper import DATASET_B_DOSE_RANGE_S
+from data_prep.core.runinfo import write_settings
+from data_prep.votes_csv import COLUMNS, write_votes
 from deadnet_caffe.checks import nonnegative_float
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import DATASET_B_DOSE_RANGE_S
-from deadnet_caffe.runinfo import write_settings
 
 NAME = "annotate"
 HELP = "run the Data Set B annotation web app, add annotators, export votes"
@@ -55,7 +55,7 @@ def add_arguments(p) -> None:
     add = action("add-annotator", "create an annotator and print its secret token")
     add.add_argument("name", help="annotator name (as it appears in votes.csv)")
     add.add_argument("--db", required=True, help=DB_HELP)
-    export = action("export", "write every vote as votes.csv (the data_prep.votes schema)")
+    export = action("export", "write every vote as votes.csv (the data_prep.votes_csv schema)")
     export.add_argument("--db", required=True, help=DB_HELP)
     export.add_argument("--out", type=Path, required=True, help="votes CSV to write")
 

@@ -9,10 +9,10 @@ import pkgutil
 import time
 from pathlib import Path
 
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import claim_dir
+from data_prep.core.runinfo import versions
 from deadnet_caffe import benchmarks
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import claim_dir
-from deadnet_caffe.runinfo import versions
 
 NAME = "bench"
 HELP = "run the benchmarks (speed and memory as ratios against in-run baselines)"

@@ -8,22 +8,19 @@ crops.csv, images.csv, results.json and settings.json into --out.
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import asdict
 from pathlib import Path
 
+from data_prep.core.outdir import output_dir
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import image_files, read_stack
 from deadnet_caffe.checks import probability
 from deadnet_caffe.infer import (
     DeployNet,
+    add_image_arguments,
     add_net_arguments,
     classify_stack,
-    image_files,
-    image_summary,
-    read_image_stack,
+    write_classification,
 )
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.runinfo import write_settings
 
 NAME = "classify"
 HELP = "P(sick) per crop and per image for images, TIFF stacks or folders"
@@ -41,6 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--threshold", type=probability, default=0.5, help="image label: sick if mean >= this"
     )
+    add_image_arguments(p)
     add_net_arguments(p)
 
 
@@ -50,21 +48,12 @@ def run(args) -> int:
         files = [
             f for path in args.inputs for f in (image_files(path) if path.is_dir() else [path])
         ]
-        stacks = [(str(path), read_image_stack(path)) for path in files]
+        stacks = [(str(path), read_stack(path, args.channel, args.axes)) for path in files]
         net = DeployNet(args.model, args.weights, args.gpu)
         results = []
         for source, frames in stacks:
             results += classify_stack(frames, source, net.p_sick, args.crops, args.batch)
-        images = image_summary(results, args.threshold)
-        crop_rows = [asdict(r) for r in results]
-        for name, rows in (("crops.csv", crop_rows), ("images.csv", images)):
-            with (tmp / name).open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-        (tmp / "results.json").write_text(
-            json.dumps({"images": images, "crops": crop_rows}, indent=1) + "\n"
-        )
+        images = write_classification(tmp, results, args.threshold)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     for im in images:
         print(f"{im['source']}[{im['frame']}]: P(sick) = {im['p_sick']:.3f} ({im['label']})")

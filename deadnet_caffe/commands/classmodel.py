@@ -9,25 +9,32 @@ Figure 6), classmodels.npz (the images and score traces) and settings.json.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
-from deadnet_caffe.classmodel import ClassModelSettings, ScoreGradient, class_model
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.gradcam import read_lmdb_crops
-from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input, read_image_stack
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import (
+from data_prep.core.datum import sample_crops
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
     CLASSMODEL_LAMBDA1,
     CLASSMODEL_LAMBDA2,
-    LABELS,
-    NET_INPUT_PX,
 )
-from deadnet_caffe.runinfo import write_settings
+from data_prep.core.progress import add_progress_argument
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import read_stack
+from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
+from deadnet_caffe.classmodel import (
+    ClassModelSettings,
+    ScoreGradient,
+    class_models,
+    write_class_models,
+)
+from deadnet_caffe.figout import add_figure_argument
+from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input
 
 NAME = "classmodel"
 HELP = "class model images by gradient ascent on the class score (eq. 4, Figure 6)"
@@ -65,7 +72,9 @@ def add_arguments(p) -> None:
         metavar=("HEALTHY", "SICK"),
         help="a healthy and a sick image (centre crop) instead of --dataset",
     )
+    add_figure_argument(p)
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def _inits(args) -> dict[int, np.ndarray] | None:
@@ -73,45 +82,16 @@ def _inits(args) -> dict[int, np.ndarray] | None:
     if args.init_image:
         out = {}
         for c, path in enumerate(args.init_image):
-            out[c] = centre_input(read_image_stack(path)[0])
+            out[c] = centre_input(read_stack(path)[0])
         return out
     if args.dataset:
         for split in ("test.lmdb", "train.lmdb"):
             if (args.dataset / split).is_dir():
-                z, labels = read_lmdb_crops(args.dataset / split, 1, seed=2)
+                z, labels = sample_crops(args.dataset / split, 1, seed=2)
                 if set(labels.tolist()) == {0, 1}:
                     return {int(c): z[labels == c][0] for c in (0, 1)}
         raise UserError(f"{args.dataset}: no test.lmdb or train.lmdb with crops of both classes.")
     return None
-
-
-def _start(inits: dict[int, np.ndarray] | None, cls: int, start: str) -> np.ndarray:
-    """The starting image of a panel: zeros, or the opposing class's image."""
-    if start == "zeros" or inits is None:
-        return np.zeros((NET_INPUT_PX, NET_INPUT_PX), np.float32)
-    return inits[1 - cls]
-
-
-def _figure(path: Path, panels: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = sorted({k[1] for k in panels}, key=["zeros", "opposing"].index)
-    fig, axes = plt.subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
-    for r, c in enumerate((0, 1)):
-        for j, start in enumerate(cols):
-            img, scores = panels[(c, start)]
-            lim = np.percentile(np.abs(img), 99.5) or 1.0
-            axes[r, j].imshow(img, cmap="gray", vmin=-lim, vmax=lim)
-            axes[r, j].set_title(
-                f"{LABELS[c]} from {start}\nS_c {scores[0]:.2f} -> {scores[-1]:.2f}", fontsize=8
-            )
-            axes[r, j].axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run(args) -> int:
@@ -126,37 +106,16 @@ def run(args) -> int:
         )
         inits = _inits(args)
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-        grad = ScoreGradient(net)
-        panels = {}
-        for c in (0, 1):
-            panels[(c, "zeros")] = class_model(grad, c, None, settings)
-            if inits is not None:
-                panels[(c, "opposing")] = class_model(grad, c, inits[1 - c], settings)
-        _figure(tmp / "classmodel.png", panels)
-        np.savez_compressed(
-            tmp / "classmodels.npz",
-            **{
-                f"{LABELS[c]}_from_{s}_{part}": arr
-                for (c, s), (img, scores) in panels.items()
-                for part, arr in (("image", img), ("scores", scores))
-            },
-        )
-        summary = {
-            f"{LABELS[c]}_from_{s}": {
-                "score_start": float(sc[0]),
-                "score_end": float(sc[-1]),
-                "unchanged": bool(np.array_equal(img, _start(inits, c, s))),
-            }
-            for (c, s), (img, sc) in panels.items()
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        panels = class_models(ScoreGradient(net), inits, settings, args.progress)
+        summary = write_class_models(tmp, panels, inits, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     print(json.dumps(summary, indent=1))
     for key, v in summary.items():
         if v["unchanged"]:
             print(
                 f"warning: {key}: dS_c/dI was zero at the start image, so the class model never "
-                "moved (e.g. a zero image into a net whose biases are all zero)."
+                "moved (e.g. a zero image into a net whose biases are all zero).",
+                file=sys.stderr,
             )
     print(f"wrote {args.out}")
     return 0

@@ -11,7 +11,9 @@ import argparse
 from pathlib import Path
 
 from data_prep.build import BuildConfig, build
-from deadnet_caffe import checks, paper
+from data_prep.core import paper
+from data_prep.core.progress import add_progress_argument
+from deadnet_caffe import checks
 
 NAME = "dataset"
 HELP = "build Data Set A or B (LMDB / HDF5) from a raw experiment"
@@ -125,6 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="1..8",
         help="rotations/mirrors r",
     )
+    add_progress_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         balance=args.balance,
         **blurs,
     )
-    card = build(cfg)
+    card = build(cfg, args.progress)
     for part in ("train", "test"):
         c = card["counts"][part]
         print(f"{part}: {c['crops']} crops from {c['positions']} positions {c['per_class']}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_prep.core.progress import add_progress_argument
 from deadnet_caffe.checks import positive_float, positive_int, seed
 from deadnet_caffe.demo import DEMO_B_BASE_LR, DEMO_B_MAX_ITER, DemoConfig, run_demo
 
@@ -65,6 +66,7 @@ def add_arguments(p) -> None:
         default=_D.gradcam_per_class,
         help="training crops per class for the eq. 3 weights",
     )
+    add_progress_argument(p)
 
 
 def run(args) -> int:
@@ -86,7 +88,7 @@ def run(args) -> int:
         # The tiny preset has 6 frames in all: one early frame keeps its test set small.
         early_frames=(0, 1) if args.preset == "tiny" else _D.early_frames,
     )
-    s = run_demo(cfg)
+    s = run_demo(cfg, progress=args.progress)
     print(f"\n[demo] done in {s['total_seconds']:.0f} s; per step:")
     for k, v in s["step_seconds"].items():
         print(f"[demo]   {k:<11} {v:7.0f} s{'  (reused)' if k in s['steps_reused'] else ''}")

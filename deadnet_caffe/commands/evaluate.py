@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deadnet_caffe import paper
+from data_prep.core import paper
+from data_prep.core.progress import add_progress_argument
 from deadnet_caffe.checks import nonnegative_int, positive_int, seed
 from deadnet_caffe.evaluate import EvalSettings, evaluate
+from deadnet_caffe.figout import add_figure_argument
 
 NAME = "evaluate"
 HELP = "test accuracy with bootstrap BCa intervals, confusion matrix, galleries"
@@ -42,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu", type=nonnegative_int, help="GPU device to run on; the CPU if absent"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_figure_argument(parser)
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
             resamples=args.resamples,
             gallery=args.gallery,
             gpu=args.gpu,
+            figure_format=args.figure_format,
         ),
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     print(
         f"deadnet evaluate: accuracy {doc['accuracy']:.3f} "

@@ -10,31 +10,28 @@ counted and labelled, never rescaled.
 
 from __future__ import annotations
 
-import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.datum import sample_crops
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER
+from data_prep.core.progress import add_progress_argument
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import read_stack
+from data_prep.core.tiffout import Calibration
 from deadnet_caffe.checks import check_image_sources, positive_int
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.gradcam import (
-    GradCam,
-    class_weights,
-    figure_examples,
-    figure_stitched,
-    read_lmdb_crops,
-    stitch_frame,
-)
+from deadnet_caffe.figout import add_figure_argument
+from deadnet_caffe.gradcam import GradCam, class_weights, write_examples, write_whole_frame
 from deadnet_caffe.infer import (
     DeployNet,
     add_net_arguments,
     centre_input,
-    read_image_stack,
 )
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS
-from deadnet_caffe.runinfo import write_settings
 
 NAME = "gradcam"
 HELP = "Grad-CAM overlays, class-averaged weights (eq. 3) and stitched whole-frame maps"
@@ -71,21 +68,23 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--stride", type=positive_int, default=CROP_STRIDE_PX, help="crop step of --frame"
     )
+    add_figure_argument(p)
     add_net_arguments(p)
+    add_progress_argument(p)
 
 
 def _examples(args, net):
     if args.images:
         z, names = [], []
         for path in args.images:
-            z.append(centre_input(read_image_stack(path)[0]))
+            z.append(centre_input(read_stack(path)[0]))
             names.append(path.name)
         z = np.stack(z)
         labels = (net.p_sick(z) >= 0.5).astype(np.int64)  # predicted class
         return z, labels, names
     for split in ("test.lmdb", "val.lmdb", "train.lmdb"):
         if (args.dataset / split).is_dir():
-            z, labels = read_lmdb_crops(args.dataset / split, args.examples, seed=1)
+            z, labels = sample_crops(args.dataset / split, args.examples, seed=1)
             return z, labels, [f"{split}#{i}" for i in range(len(z))]
     raise UserError(f"{args.dataset}: no test.lmdb, val.lmdb or train.lmdb for examples.")
 
@@ -99,75 +98,47 @@ def run(args) -> int:
     if args.frame:
         inputs.append(args.frame)
     with output_dir(args.out, NAME, inputs) as tmp:
-        frame = read_image_stack(args.frame)[0] if args.frame else None
+        frame = read_stack(args.frame)[0] if args.frame else None
         net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
         gc = GradCam(net, args.layer)
-        cw = class_weights(gc, args.dataset / "train.lmdb", cache, args.per_class, args.batch)
+        cw = class_weights(
+            gc, args.dataset / "train.lmdb", cache, args.per_class, args.batch, args.progress
+        )
         print(
             f"eq. 3 weights: {cw['counts'].tolist()} crops per class "
             f"({'cached' if cw['cached'] else 'computed'}: {cache})"
         )
         z, labels, names = _examples(args, net)
-        cb = gc.compute(z, labels)
-        own = cb.cams()
-        avg = cb.cams(cw["alpha"][labels])
-        p_sick = net.p_sick(z)
-        zero_own, zero_avg = cb.all_zero(own), cb.all_zero(avg)
         summary = {
             "layer": args.layer,
             "A": "post-ReLU activations; dS/dA taken before ReLU backward",
             "eq3_counts": cw["counts"].tolist(),
             "eq3_cache": str(cache),
-            "examples": len(z),
-            "all_zero_eq1": int(zero_own.sum()),
-            "all_zero_eq3": int(zero_avg.sum()),
+            **write_examples(tmp, gc, z, labels, names, cw["alpha"], args.figure_format),
         }
-        up_own, up_avg = gc.upsample(own), gc.upsample(avg)
-        titles = [
-            f"{n}: {LABELS[int(c)]}, P(sick) {p:.2f}"
-            for n, c, p in zip(names, labels, p_sick, strict=True)
-        ]
-        figure_examples(tmp / "gradcam_examples.png", z, up_own, up_avg, titles)
-        np.savez_compressed(
-            tmp / "gradcam_examples.npz",
-            z=z,
-            labels=labels,
-            cam_eq1=own,
-            cam_eq3=avg,
-            alpha_eq1=cb.alphas,
-            alpha_eq3=cw["alpha"],
-        )
-        with (tmp / "gradcam_examples.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["example", "class", "p_sick", "all_zero_eq1", "all_zero_eq3"])
-            for row in zip(names, labels, p_sick, zero_own, zero_avg, strict=True):
-                w.writerow([row[0], LABELS[int(row[1])], f"{row[2]:.4f}", int(row[3]), int(row[4])])
         if frame is not None:
             c = 1 if args.frame_class == "sick" else 0
-            s_own = stitch_frame(gc, frame, c, None, args.stride, args.batch)
-            s_avg = stitch_frame(gc, frame, c, cw["alpha"][c], args.stride, args.batch)
-            figure_stitched(tmp / "whole_frame.png", frame, s_own, s_avg)
-            import tifffile
-
-            tifffile.imwrite(
-                tmp / "whole_frame_cam.tif",
-                np.stack([s_own.cam, s_avg.cam]),
-                imagej=True,
-                metadata={"axes": "ZYX", "Labels": ["eq1", "eq3"]},
-            )
             summary["whole_frame"] = {
                 "class": args.frame_class,
-                "seam_index_eq1": s_own.seam,
-                "seam_index_eq3": s_avg.seam,
-                "all_zero_crops_eq1": s_own.n_all_zero,
-                "all_zero_crops_eq3": s_avg.n_all_zero,
+                **write_whole_frame(
+                    tmp,
+                    gc,
+                    frame,
+                    c,
+                    cw["alpha"][c],
+                    args.stride,
+                    args.batch,
+                    Calibration.of_tiff(args.frame),
+                    args.figure_format,
+                ),
             }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     if summary["all_zero_eq1"] or summary["all_zero_eq3"]:
         print(
             f"warning: all-zero Grad-CAM maps: {summary['all_zero_eq1']} with eq. 1 weights, "
-            f"{summary['all_zero_eq3']} with eq. 3 weights (see gradcam_examples.csv)"
+            f"{summary['all_zero_eq3']} with eq. 3 weights (see gradcam_examples.csv)",
+            file=sys.stderr,
         )
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out}")

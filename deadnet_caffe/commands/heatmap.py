@@ -2,37 +2,43 @@
 
 Inputs are an experiment (--experiment, every position of its manifest) or loose TIFF
 stacks / images / folders. For each time-lapse, writes an ImageJ/Fiji TIFF stack of
-P(sick), red = sick overlays as PNG, an animated GIF, and the fraction of the area with
-P(sick) >= 0.5 per frame (sick_fraction.csv and .png for all time-lapses together).
+P(sick) and an RGB TIFF stack of the red = sick overlays, both calibrated (pixel size and
+unit, frame interval: from the manifest, or from the input TIFF's tags), the overlays as
+PNG, an animated GIF, and the fraction of the area with P(sick) >= 0.5 per frame
+(sick_fraction.csv and .png, or --figure-format, for all time-lapses together).
 Exact mode (default) normalises every window as in training; dense mode runs the fully
 convolutional net once per frame with local normalisation (faster, approximate).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from data_prep.experiment import read_manifest
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import read_manifest
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
+from data_prep.core.progress import add_progress_argument
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import MANIFEST_CHANNEL, OPTION_CHANNEL, Stack, read_stack
+from data_prep.core.tiffout import Calibration
 from deadnet_caffe import cluster
 from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
-from deadnet_caffe.errors import UserError
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.heatmap import (
     DenseNet,
     dense_heatmap,
     exact_heatmap,
-    heatmap_timelapse,
-    plot_fractions,
-    write_fraction_table,
+    write_heatmaps,
 )
-from deadnet_caffe.infer import DeployNet, add_net_arguments, read_image_stack
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
-from deadnet_caffe.runinfo import write_settings
+from deadnet_caffe.infer import DeployNet, add_image_arguments, add_net_arguments
+from deadnet_caffe.netspec import published
 
 NAME = "heatmap"
 HELP = "sliding-window P(sick) heat maps of time-lapses (PNG, TIFF, GIF, sick fraction)"
-DEFAULT_DENSE_MODEL = Path("prototxt/deploy_fcn.prototxt")
+DEFAULT_DENSE_MODEL = published("deploy_fcn.prototxt")
 
 
 def add_arguments(p) -> None:
@@ -59,29 +65,59 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--frame-interval-min",
         type=positive_float,
-        default=FRAME_INTERVAL_MIN,
-        help="minutes between frames of loose inputs (experiments use the manifest)",
+        default=None,
+        help="minutes between frames of loose inputs (default: the TIFF's ImageJ frame "
+        f"interval, else {FRAME_INTERVAL_MIN:g}; experiments use the manifest)",
     )
+    add_image_arguments(p)
+    add_figure_argument(p)
     add_net_arguments(p)
+    add_progress_argument(p)
     cluster.add_cluster_arguments(p)
 
 
-def _sources(args) -> list[tuple[str, Path, int | None, float]]:
-    """(name, path, channel, frame interval) of every time-lapse, each read and checked."""
+def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, Calibration]]:
+    """(name, path, channel, axes, where the channel is set, calibration) of every
+    time-lapse, each read and checked.
+
+    Experiments take pixel size and frame interval from the manifest; loose inputs from their
+    own TIFF tags, with ``--frame-interval-min`` overriding (or filling in) the interval.
+    """
     if bool(args.inputs) == bool(args.experiment):
         raise UserError("give either input files or --experiment, not both or neither.")
     if args.experiment:
         positions = read_manifest(args.experiment)
-        check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
+        if args.channel is not None or args.axes is not None:
+            raise UserError(
+                "--channel and --axes are for loose inputs; an experiment's "
+                "manifest gives each position's channel."
+            )
+        check_image_sources(
+            [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
+        )
         return [
-            (pos.key.replace("/", "_"), pos.path, pos.channel, pos.frame_interval_min)
-            for pos in positions
+            (
+                key.replace("/", "_"),
+                p.path,
+                p.channel,
+                None,
+                MANIFEST_CHANNEL,
+                Calibration.of_position(p),
+            )
+            for key, p in ((p.key, p) for p in positions)
         ]
     for path in args.inputs:
         if not path.exists():
             raise UserError(f"{path}: no such file or folder.")
-    check_image_sources([(path, None, None) for path in args.inputs])
-    return [(path.stem, path, None, args.frame_interval_min) for path in args.inputs]
+    check_image_sources([(path, args.channel, None) for path in args.inputs], args.axes)
+    sources = []
+    for path in args.inputs:
+        cal = Calibration.of_tiff(path)
+        if args.frame_interval_min is not None:
+            cal = replace(cal, frame_interval_s=args.frame_interval_min * 60.0)
+        cal = cal.or_interval(FRAME_INTERVAL_MIN * 60.0)
+        sources.append((path.stem, path, args.channel, args.axes, OPTION_CHANNEL, cal))
+    return sources
 
 
 def _cluster_run(args, sources, inputs) -> tuple[cluster.ClusterRun, list[list[Path]]]:
@@ -89,8 +125,11 @@ def _cluster_run(args, sources, inputs) -> tuple[cluster.ClusterRun, list[list[P
     dense_model = args.dense_model if args.mode == "dense" else None
     spec = cluster.net_spec(args, dense_model=dense_model)
     counts = [
-        (path.resolve(), channel, len(read_image_stack(path, channel)))
-        for _, path, channel, _ in sources
+        (
+            cluster.Source(path.resolve(), channel, axes, channel_source),
+            Stack(path, channel, axes, channel_source).n_frames,
+        )
+        for _, path, channel, axes, channel_source, _ in sources
     ]
     with cluster.ClusterRun(args, spec, inputs) as run_:
         files = run_.heatmap_chunks(counts, args.mode, args.stride, args.every, args.batch)
@@ -119,23 +158,11 @@ def run(args) -> int:
                 heat = partial(
                     exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch
                 )
-        rows = []
-        for name, path, channel, dt in sources:
-            frames = read_image_stack(path, channel)[:: args.every]
-            ids = [t * args.every for t in range(len(frames))]
-            frac, mean = heatmap_timelapse(tmp, name, frames, ids, heat)
-            for t, f, m in zip(ids, frac, mean, strict=True):
-                rows.append(
-                    {
-                        "position": name,
-                        "frame": t,
-                        "time_min": t * dt,
-                        "sick_fraction": float(f),
-                        "mean_p_sick": float(m),
-                    }
-                )
-        write_fraction_table(tmp / "sick_fraction.csv", rows)
-        plot_fractions(tmp / "sick_fraction.png", rows)
+        timelapses = (
+            (name, read_stack(path, channel, axes, channel_source=channel_source), cal)
+            for name, path, channel, axes, channel_source, cal in sources
+        )
+        rows = write_heatmaps(tmp, timelapses, heat, args.every, args.progress, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     if args.scheduler:
         run_.done()

@@ -1,25 +1,35 @@
 """Per-experiment phototoxicity report (beyond the paper).
 
 Runs the exact heat map over every analysed frame of every position of an experiment and
-writes report.md (readable without this toolkit) with PNG plots: the fraction of area
+writes report.md (readable without this toolkit) with plots (PNG; SVG or PDF as well with
+--figure-format): the fraction of area
 predicted sick over time, per position, well and dose, a dose-response plot, the positions
 to discard and the highest dose that looks safe with a bootstrap interval. With simulated
 ground truth (the manifest's ground_truth column) it adds the heat-map AUROC and Grad-CAM's
-energy on sick cells and pointing-game hit rate.
+energy on sick cells and pointing-game hit rate. The heat maps are kept in OUT/maps as
+calibrated ImageJ TIFFs (``--no-keep-maps`` to leave them out).
 
 Several experiments (``--experiment`` repeated, or ``--experiments LIST``) give one report
-per experiment in ``OUT/NAME/`` and a plate summary in ``OUT/plates.md``: the dose response
-of each plate and its highest safe dose, with bootstrap intervals (deadnet_caffe.plate).
-With ``--scheduler`` the heat maps are computed on a Dask cluster (docs/scale.md).
+per experiment in ``OUT/NAME/`` (its maps in ``OUT/NAME/maps``) and a plate summary in
+``OUT/plates.md``: the dose response of each plate and its highest safe dose, with bootstrap
+intervals (deadnet_caffe.plate). With ``--scheduler`` the heat maps are computed on a Dask
+cluster (docs/scale.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from data_prep.checks import read_text
-from data_prep.experiment import read_manifest
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
+from data_prep.core.manifest import read_manifest
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER
+from data_prep.core.progress import add_progress_argument
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import MANIFEST_CHANNEL
 from deadnet_caffe import cluster, plate
 from deadnet_caffe.checks import (
     check_image_sources,
@@ -28,13 +38,10 @@ from deadnet_caffe.checks import (
     positive_int,
     probability,
 )
-from deadnet_caffe.errors import UserError
+from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.gradcam import GradCam
 from deadnet_caffe.infer import DeployNet, add_net_arguments
-from deadnet_caffe.outdir import output_dir
-from deadnet_caffe.paper import CROP_STRIDE_PX, GRADCAM_LAYER
 from deadnet_caffe.report import analyse_position, write_report
-from deadnet_caffe.runinfo import write_settings
 
 NAME = "report"
 HELP = "per-experiment phototoxicity report: sick area over time, dose response, safe dose"
@@ -79,7 +86,15 @@ def add_arguments(p) -> None:
         default=4,
         help="sick crops per position for the Grad-CAM checks (needs ground truth)",
     )
+    p.add_argument(
+        "--keep-maps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the heat maps in OUT/maps as calibrated TIFFs (P(sick) and RGB overlay)",
+    )
+    add_figure_argument(p)
     add_net_arguments(p)
+    add_progress_argument(p)
     cluster.add_cluster_arguments(p)
 
 
@@ -101,6 +116,15 @@ def _experiments(args) -> list[Path]:
     return exps
 
 
+def _maps_folders(tmp: Path, experiments: list[Path], groups: list[list]) -> list[Path]:
+    """The folder that keeps each position's heat maps: OUT/maps, or OUT/NAME/maps per
+    experiment of a screen (keys repeat between experiments)."""
+    if len(experiments) == 1:
+        return [tmp / "maps"] * len(groups[0])
+    names = plate.experiment_names(experiments)
+    return [tmp / name / "maps" for name, g in zip(names, groups, strict=True) for _ in g]
+
+
 def run(args) -> int:
     if min(args.stride, args.every, args.late_frames) < 1 or args.gradcam_crops < 0:
         raise UserError("--stride, --every and --late-frames must be >= 1, --gradcam-crops >= 0.")
@@ -114,32 +138,57 @@ def run(args) -> int:
                 raise UserError(f"--max-dose {args.max_dose:g}: no position of {exp}.")
         groups.append(positions)
     positions = [p for g in groups for p in g]
-    check_image_sources([(p.path, p.channel, p.n_frames) for p in positions])
+    check_image_sources(
+        [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
+    )
     inputs = [*experiments, args.model, args.weights]
     if args.experiments is not None:
         inputs.append(args.experiments)
     with output_dir(args.out, NAME, inputs) as tmp:
+        maps = _maps_folders(tmp, experiments, groups) if args.keep_maps else None
         if args.scheduler:
             spec = cluster.net_spec(args, force_backward=True)
             with cluster.ClusterRun(args, spec, inputs) as run_:
                 results = run_.report_results(
-                    positions, args.stride, args.every, args.batch, args.gradcam_crops
+                    positions,
+                    args.stride,
+                    args.every,
+                    args.batch,
+                    args.gradcam_crops,
+                    args.progress,
+                    maps,
                 )
         else:
             net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
             gc = GradCam(net, GRADCAM_LAYER)
             results = [
                 analyse_position(
-                    p, net, gc, args.stride, args.every, args.batch, args.gradcam_crops
+                    p,
+                    net,
+                    gc,
+                    args.stride,
+                    args.every,
+                    args.batch,
+                    args.gradcam_crops,
+                    args.progress,
+                    maps[i] if maps else None,
                 )
-                for p in positions
+                for i, p in enumerate(positions)
             ]
         if len(experiments) == 1:
-            summary = write_report(tmp, experiments[0], results, args.margin, args.late_frames)
+            summary = write_report(
+                tmp, experiments[0], results, args.margin, args.late_frames, args.figure_format
+            )
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         else:
             summary = plate.write_screen(
-                tmp, experiments, groups, results, args.margin, args.late_frames
+                tmp,
+                experiments,
+                groups,
+                results,
+                args.margin,
+                args.late_frames,
+                args.figure_format,
             )
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
     if args.scheduler:

@@ -14,7 +14,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from data_prep.checks import read_text
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import output_dir
+from data_prep.core.progress import add_progress_argument
 from data_prep.sim.params import PRESETS, Biology, Optics, Settings
 from deadnet_caffe.checks import (
     check_image_sources,
@@ -23,8 +26,6 @@ from deadnet_caffe.checks import (
     positive_int,
     seed,
 )
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.outdir import output_dir
 
 NAME = "simulate"
 HELP = "simulate a phototoxicity experiment with ground truth (the embedded default data)"
@@ -74,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="um per pixel of the --compare frame",
     )
     p.add_argument("--jobs", type=positive_int, default=1, help="positions simulated in parallel")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_argument(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -106,7 +107,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.sim.experiment import simulate_experiment
+    from data_prep.sim.plate import simulate_experiment
 
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1.")
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         with output_dir(args.out, NAME, [*inputs, args.compare]) as tmp:
             return compare_with_real(settings, args.compare, args.real_px, tmp, args.out)
     positions = simulate_experiment(
-        settings, args.out, jobs=args.jobs, progress=not args.quiet, inputs=inputs
+        settings, args.out, jobs=args.jobs, progress=args.progress, inputs=inputs
     )
     dead = sum(bool(p.dead_at_end) for p in positions)
     print(
@@ -149,7 +150,7 @@ def compare_with_real(
         write_figures,
         write_strip,
     )
-    from data_prep.sim.experiment import PositionSim, well_name
+    from data_prep.sim.plate import PositionSim, well_name
 
     try:
         real = tifffile.imread(real_path)

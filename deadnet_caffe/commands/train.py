@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from deadnet_caffe.checks import positive_float, positive_int, seed
+from data_prep.core.progress import add_progress_argument
+from deadnet_caffe.checks import nonnegative_float, positive_int, seed
 from deadnet_caffe.train import TrainResult, TrainSettings, train, usable_snapshots
 
 NAME = "train"
@@ -54,15 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ov.add_argument(
         "--base-lr",
-        type=positive_float,
-        help="solver base_lr (a stated derivative of the paper's 0.0003)",
+        type=nonnegative_float,
+        help="solver base_lr (a stated derivative of the paper's 0.0003; 0 freezes every layer)",
     )
     ov.add_argument("--seed", type=seed, help="solver random_seed (fillers, crops, dropout)")
     dev = parser.add_argument_group("device")
     dev.add_argument(
         "--gpu", type=_gpu, help="GPU id, or 'all' for Caffe's NCCL multi-GPU; CPU if absent"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         paper_iterations=args.paper_iterations,
     )
     try:
-        result = train(settings, progress=not args.no_progress)
+        result = train(settings, progress=args.progress)
     except KeyboardInterrupt:  # before Caffe started, or before the handler was in place
         states = usable_snapshots(Path(args.run))
         result = TrainResult(Path(args.run), states[-1][0] if states else None, 0, "SIGINT", None)

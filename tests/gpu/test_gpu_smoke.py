@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from infer_nets import make_weights, phase_like
 
-from deadnet_caffe import paper
+from data_prep.core import paper
 from deadnet_caffe.cli import main
 from deadnet_caffe.logparse import parse_log
 

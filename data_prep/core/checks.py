@@ -1,9 +1,9 @@
 """Checks of raw inputs before any work starts: text files and images.
 
 Every command reads its raw inputs through these functions (directly, or through
-:mod:`data_prep.experiment`, :mod:`data_prep.votes`, :mod:`data_prep.readers` and
-:func:`deadnet_caffe.infer.read_image_stack`), so a bad file gets one sentence naming it
-(:class:`~deadnet_caffe.errors.UserError`) instead of a traceback, a crash or a silently
+:mod:`data_prep.core.manifest`, :mod:`data_prep.votes_csv` and the one image reader
+:mod:`data_prep.core.stack`), so a bad file gets one sentence naming it
+(:class:`~data_prep.core.errors.UserError`) instead of a traceback, a crash or a silently
 wrong answer. The Caffe side (weights, prototxts, LMDBs, numeric options) is checked in
 :mod:`deadnet_caffe.checks`.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deadnet_caffe.errors import UserError
+from data_prep.core.errors import UserError
 
 #: largest share of physical memory that a decoded image stack (as float32) may take
 MAX_DECODED_FRACTION = 0.5

@@ -9,14 +9,20 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from deadnet_caffe import __version__
-
 _PACKAGES = ("numpy", "scipy", "protobuf", "lmdb", "h5py", "opencv-python-headless", "tifffile")
+
+
+def toolkit_version() -> str:
+    """The installed deadnet-caffe distribution's version (pyproject.toml is its one source)."""
+    try:
+        return metadata.version("deadnet-caffe")
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def versions() -> dict[str, str]:
     """Versions of the toolkit, Python, Caffe and the main libraries."""
-    out = {"deadnet-caffe": __version__, "python": platform.python_version()}
+    out = {"deadnet-caffe": toolkit_version(), "python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)

@@ -1,19 +1,20 @@
 """Simulate a whole experiment and write it in the raw-experiment format.
 
-Output (``data_prep.experiment`` documents the manifest)::
+Output (``data_prep.core.manifest`` documents the manifest)::
 
     OUT/manifest.csv                      one row per position, dead_at_end from the truth
     OUT/images/<well>_<position>.tif      (T, H, W) uint16 ImageJ hyperstack (axes TYX) with
                                           pixel size (um) and frame interval (s)
-    OUT/ground_truth/<well>_<position>/   labels.tif, sick.tif, cells.csv (data_prep.sim.truth)
-    OUT/votes.csv                         simulated expert votes (data_prep.sim.votes)
+    OUT/ground_truth/<well>_<position>/   labels.tif, sick.tif, cells.csv (data_prep.sim.truth);
+                                          the TIFFs calibrated like the images (zlib)
+    OUT/votes.csv                         simulated expert votes (data_prep.sim.annotators)
     OUT/settings.json                     the settings, seed and versions
 
 Each position is simulated independently from its own random streams, derived from the seed
 and the (well, position) indices; the camera noise of a frame has its own stream per 8-min
 step. So the bytes depend only on the settings and seed (not on ``jobs``), and a frame looks
 the same whatever ``render_every`` is. Frames are rendered and written one at a time
-(tifffile writes from an iterator), so memory does not grow with the length of the
+(:class:`data_prep.core.tiffout.StackWriter`), so memory does not grow with the length of the
 time-lapse; the biology runs every 8 min but only every ``render_every``-th frame is rendered.
 """
 
@@ -22,15 +23,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import multiprocessing
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from data_prep.experiment import Position, write_manifest
+from data_prep.core import paper
+from data_prep.core.manifest import Position, write_manifest
+from data_prep.core.outdir import die_with_parent, output_dir
+from data_prep.core.progress import progress_bar
+from data_prep.core.runinfo import write_settings
+from data_prep.core.tiffout import Calibration, StackWriter
+from data_prep.sim.annotators import simulate_votes
 from data_prep.sim.biology import Population
 from data_prep.sim.optics import PhaseContrast
 from data_prep.sim.params import Settings
@@ -42,11 +46,7 @@ from data_prep.sim.truth import (
     dead_at_end,
     sick_mask,
 )
-from data_prep.sim.votes import simulate_votes
-from data_prep.votes import VOTES_NAME, Item, write_votes
-from deadnet_caffe import paper
-from deadnet_caffe.outdir import die_with_parent, output_dir
-from deadnet_caffe.runinfo import write_settings
+from data_prep.votes_csv import VOTES_NAME, Item, write_votes
 
 _ROWS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -100,56 +100,8 @@ class PositionSim:
                 yield (step, *self.render(step))
 
 
-class _StackWriter:
-    """Writes a (T, H, W) stack as ONE TIFF series, frame by frame, from another thread.
-
-    tifffile writes a series from an iterator; a thread per file lets one loop feed the image,
-    labels and sick mask in step. At most two frames wait in the queue (streaming).
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, int, int], dtype, imagej=False, **kwargs):
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.ended = False
-
-        def frames() -> Iterator[np.ndarray]:
-            while (frame := self.queue.get()) is not None:
-                yield frame
-            self.ended = True
-
-        def work() -> None:
-            try:
-                with tifffile.TiffWriter(path, imagej=imagej) as tw:
-                    tw.write(frames(), shape=shape, dtype=dtype, **kwargs)
-            except BaseException as err:  # reported by close()
-                self.error = err
-                while not self.ended and self.queue.get() is not None:  # unblock the producer
-                    pass
-
-        self.thread = threading.Thread(target=work, daemon=True)
-        self.thread.start()
-
-    def put(self, frame: np.ndarray) -> None:
-        self.queue.put(frame)
-
-    def close(self, check: bool = True) -> None:
-        """Finish the file; with ``check``, raise what went wrong in the writer thread."""
-        if not self.ended:
-            self.queue.put(None)
-        self.thread.join()
-        if check and self.error is not None:
-            raise self.error
-
-
-def _tiff_kwargs(lay) -> dict:
-    return {
-        "resolution": (1.0 / lay.pixel_size_um, 1.0 / lay.pixel_size_um),
-        "metadata": {
-            "axes": "TYX",
-            "finterval": lay.frame_interval_min * lay.render_every * 60.0,
-            "unit": "um",
-        },
-    }
+def _calibration(lay) -> Calibration:
+    return Calibration(lay.pixel_size_um, "um", lay.frame_interval_min * lay.render_every * 60.0)
 
 
 def simulate_position(args: tuple) -> tuple[Position, list[np.ndarray]]:
@@ -170,11 +122,12 @@ def simulate_position(args: tuple) -> tuple[Position, list[np.ndarray]]:
     tiles: list[np.ndarray] = []
     last: dict = {}
     shape = (lay.n_frames, lay.height, lay.width)
-    zlib = {"compression": "zlib", "compressionargs": {"level": 1}, "photometric": "minisblack"}
+    cal = _calibration(lay)
+    zlib = {"compression": "zlib", "compressionargs": {"level": 1}}
     writers = [
-        _StackWriter(image_path, shape, np.uint16, imagej=True, **_tiff_kwargs(lay)),
-        _StackWriter(gt / "labels.tif", shape, np.uint16, **zlib),
-        _StackWriter(gt / "sick.tif", shape, np.uint8, **zlib),
+        StackWriter(image_path, shape, np.uint16, "TYX", cal),
+        StackWriter(gt / "labels.tif", shape, np.uint16, "TYX", cal, **zlib),
+        StackWriter(gt / "sick.tif", shape, np.uint8, "TYX", cal, **zlib),
     ]
     try:
         with (gt / "cells.csv").open("w", newline="") as fh:
@@ -234,7 +187,7 @@ def simulate_experiment(
     settings: Settings,
     out: Path | str,
     jobs: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
     inputs: tuple[Path, ...] = (),
 ) -> list[Position]:
     """Simulate every position of ``settings.layout`` and write the experiment to ``out``.
@@ -244,11 +197,12 @@ def simulate_experiment(
     settings : Settings
     out : path
         Written atomically: a temporary sibling renamed to ``out`` when complete (the rules
-        of :mod:`deadnet_caffe.outdir`).
+        of :mod:`data_prep.core.outdir`).
     jobs : int
         Positions simulated in parallel (processes); the output does not depend on it.
-    progress : bool
-        Show a progress bar (one tick per position).
+    progress : bool or None
+        Show a progress bar (one tick per position); None: only on a terminal
+        (:mod:`data_prep.core.progress`).
     inputs : paths
         Files the settings were read from; ``out`` must not be, contain or lie inside them.
 
@@ -256,8 +210,6 @@ def simulate_experiment(
     -------
     list of Position, as written to ``manifest.csv``.
     """
-    from tqdm import tqdm
-
     lay = settings.layout
     lay.check()
     out = Path(out)
@@ -267,7 +219,7 @@ def simulate_experiment(
             for w, dose in enumerate(lay.doses_s)
             for p in range(lay.positions_per_well)
         ]
-        bar = tqdm(total=len(tasks), unit="position", disable=not progress, desc="simulate")
+        bar = progress_bar(total=len(tasks), unit="position", progress=progress, desc="simulate")
         results = []
         if jobs > 1:
             with multiprocessing.get_context("fork").Pool(jobs, die_with_parent) as pool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deadnet_caffe.paper import DATA_MEAN_VALUE, DATUM_Z_SCALE
+from data_prep.core.paper import DATA_MEAN_VALUE, DATUM_Z_SCALE
 
 #: A crop whose standard deviation is below this is treated as constant: it normalises to
 #: all zeros (mean 0, std 0) rather than dividing by ~0. Real 12-bit camera data has a read

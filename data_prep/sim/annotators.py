@@ -1,4 +1,4 @@
-"""Simulated expert votes for Data Set B (paper 2.2 and 3.1), in :mod:`data_prep.votes`' schema.
+"""Simulated expert votes for Data Set B (paper 2.2 and 3.1), in :mod:`data_prep.votes_csv`' schema.
 
 Items are 10-frame, 256 px, non-overlapping crops of the 0-80 s positions (paper 2.2). Each
 item has a true sickness ``s`` in [0, 1]: the mean over its 10 frames of the fraction of cell
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.concordance import count_disagreement
-from data_prep.votes import Item, Vote
-from deadnet_caffe import paper
+from data_prep.core import paper
+from data_prep.votes_csv import Item, Vote
 
 # name, bias (+ = calls sick more readily), noise, half-width of the unsure band
 ANNOTATORS = (
@@ -37,7 +37,7 @@ ANNOTATORS = (
 SLOPE = 6.0  # latent units per unit of sick fraction
 THRESHOLD = 0.3  # sick fraction at which an unbiased annotator is undecided
 TARGET_DISAGREEMENT = paper.PAPER_DISAGREE_COUNT / paper.PAPER_OVERLAP_COUNT  # 0.186
-_START = dt.datetime(2018, 1, 1, 9, 0, 0, tzinfo=dt.timezone.utc)
+_START = dt.datetime(2018, 1, 1, 9, 0, 0, tzinfo=dt.UTC)
 
 
 def _schedule(n_items: int, rng: np.random.Generator) -> list[tuple[int, int, bool]]:

@@ -32,8 +32,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from data_prep.checks import read_text
-from deadnet_caffe.errors import UserError
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = (

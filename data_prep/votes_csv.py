@@ -3,7 +3,7 @@ the Data Set B builder.
 
 An *item* is a 256 px crop of 10 consecutive frames of one stage position (paper section
 2.2). Its id is ``<plate>/<well>/<position>@t<t0>y<y0>x<x0>``: the position key
-(:attr:`data_prep.experiment.Position.key`), the first frame and the crop's top-left corner
+(:attr:`data_prep.core.manifest.Position.key`), the first frame and the crop's top-left corner
 in pixels. Votes are exported as ``votes.csv`` with the columns of :data:`COLUMNS`:
 
 - ``item_id``: as above;
@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.checks import read_text
-from deadnet_caffe.errors import UserError
-from deadnet_caffe.paper import VOTE_LABELS
+from data_prep.core.checks import read_text
+from data_prep.core.errors import UserError
+from data_prep.core.paper import VOTE_LABELS
 
 COLUMNS = ("item_id", "annotator", "label", "overlap", "created_at")
 VOTES_NAME = "votes.csv"

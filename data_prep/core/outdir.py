@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from deadnet_caffe.errors import UserError
+from data_prep.core.errors import UserError
 
 MARKER = ".deadnet-output.json"
 #: Files that readers of an output add to it and that are no user data: an LMDB's lock file

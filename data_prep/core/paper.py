@@ -19,6 +19,9 @@ TIMELAPSE_HOURS = (18.0, 24.0)  # "18-24 hr timelapse" (section 2.2)
 DOSE_RANGE_S = (0.0, 200.0)  # continuous 395 nm light, 0-200 s (section 2.1)
 DATASET_B_DOSE_RANGE_S = (0.0, 80.0)  # "images with 0-80s UV exposure" (section 2.2)
 POSITIONS_PER_WELL = (3, 4)  # 3-4 stage positions per well (section 2.1)
+CELL_TYPE = "U2OS"  # "U2OS cells were cultured in McCoy's 5A media ..." (section 2.1)
+OBJECTIVE = "20x/0.75 Plan Apo Ph2 DM"  # "a 20x/0.75 Plan Apo Ph2 DM objective lens" (2.1)
+PUBLISHED_REPO = "https://github.com/HMS-IDAC/DeadNet"  # the released prototxts (reference/)
 
 # --- Crops (sections 2.2, 2.3, 2.4) -------------------------------------------------------
 CROP_PX = 256  # "256x256 px" crops (sections 2.2, 2.3 step c)
