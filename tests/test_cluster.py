@@ -76,7 +76,7 @@ def experiment(tmp_path_factory):
     """A tiny simulated experiment (4 positions, 3 frames of 512 x 384) and a tiny net."""
     d = tmp_path_factory.mktemp("exp")
     argv = ["simulate", "--preset", "tiny", "--size", "512", "384", "--render-every", "54"]
-    assert main([*argv, "--no-votes", "--quiet", "--out", str(d / "exp")]) == 0
+    assert main([*argv, "--no-votes", "--no-progress", "--out", str(d / "exp")]) == 0
     model, weights = write_net(d)
     return d / "exp", model, weights
 
@@ -113,6 +113,7 @@ def test_report_on_dask_equals_local(cluster, experiment, local_report, tmp_path
     assert main(_report(experiment, out, "--scheduler", cluster, "--chunk-frames", "2")) == 0
     assert "0 of 4 positions reused" in capsys.readouterr().out
     got = _files(out)
+    assert any(n.startswith("maps/") for n in local_report)  # the kept maps are compared too
     assert sorted(got) == sorted(local_report)
     for name, data in local_report.items():
         assert got[name] == data, f"{name} differs from the local run"
