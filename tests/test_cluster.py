@@ -139,6 +139,29 @@ def test_heatmap_on_dask_equals_local(cluster, experiment, tmp_path, mode):
     assert all(local[n] == dask[n] for n in local), [n for n in local if local[n] != dask[n]]
 
 
+def test_heatmap_of_loose_channel_stack_on_dask_equals_local(cluster, experiment, tmp_path):
+    """A loose two-channel TIFF (axes TCYX) with --channel 1: the workers read the channel
+    the client names, as the local run does."""
+    import numpy as np
+    import tifffile
+
+    exp, model, weights = experiment
+    frames = tifffile.imread(next(iter(sorted((exp / "images").iterdir()))))
+    two = np.stack([np.zeros_like(frames), frames], axis=1)  # (T, 2, H, W); channel 0 blank
+    stack = tmp_path / "two.tif"
+    tifffile.imwrite(stack, two, imagej=True, metadata={"axes": "TCYX"})
+    args = ["heatmap", str(stack), "--channel", "1", "--model", str(model), "--weights",
+            str(weights), "--stride", "64"]  # fmt: skip
+    with caffe_threads(1):
+        assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--out", str(tmp_path / "dask"), "--scheduler", cluster]) == 0
+    local, dask = _files(tmp_path / "local"), _files(tmp_path / "dask")
+    assert sorted(local) == sorted(dask) and "two_prob.tif" in local
+    assert all(local[n] == dask[n] for n in local), [n for n in local if local[n] != dask[n]]
+    probs = tifffile.imread(tmp_path / "dask" / "two_prob.tif")
+    assert probs.shape == (len(frames), *frames.shape[1:])
+
+
 def test_worker_killed_mid_run(cluster, experiment, local_report, tmp_path):
     """SIGKILL the worker running a task: the run completes and equals the local run."""
     from distributed import Client

@@ -8,6 +8,7 @@ PNG, an animated GIF, and the fraction of the area with P(sick) >= 0.5 per frame
 (sick_fraction.csv and .png, or --figure-format, for all time-lapses together).
 Exact mode (default) normalises every window as in training; dense mode runs the fully
 convolutional net once per frame with local normalisation (faster, approximate).
+With --scheduler the heat maps are computed on a Dask cluster (docs/scale.md).
 """
 
 from __future__ import annotations
