@@ -361,6 +361,11 @@ CASES = [
          "--paper-iterations", out="r"),
     Case("report-max-dose-leaves-no-position",
          f"report {NET} --experiment exp --out o --max-dose -1", "--max-dose", out="o"),
+    Case("bnstats-dataset-without-split",
+         f"bnstats {NET} --experiment exp --dataset keep --out o", "keep/split.csv", out="o"),
+    Case("bnstats-out-is-experiment",
+         f"bnstats {NET} --experiment exp --dataset ds --out exp", "exp",
+         _write("ds/split.csv", b"key,part\nsim/w1/p1,train\n"), out="exp"),
     # ---- numeric options, encodings ---------------------------------------------------------
     Case("figures-garbage-log", "figures --run r", "r/caffe.log",
          bf.at("r/caffe.log", bf.garbage), "r"),
