@@ -25,6 +25,7 @@ from data_prep.core.manifest import Position, read_manifest
 from data_prep.core.outdir import claim_dir, die_with_parent
 from data_prep.core.paper import BATCH_SIZE, DATASET_B_DOSE_RANGE_S
 from data_prep.core.runinfo import write_settings
+from deadnet_caffe.bnstats import WEIGHTS_NAME as BNSTATS_WEIGHTS
 from deadnet_caffe.demo_page import summarise, write_page
 from deadnet_caffe.netspec import published
 
@@ -290,6 +291,21 @@ def run_demo(
         [*train_argv(cfg.dataset, ds, run, cfg.max_iter, cfg.base_lr), *start],
         extra=_prepare_train_folder(run),
     )
+    evaluate_net: list[str] = []
+    if cfg.dataset == "B":
+        # Data Set B's training crops carry additive noise (section 2.3 n) that deploy inputs
+        # never have: the deploy net needs BatchNorm statistics of clean windows
+        # (deadnet_caffe.bnstats). The weights are unchanged, so the evaluation's primary
+        # (batch-statistics) mode is too; its global-statistics mode shows the difference.
+        step(
+            "bnstats",
+            "BatchNorm statistics for deployment, re-estimated on un-augmented windows",
+            out / "bnstats",
+            ["bnstats", "--weights", str(weights), "--experiment", str(exp), "--dataset",
+             str(ds), "--out", str(out / "bnstats"), *seed],
+        )  # fmt: skip
+        weights = out / "bnstats" / BNSTATS_WEIGHTS
+        evaluate_net = ["--net", str(run / "train_val.prototxt")]
     votes = ["--votes", str(exp / "votes.csv")] if (exp / "votes.csv").exists() else []
     step(
         "evaluate",
@@ -299,6 +315,7 @@ def run_demo(
             "evaluate",
             "--weights",
             str(weights),
+            *evaluate_net,
             "--dataset",
             str(ds),
             "--out",

@@ -97,6 +97,13 @@ def summarise(cfg, steps: dict[str, dict], total_s: float) -> dict:
                 "gradcam_pointing": a_val.get("pointing_game_hit_rate"),
             },
             pretrained=str(cfg.pretrained) if cfg.pretrained else None,
+            deploy_statistics={
+                "windows": _load(out / "bnstats" / "bnstats.json").get("windows"),
+                "why": "BatchNorm running averages re-estimated on un-augmented windows of the "
+                "training positions (deadnet bnstats): B's training crops carry additive noise "
+                "that deploy inputs never have. Heat maps, Grad-CAM and report use these "
+                "weights; the published-val accuracy does not depend on them.",
+            },
         )
         summary["targets"] = targets_b(summary)
     return summary

@@ -105,8 +105,12 @@ build() {
   [ "$engine" = podman ] && args+=(--isolation "${BUILDAH_ISOLATION:-chroot}")
   log "$engine ${args[*]} ."
   local t0=$SECONDS
-  "$engine" "${args[@]}" .
-  log "built $tag in $((SECONDS - t0)) s; size $("$engine" image inspect --format '{{.Size}}' "$tag") bytes"
+  "$engine" "${args[@]}" . || die "$engine build of $tag failed (exit status $?)."
+  # podman build has been seen to exit 0 when it is killed; trust only an image that exists.
+  local size
+  size=$("$engine" image inspect --format '{{.Size}}' "$tag" 2>/dev/null) ||
+    die "$engine build ended but left no image $tag."
+  log "built $tag in $((SECONDS - t0)) s; size $((size / 1000000)) MB"
 }
 
 case "${1:-}" in

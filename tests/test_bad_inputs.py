@@ -361,6 +361,11 @@ CASES = [
          "--paper-iterations", out="r"),
     Case("report-max-dose-leaves-no-position",
          f"report {NET} --experiment exp --out o --max-dose -1", "--max-dose", out="o"),
+    Case("bnstats-dataset-without-split",
+         f"bnstats {NET} --experiment exp --dataset keep --out o", "keep/split.csv", out="o"),
+    Case("bnstats-out-is-experiment",
+         f"bnstats {NET} --experiment exp --dataset ds --out exp", "exp",
+         _write("ds/split.csv", b"key,part\nsim/w1/p1,train\n"), out="exp"),
     # ---- Dask (--scheduler) and several experiments -----------------------------------------
     Case("report-scheduler-unreachable", f"report --experiment exp {NET} --out o "
          "--scheduler tcp://127.0.0.1:9 --scheduler-timeout 1", "--scheduler", out="o"),

@@ -1,0 +1,67 @@
+"""Re-estimate a trained net's BatchNorm statistics for deployment (deadnet_caffe.bnstats).
+
+Writes OUT/weights.caffemodel (the same weights; the BatchNorm running averages recomputed
+on un-augmented windows of the dataset's training positions) and OUT/bnstats.json. Use the
+new weights with heatmap, report, classify, gradcam: a net trained on augmented crops (Data
+Set B's additive noise) otherwise sees clean inputs through statistics of noisy ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.core.outdir import output_dir
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import MANIFEST_CHANNEL
+from deadnet_caffe.bnstats import (
+    DEFAULT_FRAMES,
+    DEFAULT_WINDOWS,
+    WEIGHTS_NAME,
+    reestimate,
+    sample_windows,
+    training_positions,
+)
+from deadnet_caffe.checks import check_image_sources, positive_int, seed
+from deadnet_caffe.infer import add_net_arguments
+
+NAME = "bnstats"
+HELP = "re-estimate BatchNorm statistics for deployment on un-augmented training windows"
+
+
+def add_arguments(p) -> None:
+    add_net_arguments(p)
+    p.add_argument("--experiment", type=Path, required=True, help="raw experiment folder")
+    p.add_argument("--dataset", type=Path, required=True, help="the net's dataset (its split.csv)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--windows", type=positive_int, default=DEFAULT_WINDOWS, help="windows sampled")
+    p.add_argument(
+        "--frames",
+        type=positive_int,
+        default=DEFAULT_FRAMES,
+        help="frames per training position, evenly spaced",
+    )
+    p.add_argument("--seed", type=seed, default=0, help="seed of the window sample")
+
+
+def run(args) -> int:
+    positions = training_positions(args.experiment, args.dataset / "split.csv")
+    check_image_sources(
+        [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
+    )
+    inputs = [args.experiment, args.dataset, args.model, args.weights]
+    with output_dir(args.out, NAME, inputs) as tmp:
+        rng = np.random.default_rng(args.seed)
+        z = sample_windows(positions, args.windows, args.frames, rng)
+        stats = reestimate(args.model, args.weights, z, tmp / WEIGHTS_NAME, args.batch, args.gpu)
+        stats["windows"] = len(z)
+        stats["positions"] = [p.key for p in positions]
+        (tmp / "bnstats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    print(
+        f"deadnet bnstats: {stats['batches']} batches of {args.batch} windows from "
+        f"{len(positions)} training positions; {args.out / WEIGHTS_NAME}"
+    )
+    return 0
