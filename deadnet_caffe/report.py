@@ -140,8 +140,40 @@ def analyse_position(
         ]
     )
     if keep_maps is not None:
-        name = pos.key.replace("/", "_")
-        write_maps(keep_maps, name, frames[ids], probs, Calibration.of_position(pos, every))
+        write_position_maps(keep_maps, pos, frames, ids, probs, every)
+    return score_position(pos, frames, ids, probs, gc, gradcam_crops)
+
+
+def write_position_maps(
+    folder: Path, pos: Position, frames: np.ndarray, ids: list[int], probs: np.ndarray, every: int
+) -> None:
+    """Keep a position's heat maps in ``folder`` as calibrated TIFFs named after its key
+    (:func:`deadnet_caffe.heatmap.write_maps`).
+
+    Parameters
+    ----------
+    frames : (T, H, W) the whole time-lapse; ids : the analysed frame indices (n,), every
+        ``every``-th; probs : (n, H, W) float32 heat maps of those frames.
+    """
+    name = pos.key.replace("/", "_")
+    write_maps(folder, name, frames[ids], probs, Calibration.of_position(pos, every))
+
+
+def score_position(
+    pos: Position,
+    frames: np.ndarray,
+    ids: list[int],
+    probs: np.ndarray,
+    gc: GradCam | None,
+    gradcam_crops: int = 4,
+) -> PositionResult:
+    """A position's result from its heat maps: sick fraction, and the ground-truth checks.
+
+    Parameters
+    ----------
+    frames : (T, H, W) the whole time-lapse; ids : the analysed frame indices (n,);
+    probs : (n, H, W) float32 heat maps of those frames.
+    """
     res = PositionResult(pos, ids, np.asarray(ids) * pos.frame_interval_min, sick_fraction(probs))
     masks = read_sick_masks(pos.ground_truth)
     if masks is not None and masks.shape[1:] == frames.shape[1:] and len(masks) == len(frames):

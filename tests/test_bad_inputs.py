@@ -366,6 +366,21 @@ CASES = [
     Case("bnstats-out-is-experiment",
          f"bnstats {NET} --experiment exp --dataset ds --out exp", "exp",
          _write("ds/split.csv", b"key,part\nsim/w1/p1,train\n"), out="exp"),
+    # ---- Dask (--scheduler) and several experiments -----------------------------------------
+    Case("report-scheduler-unreachable", f"report --experiment exp {NET} --out o "
+         "--scheduler tcp://127.0.0.1:9 --scheduler-timeout 1", "--scheduler", out="o"),
+    Case("heatmap-scheduler-unknown-protocol",
+         f"heatmap --experiment exp {NET} --out o --scheduler foo://h:1", "--scheduler", out="o"),
+    Case("report-scheduler-no-port", f"report --experiment exp {NET} --out o --scheduler "
+         "tcp://127.0.0.1", "--scheduler", out="o"),
+    Case("report-work-unrelated-folder", f"report --experiment exp {NET} --out o --scheduler "
+         "tcp://127.0.0.1:9 --work keep", "--work keep", out="keep"),
+    Case("report-experiments-list-missing", f"report --experiments nolist.txt {NET} --out o",
+         "--experiments", out="o"),
+    Case("report-experiments-list-empty", f"report --experiments l.txt {NET} --out o",
+         "--experiments", _write("l.txt", "# none\n"), out="o"),
+    Case("report-experiment-twice", f"report --experiment exp --experiment exp/ {NET} --out o",
+         "experiment is given twice", out="o"),
     # ---- numeric options, encodings ---------------------------------------------------------
     Case("figures-garbage-log", "figures --run r", "r/caffe.log",
          bf.at("r/caffe.log", bf.garbage), "r"),

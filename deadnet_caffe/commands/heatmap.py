@@ -8,6 +8,7 @@ PNG, an animated GIF, and the fraction of the area with P(sick) >= 0.5 per frame
 (sick_fraction.csv and .png, or --figure-format, for all time-lapses together).
 Exact mode (default) normalises every window as in training; dense mode runs the fully
 convolutional net once per frame with local normalisation (faster, approximate).
+With --scheduler the heat maps are computed on a Dask cluster (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from data_prep.core.outdir import output_dir
 from data_prep.core.paper import CROP_STRIDE_PX, FRAME_INTERVAL_MIN
 from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
-from data_prep.core.stack import MANIFEST_CHANNEL, OPTION_CHANNEL, read_stack
+from data_prep.core.stack import MANIFEST_CHANNEL, OPTION_CHANNEL, Stack, read_stack
 from data_prep.core.tiffout import Calibration
+from deadnet_caffe import cluster
 from deadnet_caffe.checks import check_image_sources, positive_float, positive_int
 from deadnet_caffe.figout import add_figure_argument
 from deadnet_caffe.heatmap import (
@@ -72,6 +74,7 @@ def add_arguments(p) -> None:
     add_figure_argument(p)
     add_net_arguments(p)
     add_progress_argument(p)
+    cluster.add_cluster_arguments(p)
 
 
 def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, Calibration]]:
@@ -118,6 +121,22 @@ def _sources(args) -> list[tuple[str, Path, int | None, str | None, str, Calibra
     return sources
 
 
+def _cluster_run(args, sources, inputs) -> tuple[cluster.ClusterRun, list[list[Path]]]:
+    """Compute every heat map on the Dask scheduler: the run, each source's chunk files."""
+    dense_model = args.dense_model if args.mode == "dense" else None
+    spec = cluster.net_spec(args, dense_model=dense_model)
+    counts = [
+        (
+            cluster.Source(path.resolve(), channel, axes, channel_source),
+            Stack(path, channel, axes, channel_source).n_frames,
+        )
+        for _, path, channel, axes, channel_source, _ in sources
+    ]
+    with cluster.ClusterRun(args, spec, inputs) as run_:
+        files = run_.heatmap_chunks(counts, args.mode, args.stride, args.every, args.batch)
+    return run_, files
+
+
 def run(args) -> int:
     if args.stride < 1 or args.every < 1:
         raise UserError("--stride and --every must be at least 1.")
@@ -128,17 +147,25 @@ def run(args) -> int:
     if args.mode == "dense":
         inputs.append(args.dense_model)
     with output_dir(args.out, NAME, inputs) as tmp:
-        net = DeployNet(args.model, args.weights, args.gpu)
-        if args.mode == "dense":
-            dense = DenseNet.from_deploy(args.dense_model, net)
-            heat = partial(dense_heatmap, dense=dense)
+        if args.scheduler:
+            run_, chunk_files = _cluster_run(args, sources, inputs)
+            heat = cluster.ChunkHeat(chunk_files)
         else:
-            heat = partial(exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch)
+            net = DeployNet(args.model, args.weights, args.gpu)
+            if args.mode == "dense":
+                dense = DenseNet.from_deploy(args.dense_model, net)
+                heat = partial(dense_heatmap, dense=dense)
+            else:
+                heat = partial(
+                    exact_heatmap, predict=net.p_sick, stride=args.stride, batch=args.batch
+                )
         timelapses = (
             (name, read_stack(path, channel, axes, channel_source=channel_source), cal)
             for name, path, channel, axes, channel_source, cal in sources
         )
         rows = write_heatmaps(tmp, timelapses, heat, args.every, args.progress, args.figure_format)
         write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    if args.scheduler:
+        run_.done()
     print(f"wrote {args.out} ({len(sources)} time-lapse(s), {len(rows)} frames)")
     return 0
