@@ -15,7 +15,7 @@ Layout of the package folder (``rdf.yaml`` names every file, each with its SHA-2
 The per-crop normalisation, expressed in bioimage.io's terms:
 
 - expressible: the training's variance normalisation of each 256 px window (mean 0,
-  standard deviation 1 over the window's pixels; :func:`data_prep.normalize.
+  standard deviation 1 over the window's pixels; :func:`data_prep.core.normalize.
   variance_normalize`) is bioimage.io's ``zero_mean_unit_variance`` over the axes ``y, x``
   of each sample. The input is therefore the *raw* 256 px window, not the 220 px crop:
   normalising the crop alone would give other numbers;

@@ -367,7 +367,7 @@ def package(
     ----------
     weights : .caffemodel (a symlink such as a run's latest.caffemodel is followed).
     out : the package folder; its name is the model's name. Written through
-        :func:`deadnet_caffe.outdir.output_dir`.
+        :func:`data_prep.core.outdir.output_dir`.
     model : deploy prototxt that ``weights`` fit.
     evaluation : evaluation.json to take the test accuracy from (default: one found).
     overrides : imaging conditions given by the user (pixel_size_um, objective, cell_type),
