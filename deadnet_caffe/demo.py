@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -62,7 +63,11 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
     if hit is not None:
         log(f"[demo] {step.name}: reusing {step.out} (ran in {hit['seconds']:.0f} s)")
         return {**hit, "cached": True}
-    step.stamp_path().unlink(missing_ok=True)  # a stale stamp is no output of the step
+    if step.stamp_path().is_file():
+        # A finished output of another command line (the demo's own: the stamp says so). It
+        # goes, or a training run would refuse a folder that already holds snapshots.
+        log(f"[demo] {step.name}: the command line changed; {step.out} is made again")
+        shutil.rmtree(step.out)
     log(f"[demo] {step.name}: {step.title}")
     log("[demo]   $ deadnet " + shlex.join([*step.argv, *extra]))
     t0 = time.perf_counter()
