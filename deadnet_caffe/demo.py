@@ -69,10 +69,16 @@ def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = 
         log(f"[demo] {step.name}: the command line changed; {step.out} is made again")
         shutil.rmtree(step.out)
     log(f"[demo] {step.name}: {step.title}")
-    log("[demo]   $ deadnet " + shlex.join([*step.argv, *extra]))
+    argv = [*step.argv, *extra]
+    if "--resume" in extra and "--weights" in argv:
+        # resuming a fine-tuning run: its solverstate holds the weights, and deadnet train
+        # refuses --weights with --resume
+        i = argv.index("--weights")
+        del argv[i : i + 2]
+    log("[demo]   $ deadnet " + shlex.join(argv))
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "deadnet_caffe", *step.argv, *extra], preexec_fn=die_with_parent
+        [sys.executable, "-m", "deadnet_caffe", *argv], preexec_fn=die_with_parent
     )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
