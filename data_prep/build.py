@@ -28,7 +28,6 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import lmdb
 import numpy as np
 
 from data_prep import augment, writers
@@ -199,7 +198,7 @@ def _worker(tasks, results, cfg: BuildConfig, lmdbs: dict[str, tuple[Path, int]]
                 sinks[task.part] = writers.LmdbWriter(path, map_size, shared=True)
             for batch in run_task(task, cfg):
                 sinks[task.part].write(batch)
-                results.put(("crops", len(batch)))
+                results.put(("crops", (task.part, [k for k, _ in batch])))
             results.put(("task", 1))
     except UserError as err:
         results.put(("error", str(err)))
@@ -216,12 +215,15 @@ def _execute(
     lmdbs: dict[str, tuple[Path, int]],
     total: int,
     progress: bool | None = None,
-) -> None:
+) -> dict[str, list[bytes]]:
     """Run ``tasks`` and write every record into ``lmdbs`` (part -> (path, map size)).
 
     With ``cfg.workers > 1`` the workers write to the LMDBs themselves (no records travel
-    between processes); otherwise everything runs in this process.
+    between processes, only their keys); otherwise everything runs in this process.
+    Returns the keys written, per part (for the indexes: reading them back from the LMDB
+    mapped its pages and took the builder's peak RSS from 1.3 GB to 4.8 GB).
     """
+    keys: dict[str, list[bytes]] = {part: [] for part in lmdbs}
     desc = f"Data Set {cfg.dataset}"
     bar = progress_bar(total=total, unit="crop", desc=desc, smoothing=0.05, progress=progress)
     try:
@@ -231,11 +233,12 @@ def _execute(
                 for task in tasks:
                     for batch in run_task(task, cfg):
                         sinks[task.part].write(batch)
+                        keys[task.part] += [k for k, _ in batch]
                         bar.update(len(batch))
             finally:
                 for sink in sinks.values():
                     sink.close()
-            return
+            return keys
         for part in lmdbs:  # create both databases before the workers open them
             writers.LmdbWriter(*lmdbs[part], shared=True).close()
         ctx = mp.get_context("fork")
@@ -269,7 +272,9 @@ def _execute(
                 if kind == "task":
                     done += 1
                 else:
-                    bar.update(value)
+                    part, written = value
+                    keys[part] += written
+                    bar.update(len(written))
         finally:
             for p in procs:
                 if p.is_alive():
@@ -277,6 +282,7 @@ def _execute(
                 p.join()
     finally:
         bar.close()
+    return keys
 
 
 # ---------------------------------------------------------------- planning
@@ -478,9 +484,9 @@ def build(cfg: BuildConfig, progress: bool | None = None) -> dict:
             )
             for part in ("train", "test")
         }
-        _execute(tasks, cfg, lmdbs, total, progress)
+        keys = _execute(tasks, cfg, lmdbs, total, progress)
         for part in ("train", "test"):
-            _write_index(tmp / f"{part}.lmdb", tmp / f"{part}_index.csv", tasks, positions)
+            _write_index(keys[part], tmp / f"{part}_index.csv", tasks, positions)
         card = _card(cfg, positions, tasks, crops_task, labels, parts, frames, extra)
         if "hdf5" in cfg.formats:
             for part in ("train", "test"):
@@ -494,22 +500,20 @@ def build(cfg: BuildConfig, progress: bool | None = None) -> dict:
     return card
 
 
-def _write_index(db: Path, path: Path, tasks: list[Task], positions) -> None:
+def _write_index(keys: list[bytes], path: Path, tasks: list[Task], positions) -> None:
     """``test_index.csv`` / ``train_index.csv``: per record its LMDB key, position, dose,
     frame, label and (Data Set B) annotated item (the key's middle field is the task index):
     for evaluation per dose, per position and against the simulator's truth per item, and to
-    trace any training record back to its stage position."""
+    trace any training record back to its stage position. Rows in key order, the LMDB's."""
     dose = {p.key: p.dose_s for p in positions}
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn, path.open("w", newline="") as fh:
+    with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["key", "position", "dose_s", "frame", "label", "item"])
-        for key in txn.cursor().iternext(values=False):
+        for key in sorted(keys):
             task = tasks[int(key.split(b"_")[1])]
             w.writerow(
                 [key.decode(), task.key, f"{dose[task.key]:g}", task.t, task.label, task.item]
             )
-    env.close()
 
 
 def _settings(cfg: BuildConfig) -> dict:
