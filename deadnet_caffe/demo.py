@@ -53,20 +53,26 @@ class Step:
         return doc if doc.get("argv") == self.argv else None
 
 
-def run_step(step: Step, log: Callable[[str], None] = print, extra: list[str] = ()) -> dict:
-    """Run ``step`` unless its stamp says it already ran with the same command line.
+def run_step(
+    step: Step,
+    log: Callable[[str], None] = print,
+    extra: list[str] = (),
+    reuse: bool = True,
+) -> dict:
+    """Run ``step`` unless its stamp says it already ran with the same command line (and
+    ``reuse``: False when a step before it ran again, since its inputs may have changed).
 
     ``extra`` arguments are passed on but are not part of the cache key (``--resume``).
     Returns the stamp document: ``argv``, ``seconds`` (of the run that made it), ``cached``.
     """
-    hit = step.cached()
+    hit = step.cached() if reuse else None
     if hit is not None:
         log(f"[demo] {step.name}: reusing {step.out} (ran in {hit['seconds']:.0f} s)")
         return {**hit, "cached": True}
     if step.stamp_path().is_file():
         # A finished output of another command line (the demo's own: the stamp says so). It
         # goes, or a training run would refuse a folder that already holds snapshots.
-        log(f"[demo] {step.name}: the command line changed; {step.out} is made again")
+        log(f"[demo] {step.name}: the command line or an input changed; {step.out} is made again")
         shutil.rmtree(step.out)
     log(f"[demo] {step.name}: {step.title}")
     argv = [*step.argv, *extra]
@@ -237,7 +243,9 @@ def run_demo(
     bars = [] if progress is None else ["--progress" if progress else "--no-progress"]
 
     def step(name: str, title: str, folder: Path, argv: list[str], extra: list[str] = ()):
-        done[name] = run_step(Step(name, title, folder, argv), log, extra=[*extra, *bars])
+        # a step reruns when any step before it ran: its inputs may have changed
+        reuse = all(d.get("cached") for d in done.values())
+        done[name] = run_step(Step(name, title, folder, argv), log, [*extra, *bars], reuse)
 
     step(
         "simulate",
