@@ -10,12 +10,20 @@ set -euo pipefail
 [ $# -gt 0 ] || { echo "usage: docker/runtime-packages.sh DIR..." >&2; exit 2; }
 dirs=()
 for d in "$@"; do dirs+=("$(readlink -f "$d")"); done
-owner() {
+merged() {
   # dpkg knows each file by the path its package ships; with merged /usr a library that
   # ldd finds under /lib may be shipped as /usr/lib, or the other way round.
-  local f=$1 alt hit
-  case "$f" in /usr/*) alt=${f#/usr} ;; *) alt=/usr$f ;; esac
-  hit=$(dpkg -S "$f" 2>/dev/null || dpkg -S "$alt" 2>/dev/null || true)
+  case "$1" in /usr/*) echo "${1#/usr}" ;; *) echo "/usr$1" ;; esac
+}
+owner() {
+  # A library reached through update-alternatives (libblas.so.3, liblapack.so.3 and
+  # libopenblas.so.0 -> /etc/alternatives -> openblas-pthread/) is owned by no package
+  # under the name ldd prints: the file it resolves to is. Installing that package in the
+  # runtime stage registers the same alternative again.
+  local f=$1 real hit
+  real=$(readlink -f "$f")
+  hit=$(dpkg -S "$f" 2>/dev/null || dpkg -S "$(merged "$f")" 2>/dev/null ||
+    dpkg -S "$real" 2>/dev/null || dpkg -S "$(merged "$real")" 2>/dev/null || true)
   echo "${hit%%:*}"
 }
 inside() {
