@@ -31,6 +31,7 @@ import numpy as np
 from data_prep.core.errors import UserError
 from data_prep.core.grids import Grid
 from data_prep.core.manifest import read_manifest
+from data_prep.core.progress import progress_bar
 from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 from deadnet_caffe.caffe_env import set_device
 from deadnet_caffe.checks import check_weights
@@ -83,9 +84,11 @@ def reestimate(
     out: Path,
     batch: int = DEFAULT_BATCH,
     gpu: int | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Write ``out``: ``weights`` with every BatchNorm layer's statistics re-estimated on
-    ``inputs`` ((N, H, W) float32 net inputs, in the order they are batched).
+    ``inputs`` ((N, H, W) float32 net inputs, in the order they are batched); ``progress``
+    as in :mod:`data_prep.core.progress` (a bar over the batches).
 
     Returns ``{layer: {"mean": ..., "var": ...}}``, the mean over channels of each layer's
     new running mean and variance (for the record), and ``batches``.
@@ -111,7 +114,7 @@ def reestimate(
         raise UserError(
             f"re-estimating BatchNorm needs at least {batch} windows, got {len(inputs)}."
         )
-    for i in range(0, n, batch):
+    for i in progress_bar(range(0, n, batch), progress=progress, unit="batch", desc="bnstats"):
         z = inputs[i : i + batch]
         if data.data.shape != (len(z), 1, *z.shape[1:]):
             data.reshape(len(z), 1, *z.shape[1:])

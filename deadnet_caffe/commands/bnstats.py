@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.core.outdir import output_dir
+from data_prep.core.progress import add_progress_argument
 from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import MANIFEST_CHANNEL
 from deadnet_caffe.bnstats import (
@@ -44,6 +45,7 @@ def add_arguments(p) -> None:
         help="frames per training position, evenly spaced",
     )
     p.add_argument("--seed", type=seed, default=0, help="seed of the window sample")
+    add_progress_argument(p)
 
 
 def run(args) -> int:
@@ -55,7 +57,9 @@ def run(args) -> int:
     with output_dir(args.out, NAME, inputs) as tmp:
         rng = np.random.default_rng(args.seed)
         z = sample_windows(positions, args.windows, args.frames, rng)
-        stats = reestimate(args.model, args.weights, z, tmp / WEIGHTS_NAME, args.batch, args.gpu)
+        stats = reestimate(
+            args.model, args.weights, z, tmp / WEIGHTS_NAME, args.batch, args.gpu, args.progress
+        )
         stats["windows"] = len(z)
         stats["positions"] = [p.key for p in positions]
         (tmp / "bnstats.json").write_text(json.dumps(stats, indent=2) + "\n")
