@@ -23,7 +23,9 @@ the way) and it is a step the paper does not describe: the demo states it as a d
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +33,13 @@ import numpy as np
 from data_prep.core.errors import UserError
 from data_prep.core.grids import Grid
 from data_prep.core.manifest import read_manifest
+from data_prep.core.outdir import output_dir
+from data_prep.core.progress import progress_bar
+from data_prep.core.runinfo import write_settings
 from data_prep.core.stack import MANIFEST_CHANNEL, read_stack
 from deadnet_caffe.caffe_env import set_device
-from deadnet_caffe.checks import check_weights
-from deadnet_caffe.infer import DEFAULT_BATCH, crop_to_input
+from deadnet_caffe.checks import check_image_sources, check_weights
+from deadnet_caffe.infer import DEFAULT_BATCH, DEFAULT_MODEL, crop_to_input
 from deadnet_caffe.netspec import load_net_param, net_from_param
 
 WEIGHTS_NAME = "weights.caffemodel"  # in the output folder of deadnet bnstats
@@ -83,9 +88,11 @@ def reestimate(
     out: Path,
     batch: int = DEFAULT_BATCH,
     gpu: int | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Write ``out``: ``weights`` with every BatchNorm layer's statistics re-estimated on
-    ``inputs`` ((N, H, W) float32 net inputs, in the order they are batched).
+    ``inputs`` ((N, H, W) float32 net inputs, in the order they are batched); ``progress``
+    as in :mod:`data_prep.core.progress` (a bar over the batches).
 
     Returns ``{layer: {"mean": ..., "var": ...}}``, the mean over channels of each layer's
     new running mean and variance (for the record), and ``batches``.
@@ -111,7 +118,7 @@ def reestimate(
         raise UserError(
             f"re-estimating BatchNorm needs at least {batch} windows, got {len(inputs)}."
         )
-    for i in range(0, n, batch):
+    for i in progress_bar(range(0, n, batch), progress=progress, unit="batch", desc="bnstats"):
         z = inputs[i : i + batch]
         if data.data.shape != (len(z), 1, *z.shape[1:]):
             data.reshape(len(z), 1, *z.shape[1:])
@@ -127,4 +134,39 @@ def reestimate(
             "mean": float((mean / count[0]).mean()),
             "var": float((var / count[0]).mean()),
         }
+    return stats
+
+
+@dataclass(frozen=True)
+class BnStatsSettings:
+    """What ``deadnet bnstats`` re-estimates (its options, by name); saved in settings.json."""
+
+    weights: Path
+    experiment: Path
+    dataset: Path  # the net's dataset folder: its split.csv names the training positions
+    out: Path
+    model: Path = DEFAULT_MODEL
+    windows: int = DEFAULT_WINDOWS
+    frames: int = DEFAULT_FRAMES
+    seed: int = 0
+    batch: int = DEFAULT_BATCH
+    gpu: int | None = None
+
+
+def write_bnstats(s: BnStatsSettings, progress: bool | None = None) -> dict:
+    """Write ``s.out``: :data:`WEIGHTS_NAME` (the weights with re-estimated BatchNorm
+    statistics), ``bnstats.json`` (what :func:`reestimate` returns, with ``windows`` and
+    ``positions``) and ``settings.json``. Returns the bnstats.json document."""
+    positions = training_positions(s.experiment, Path(s.dataset) / "split.csv")
+    check_image_sources(
+        [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
+    )
+    with output_dir(s.out, "bnstats", [s.experiment, s.dataset, s.model, s.weights]) as tmp:
+        rng = np.random.default_rng(s.seed)
+        z = sample_windows(positions, s.windows, s.frames, rng)
+        stats = reestimate(s.model, s.weights, z, tmp / WEIGHTS_NAME, s.batch, s.gpu, progress)
+        stats["windows"] = len(z)
+        stats["positions"] = [p.key for p in positions]
+        (tmp / "bnstats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        write_settings(tmp, asdict(s))
     return stats

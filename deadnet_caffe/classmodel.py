@@ -17,11 +17,14 @@ reading used here: the update adds ``+ lambda2 Delta I`` (``laplacian_sign="smoo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.core.datum import sample_crops
+from data_prep.core.errors import UserError
+from data_prep.core.outdir import output_dir
 from data_prep.core.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
@@ -31,8 +34,10 @@ from data_prep.core.paper import (
     NET_INPUT_PX,
 )
 from data_prep.core.progress import progress_bar
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import read_stack
 from deadnet_caffe.figout import save_figure
-from deadnet_caffe.infer import DeployNet
+from deadnet_caffe.infer import DEFAULT_BATCH, DEFAULT_MODEL, DeployNet, centre_input
 
 
 def laplacian(image: np.ndarray) -> np.ndarray:
@@ -202,4 +207,58 @@ def write_class_models(
         for (c, s), (img, sc) in panels.items()
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@dataclass(frozen=True)
+class ClassModelRun:
+    """What ``deadnet classmodel`` draws (its options, by name); saved in settings.json."""
+
+    weights: Path
+    out: Path
+    model: Path = DEFAULT_MODEL
+    iterations: int = CLASSMODEL_ITERATIONS
+    epsilon: float = CLASSMODEL_EPSILON
+    lambda1: float = CLASSMODEL_LAMBDA1
+    lambda2: float = CLASSMODEL_LAMBDA2
+    laplacian_sign: str = "smooth"
+    dataset: Path | None = None  # opposing-class starts: a crop of each class from its LMDB
+    init_image: tuple[Path, Path] | None = None  # or a healthy and a sick image
+    figure_format: tuple[str, ...] = ("png",)
+    batch: int = DEFAULT_BATCH
+    gpu: int | None = None
+
+
+def starting_images(r: ClassModelRun) -> dict[int, np.ndarray] | None:
+    """Starting image of each class label (crops in z units), or None."""
+    if r.init_image:
+        return {c: centre_input(read_stack(path)[0]) for c, path in enumerate(r.init_image)}
+    if r.dataset:
+        for split in ("test.lmdb", "train.lmdb"):
+            if (Path(r.dataset) / split).is_dir():
+                z, labels = sample_crops(Path(r.dataset) / split, 1, seed=2)
+                if set(labels.tolist()) == {0, 1}:
+                    return {int(c): z[labels == c][0] for c in (0, 1)}
+        raise UserError(f"{r.dataset}: no test.lmdb or train.lmdb with crops of both classes.")
+    return None
+
+
+def write_classmodel(r: ClassModelRun, progress: bool | None = None) -> dict:
+    """Write ``r.out``: eq. 4's class models from a zero image and, with starting images,
+    from the opposing class (:func:`write_class_models`), and settings.json. Returns the
+    summary (see :func:`write_class_models`)."""
+    if r.iterations < 1:
+        raise UserError("--iterations must be at least 1.")
+    inputs = [r.model, r.weights, *(r.init_image or [])]
+    if r.dataset:
+        inputs.append(r.dataset)
+    with output_dir(r.out, "classmodel", inputs) as tmp:
+        settings = ClassModelSettings(
+            r.epsilon, r.lambda1, r.lambda2, r.iterations, r.laplacian_sign
+        )
+        inits = starting_images(r)
+        net = DeployNet(r.model, r.weights, r.gpu, force_backward=True)
+        panels = class_models(ScoreGradient(net), inits, settings, progress)
+        summary = write_class_models(tmp, panels, inits, r.figure_format)
+        write_settings(tmp, asdict(r))
     return summary

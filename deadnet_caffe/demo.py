@@ -1,98 +1,159 @@
 """The whole DeadNet pipeline on the simulated default, one cached step at a time.
 
-Each step is one ``deadnet`` subcommand run in a child process (so each shows its own
-progress bar and a crash in one cannot corrupt another), writing into its own folder under
-the demo folder. A step whose folder holds a ``.step.json`` with the same command line is
-reused on a rerun; a step that fails leaves no such stamp, so a rerun redoes it.
+The demo is a table of steps (:func:`plan`), each one library call (the function that the
+``deadnet`` subcommand of the same name calls) that fills its own folder under the demo
+folder. Steps that build Caffe nets run in a child process (:func:`caffe_step`, which says
+why); the others run in the demo's process. A step whose folder holds a ``.step.json`` with
+the same call (function and arguments) is reused on a rerun; a step that fails leaves no
+such stamp, so a rerun redoes it. A stamp of an older demo (it recorded a command line, not
+a call) matches no step, so such a folder's steps are made again once.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import shlex
+import multiprocessing
 import shutil
-import subprocess
+import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.build import BuildConfig, build
 from data_prep.core.errors import UserError
 from data_prep.core.manifest import Position, read_manifest
 from data_prep.core.outdir import claim_dir, die_with_parent
 from data_prep.core.paper import BATCH_SIZE, DATASET_B_DOSE_RANGE_S
 from data_prep.core.runinfo import write_settings
+from data_prep.sim.params import PRESETS, Settings
+from data_prep.sim.plate import simulate_experiment
 from deadnet_caffe.bnstats import WEIGHTS_NAME as BNSTATS_WEIGHTS
+from deadnet_caffe.bnstats import BnStatsSettings, write_bnstats
+from deadnet_caffe.classmodel import ClassModelRun, write_classmodel
 from deadnet_caffe.demo_page import summarise, write_page
+from deadnet_caffe.evaluate import EvalSettings, evaluate
+from deadnet_caffe.gradcam import GradCamSettings, write_gradcam
+from deadnet_caffe.jobs import HeatmapRun, ReportRun, write_heatmap_run, write_report_run
 from deadnet_caffe.netspec import published
+from deadnet_caffe.train import TrainSettings, train
 
 STAMP = ".step.json"
 
 
+def _plain(value):
+    """``value`` as JSON data: dataclasses as dicts, paths as strings, tuples as lists."""
+
+    def default(obj):
+        return asdict(obj) if is_dataclass(obj) and not isinstance(obj, type) else str(obj)
+
+    return json.loads(json.dumps(value, default=default))
+
+
 @dataclass
 class Step:
-    """One stage of the demo: a ``deadnet`` command line and the folder it fills."""
+    """One stage of the demo: a library call and the folder it fills.
+
+    ``kwargs`` makes the call's arguments when the step's turn comes (some read what an
+    earlier step wrote); ``fn(**kwargs(), progress=...)`` runs it, in a child process when
+    ``isolate`` (:func:`caffe_step`).
+    """
 
     name: str
     title: str
     out: Path
-    argv: list[str]
+    fn: Callable
+    kwargs: Callable[[], dict]
+    isolate: bool = False
+
+    def key(self) -> dict:
+        """The cache key: the function's name and its arguments, as JSON data."""
+        return {
+            "call": f"{self.fn.__module__}.{self.fn.__qualname__}",
+            "kwargs": _plain(self.kwargs()),
+        }
 
     def stamp_path(self) -> Path:
         return self.out / STAMP
 
-    def cached(self) -> dict | None:
+    def cached(self, key: dict) -> dict | None:
         stamp = self.stamp_path()
         if not stamp.is_file():
             return None
         doc = json.loads(stamp.read_text())
-        return doc if doc.get("argv") == self.argv else None
+        return doc if doc.get("key") == key else None
+
+
+def _child(fn: Callable, kwargs: dict, progress: bool | None) -> None:
+    """The body of a :func:`caffe_step` child: a bad input is one sentence and exit 2."""
+    die_with_parent()
+    try:
+        fn(**kwargs, progress=progress)
+    except UserError as err:
+        print(f"deadnet demo: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def caffe_step(fn: Callable, kwargs: dict, progress: bool | None = None) -> int:
+    """Run ``fn(**kwargs, progress=progress)`` in a child process; return its exit status
+    (0 done, 2 a bad input, negative: the signal that ended it).
+
+    Isolation is the reason: the step builds Caffe nets in its own process, and Caffe answers
+    a failed CHECK (a weights file of another net, a blob shape that does not fit, a GPU
+    out of memory) by aborting that process. In the demo's process the abort would end the
+    demo without a word; in a child it is one failed step with its signal named, every
+    earlier step's stamp stays, and a rerun retries from this step. The child is started
+    fresh ("spawn": no copy of the demo's threads or of the Caffe state that training's
+    checks loaded) and dies with the demo.
+    """
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(fn, kwargs, progress))
+    proc.start()
+    proc.join()
+    return proc.exitcode
 
 
 def run_step(
     step: Step,
     log: Callable[[str], None] = print,
-    extra: list[str] = (),
     reuse: bool = True,
+    progress: bool | None = None,
 ) -> dict:
-    """Run ``step`` unless its stamp says it already ran with the same command line (and
-    ``reuse``: False when a step before it ran again, since its inputs may have changed).
+    """Run ``step`` unless its stamp says it already ran with the same call (and ``reuse``:
+    False when a step before it ran again, since its inputs may have changed).
 
-    ``extra`` arguments are passed on but are not part of the cache key (``--resume``).
-    Returns the stamp document: ``argv``, ``seconds`` (of the run that made it), ``cached``.
+    Returns the stamp document: ``key``, ``seconds`` (of the run that made it), ``cached``.
     """
-    hit = step.cached() if reuse else None
+    key = step.key()
+    hit = step.cached(key) if reuse else None
     if hit is not None:
         log(f"[demo] {step.name}: reusing {step.out} (ran in {hit['seconds']:.0f} s)")
         return {**hit, "cached": True}
     if step.stamp_path().is_file():
-        # A finished output of another command line (the demo's own: the stamp says so). It
-        # goes, or a training run would refuse a folder that already holds snapshots.
-        log(f"[demo] {step.name}: the command line or an input changed; {step.out} is made again")
+        # A finished output of another call (the demo's own: the stamp says so). It goes,
+        # or a training run would refuse a folder that already holds snapshots.
+        log(f"[demo] {step.name}: the call or an input changed; {step.out} is made again")
         shutil.rmtree(step.out)
     log(f"[demo] {step.name}: {step.title}")
-    argv = [*step.argv, *extra]
-    if "--resume" in extra and "--weights" in argv:
-        # resuming a fine-tuning run: its solverstate holds the weights, and deadnet train
-        # refuses --weights with --resume
-        i = argv.index("--weights")
-        del argv[i : i + 2]
-    log("[demo]   $ deadnet " + shlex.join(argv))
+    where = " (child process)" if step.isolate else ""
+    log(f"[demo]   {key['call']}{where}")
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "deadnet_caffe", *argv], preexec_fn=die_with_parent
-    )
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise UserError(
-            f"step {step.name} failed (exit {proc.returncode}); its output is in {step.out}, "
-            f"rerun 'deadnet demo' to retry from this step."
-        )
-    doc = {"argv": step.argv, "seconds": round(seconds, 1)}
+    if step.isolate:
+        code = caffe_step(step.fn, step.kwargs(), progress)
+        if code != 0:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+            raise UserError(
+                f"step {step.name} failed ({how}); its output is in {step.out}, "
+                f"rerun 'deadnet demo' to retry from this step."
+            )
+    else:
+        step.fn(**step.kwargs(), progress=progress)
+    doc = {"key": key, "seconds": round(time.perf_counter() - t0, 1)}
     stamp = step.stamp_path()
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -115,8 +176,14 @@ DEMO_B_BASE_LR = 0.001
 DEMO_B_MAX_ITER = 300
 #: Data Set B's reduced augmentation: r x b x t x n = 2 x 1 x 10 x 1 = 20 per annotated crop
 #: (paper 8 x 3 x 10 x 3 = 720): the published B train net mirrors and crops at random, and
-#: 300 iterations of 20 see about half of the crops once; class-balanced (``--balance``).
-DEMO_B_AUGMENTATION = ("--rotations", "2", "--blurs", "1", "--noise-copies", "1", "--balance")
+#: 300 iterations of 20 see about half of the crops once; class-balanced (``balance``).
+DEMO_B_AUGMENTATION = {
+    "rotations": 2,
+    "blurs_a": 1,
+    "blurs_b": 1,
+    "noise_copies": 1,
+    "balance": True,
+}
 
 
 @dataclass(frozen=True)
@@ -157,13 +224,24 @@ def _test_iter(dataset: Path) -> int:
     return max(1, -(-int(card["counts"]["test"]["crops"]) // BATCH_SIZE))
 
 
-def _prepare_train_folder(run: Path) -> list[str]:
-    """A train step that was interrupted is resumed from its newest solverstate (a run folder
-    with none is started afresh by ``deadnet train`` itself). Returns the extra arguments
-    for ``deadnet train``."""
+def resumed(settings: TrainSettings) -> TrainSettings:
+    """A train step that was interrupted (its run folder holds a solverstate but no stamp)
+    resumes from its newest solverstate, and a fine-tuning one without its start weights
+    (the solverstate holds them; ``train`` refuses both). A run folder with no solverstate
+    is started afresh by ``train`` itself."""
+    run = Path(settings.run)
     if run.exists() and not (run / STAMP).exists() and any(run.glob("*.solverstate")):
-        return ["--resume"]
-    return []
+        return replace(settings, resume=True, weights=None)
+    return settings
+
+
+def train_step(settings: TrainSettings, progress: bool | None = None) -> None:
+    """:func:`deadnet_caffe.train.train` as a demo step (in the demo's process: it runs
+    Caffe's own tool as a child), :func:`resumed` when it was interrupted; an interrupted
+    training stops the demo, with its snapshot kept for the rerun."""
+    result = train(resumed(settings), progress)
+    if result.interrupted:
+        raise KeyboardInterrupt
 
 
 TRUTH_NAME = "truth.json"
@@ -221,205 +299,128 @@ def truth_check(exp: Path, ds: Path, evaluation: Path, seed: int) -> dict:
     }
 
 
+def plan(cfg: DemoConfig) -> list[Step]:
+    """The demo's table of steps, in order (Data Set B's adds pre-training on A when there
+    are no A weights to fine-tune, BatchNorm statistics, and reports of both nets)."""
+    out = cfg.out
+    exp, ds, run = out / "experiment", out / f"dataset_{cfg.dataset}", out / "train"
+    b = cfg.dataset == "B"
+    weights_a = cfg.pretrained
+    pretrain = b and (weights_a is None or not weights_a.is_file())
+    if pretrain:  # no A demo to start from: train its weights here, as 'deadnet demo' does
+        weights_a = out / "train_A" / "latest.caffemodel"
+    weights = out / "bnstats" / BNSTATS_WEIGHTS if b else run / "latest.caffemodel"
+
+    def dataset(name: str, folder: Path) -> dict:
+        aug = {"blurs_a": cfg.blurs, "blurs_b": cfg.blurs}
+        if name == "A":
+            aug.update(warps=cfg.warps, early_first=cfg.early_frames[0],
+                       early_count=cfg.early_frames[1])  # fmt: skip
+        else:
+            aug = dict(DEMO_B_AUGMENTATION)
+        return {"cfg": BuildConfig(dataset=name, experiment=exp, out=folder, seed=cfg.seed,
+                                   workers=cfg.jobs, **aug)}  # fmt: skip
+
+    def training(name: str, data: Path, folder: Path, max_iter: int, lr: float, start=None):
+        return lambda: {"settings": TrainSettings(
+            dataset=str(data), solver=str(published(f"dataset_{name.lower()}/solver.prototxt")),
+            run=str(folder), max_iter=max_iter, base_lr=lr, test_interval=cfg.test_interval,
+            snapshot_interval=cfg.test_interval, test_iter=_test_iter(data), seed=cfg.seed,
+            weights=None if start is None else str(Path(start).resolve()))}  # fmt: skip
+
+    def heldout() -> Position:
+        return _heldout_position(exp, ds / "split.csv")
+
+    def report(name: str, w: Path, title: str, **more) -> Step:
+        return Step(name, title, out / name,
+                    write_report_run, lambda: {"s": ReportRun(
+                        weights=w, experiment=(exp,), out=out / name, every=cfg.report_every,
+                        **more)}, isolate=True)  # fmt: skip
+
+    sim = Settings(layout=PRESETS[cfg.preset], seed=cfg.seed)
+    steps = [
+        Step("simulate", "simulate the phototoxicity experiment", exp, simulate_experiment,
+             lambda: {"settings": sim, "out": exp, "jobs": cfg.jobs}),
+    ]  # fmt: skip
+    if pretrain:
+        ds_a, run_a = out / "dataset_A", out / "train_A"
+        steps += [
+            Step("dataset_A", "build Data Set A to pre-train on", ds_a, build,
+                 lambda: dataset("A", ds_a)),
+            Step("train_A", "pre-train on Data Set A (the A demo's solver)", run_a, train_step,
+                 training("A", ds_a, run_a, DemoConfig.max_iter, DEMO_BASE_LR)),
+        ]  # fmt: skip
+    steps += [
+        Step("dataset", f"build Data Set {cfg.dataset} (reduced augmentation)", ds, build,
+             lambda: dataset(cfg.dataset, ds)),
+        Step("train", "train the published net on the CPU (derived solver)"
+             + (", fine-tuning the Data Set A weights" if b else ""), run, train_step,
+             training(cfg.dataset, ds, run, cfg.max_iter, cfg.base_lr, weights_a if b else None)),
+    ]  # fmt: skip
+    if b:
+        # Data Set B's training crops carry additive noise (section 2.3 n) that deploy inputs
+        # never have: the deploy net needs BatchNorm statistics of clean windows
+        # (deadnet_caffe.bnstats). The weights are unchanged, so the evaluation's primary
+        # (batch-statistics) mode is too; its global-statistics mode shows the difference.
+        steps.append(
+            Step("bnstats", "BatchNorm statistics for deployment, re-estimated on un-augmented "
+                 "windows", out / "bnstats", write_bnstats, lambda: {"s": BnStatsSettings(
+                     weights=run / "latest.caffemodel", experiment=exp, dataset=ds,
+                     out=out / "bnstats", seed=cfg.seed)}, isolate=True)
+        )  # fmt: skip
+    votes = exp / "votes.csv"
+    steps.append(
+        Step("evaluate", "test accuracy with bootstrap BCa intervals", out / "evaluation",
+             evaluate, lambda: {"s": EvalSettings(
+                 weights=str(weights), dataset=str(ds), out=str(out / "evaluation"),
+                 net=str(run / "train_val.prototxt") if b else None, seed=cfg.seed,
+                 votes=str(votes) if votes.exists() else None)}, isolate=True)
+    )  # fmt: skip
+    if not b:
+        steps += [
+            Step("heatmap", "sliding-window heat maps of a held-out time-lapse",
+                 out / "heatmap", write_heatmap_run, lambda: {"s": HeatmapRun(
+                     weights=weights, out=out / "heatmap", inputs=(heldout().path,),
+                     frame_interval_min=heldout().frame_interval_min)}, isolate=True),
+            Step("gradcam", "Grad-CAM with class-averaged weights (eq. 3)", out / "gradcam",
+                 write_gradcam, lambda: {"s": GradCamSettings(
+                     weights=weights, dataset=ds, out=out / "gradcam",
+                     per_class=cfg.gradcam_per_class, frame=heldout().path)}, isolate=True),
+            Step("classmodel", "class model visualisation (eq. 4)", out / "classmodel",
+                 write_classmodel, lambda: {"r": ClassModelRun(
+                     weights=weights, out=out / "classmodel", dataset=ds,
+                     iterations=cfg.classmodel_iterations)}, isolate=True),
+            report("report", weights, "the per-experiment phototoxicity report"),
+        ]  # fmt: skip
+    else:
+        for name, w, net in (("report", weights, "B"), ("report_A", weights_a, "A")):
+            title = f"heat maps and Grad-CAM on Data Set B's positions (the {net} net)"
+            steps.append(report(name, w, title, max_dose=DATASET_B_DOSE_RANGE_S[1]))
+    return steps
+
+
 def run_demo(
     cfg: DemoConfig, log: Callable[[str], None] = print, progress: bool | None = None
 ) -> dict:
-    """Run (or reuse) every step and write ``summary.json`` and ``index.html``.
+    """Run (or reuse) every step of :func:`plan` and write ``summary.json`` and
+    ``index.html``.
 
-    ``progress`` is passed to every step as ``--progress`` / ``--no-progress`` (None: each
-    step's own rule, a bar only when stdout is a terminal).
+    ``progress`` is passed to every step (None: each step's own rule, a bar only when stdout
+    is a terminal). A step reruns when any step before it ran: its inputs may have changed.
 
     Returns the summary dict (see :func:`deadnet_caffe.demo_page.summarise`).
     """
     out = cfg.out
     claim_dir(out, "demo")
     write_settings(out, asdict(cfg))
-    exp, ds, run = out / "experiment", out / f"dataset_{cfg.dataset}", out / "train"
-    weights = run / "latest.caffemodel"
-    seed = ["--seed", str(cfg.seed)]
     done: dict[str, dict] = {}
     t_start = time.perf_counter()
-
-    bars = [] if progress is None else ["--progress" if progress else "--no-progress"]
-
-    def step(name: str, title: str, folder: Path, argv: list[str], extra: list[str] = ()):
-        # a step reruns when any step before it ran: its inputs may have changed
+    for step in plan(cfg):
         reuse = all(d.get("cached") for d in done.values())
-        done[name] = run_step(Step(name, title, folder, argv), log, [*extra, *bars], reuse)
-
-    step(
-        "simulate",
-        "simulate the phototoxicity experiment",
-        exp,
-        [
-            "simulate",
-            "--preset",
-            cfg.preset,
-            *seed,
-            "--jobs",
-            str(cfg.jobs),
-            "--out",
-            str(exp),
-        ],
-    )
-
-    def dataset_argv(name: str, folder: Path) -> list[str]:
-        aug = ["--blurs", str(cfg.blurs)]
-        if name == "A":
-            aug += ["--warps", str(cfg.warps), "--early-frames", *map(str, cfg.early_frames)]
-        else:
-            aug = list(DEMO_B_AUGMENTATION)
-        return ["dataset", name, "--experiment", str(exp), "--out", str(folder), *seed,
-                "--workers", str(cfg.jobs), *aug]  # fmt: skip
-
-    def train_argv(name: str, data: Path, folder: Path, max_iter: int, lr: float) -> list[str]:
-        solver = published(f"dataset_{name.lower()}/solver.prototxt")
-        return ["train", "--dataset", str(data), "--solver", str(solver), "--run", str(folder),
-                "--max-iter", str(max_iter), "--base-lr", str(lr),
-                "--test-interval", str(cfg.test_interval),
-                "--snapshot-interval", str(cfg.test_interval),
-                "--test-iter", str(_test_iter(data)), *seed]  # fmt: skip
-
-    start: list[str] = []
+        done[step.name] = run_step(step, log, reuse, progress)
     if cfg.dataset == "B":
-        weights_a = cfg.pretrained
-        if weights_a is None or not weights_a.is_file():
-            # no A demo to start from: train its weights here, as 'deadnet demo' does
-            ds_a, run_a = out / "dataset_A", out / "train_A"
-            step("dataset_A", "build Data Set A to pre-train on", ds_a, dataset_argv("A", ds_a))
-            step(
-                "train_A",
-                "pre-train on Data Set A (the A demo's solver)",
-                run_a,
-                train_argv("A", ds_a, run_a, DemoConfig.max_iter, DEMO_BASE_LR),
-                extra=_prepare_train_folder(run_a),
-            )
-            weights_a = run_a / "latest.caffemodel"
-        start = ["--weights", str(weights_a.resolve())]
-    step(
-        "dataset",
-        f"build Data Set {cfg.dataset} (reduced augmentation)",
-        ds,
-        dataset_argv(cfg.dataset, ds),
-    )
-    step(
-        "train",
-        "train the published net on the CPU (derived solver)"
-        + (", fine-tuning the Data Set A weights" if start else ""),
-        run,
-        [*train_argv(cfg.dataset, ds, run, cfg.max_iter, cfg.base_lr), *start],
-        extra=_prepare_train_folder(run),
-    )
-    evaluate_net: list[str] = []
-    if cfg.dataset == "B":
-        # Data Set B's training crops carry additive noise (section 2.3 n) that deploy inputs
-        # never have: the deploy net needs BatchNorm statistics of clean windows
-        # (deadnet_caffe.bnstats). The weights are unchanged, so the evaluation's primary
-        # (batch-statistics) mode is too; its global-statistics mode shows the difference.
-        step(
-            "bnstats",
-            "BatchNorm statistics for deployment, re-estimated on un-augmented windows",
-            out / "bnstats",
-            ["bnstats", "--weights", str(weights), "--experiment", str(exp), "--dataset",
-             str(ds), "--out", str(out / "bnstats"), *seed],
-        )  # fmt: skip
-        weights = out / "bnstats" / BNSTATS_WEIGHTS
-        evaluate_net = ["--net", str(run / "train_val.prototxt")]
-    votes = ["--votes", str(exp / "votes.csv")] if (exp / "votes.csv").exists() else []
-    step(
-        "evaluate",
-        "test accuracy with bootstrap BCa intervals",
-        out / "evaluation",
-        [
-            "evaluate",
-            "--weights",
-            str(weights),
-            *evaluate_net,
-            "--dataset",
-            str(ds),
-            "--out",
-            str(out / "evaluation"),
-            *seed,
-            *votes,
-        ],
-    )
-    if cfg.dataset == "A":
-        heldout = _heldout_position(exp, ds / "split.csv")
-        net = ["--weights", str(weights)]
-        step(
-            "heatmap",
-            "sliding-window heat maps of a held-out time-lapse",
-            out / "heatmap",
-            [
-                "heatmap",
-                *net,
-                "--out",
-                str(out / "heatmap"),
-                "--frame-interval-min",
-                f"{heldout.frame_interval_min:g}",
-                str(heldout.path),
-            ],
-        )
-        step(
-            "gradcam",
-            "Grad-CAM with class-averaged weights (eq. 3)",
-            out / "gradcam",
-            [
-                "gradcam",
-                *net,
-                "--dataset",
-                str(ds),
-                "--out",
-                str(out / "gradcam"),
-                "--per-class",
-                str(cfg.gradcam_per_class),
-                "--frame",
-                str(heldout.path),
-            ],
-        )
-        step(
-            "classmodel",
-            "class model visualisation (eq. 4)",
-            out / "classmodel",
-            [
-                "classmodel",
-                *net,
-                "--dataset",
-                str(ds),
-                "--out",
-                str(out / "classmodel"),
-                "--iterations",
-                str(cfg.classmodel_iterations),
-            ],
-        )
-        step(
-            "report",
-            "the per-experiment phototoxicity report",
-            out / "report",
-            [
-                "report",
-                *net,
-                "--experiment",
-                str(exp),
-                "--out",
-                str(out / "report"),
-                "--every",
-                str(cfg.report_every),
-            ],
-        )
-    if cfg.dataset == "B":
-        low = f"{DATASET_B_DOSE_RANGE_S[1]:g}"
-        for name, w, net in (("report", weights, "B"), ("report_A", Path(start[1]), "A")):
-            step(
-                name,
-                f"heat maps and Grad-CAM on Data Set B's positions (the {net} net)",
-                out / name,
-                ["report", "--weights", str(w), "--experiment", str(exp), "--out",
-                 str(out / name), "--every", str(cfg.report_every), "--max-dose", low],
-            )  # fmt: skip
-        (out / TRUTH_NAME).write_text(
-            json.dumps(truth_check(exp, ds, out / "evaluation", cfg.seed), indent=2) + "\n"
-        )
+        truth = truth_check(out / "experiment", out / "dataset_B", out / "evaluation", cfg.seed)
+        (out / TRUTH_NAME).write_text(json.dumps(truth, indent=2) + "\n")
     summary = summarise(cfg, done, time.perf_counter() - t_start)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_page(cfg, summary)

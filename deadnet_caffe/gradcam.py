@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,22 @@ import numpy as np
 from data_prep.core.datum import sample_crops
 from data_prep.core.errors import UserError
 from data_prep.core.grids import Grid
-from data_prep.core.paper import GRADCAM_LAYER, LABELS, NET_INPUT_PX
+from data_prep.core.outdir import output_dir
+from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER, LABELS, NET_INPUT_PX
 from data_prep.core.progress import progress_bar
+from data_prep.core.runinfo import write_settings
+from data_prep.core.stack import read_stack
 from data_prep.core.tiffout import Calibration, write_stack
-from deadnet_caffe.checks import load_npz
+from deadnet_caffe.checks import check_image_sources, load_npz
 from deadnet_caffe.figout import save_figure
-from deadnet_caffe.infer import DeployNet, crop_to_input, upsample_at
+from deadnet_caffe.infer import (
+    DEFAULT_BATCH,
+    DEFAULT_MODEL,
+    DeployNet,
+    centre_input,
+    crop_to_input,
+    upsample_at,
+)
 
 
 @dataclass
@@ -484,3 +495,94 @@ def write_whole_frame(
         "all_zero_crops_eq1": s_own.n_all_zero,
         "all_zero_crops_eq3": s_avg.n_all_zero,
     }
+
+
+@dataclass(frozen=True)
+class GradCamSettings:
+    """What ``deadnet gradcam`` draws (its options, by name); saved in settings.json."""
+
+    weights: Path
+    dataset: Path  # folder with train.lmdb (eq. 3) and test.lmdb (examples)
+    out: Path
+    model: Path = DEFAULT_MODEL
+    layer: str = GRADCAM_LAYER
+    per_class: int = 200  # training crops per class averaged in eq. 3
+    cache: Path | None = None  # eq. 3 cache (.npz); None: beside the weights
+    images: tuple[Path, ...] = field(default_factory=tuple)  # examples instead of test.lmdb
+    examples: int = 3  # test.lmdb examples per class
+    frame: Path | None = None  # image for a whole-frame Grad-CAM
+    frame_class: str = "sick"
+    stride: int = CROP_STRIDE_PX
+    figure_format: tuple[str, ...] = ("png",)
+    batch: int = DEFAULT_BATCH
+    gpu: int | None = None
+
+
+def _examples(s: GradCamSettings, net: DeployNet):
+    """(z, labels, names) of the example crops: ``s.images`` (labelled by the net's
+    prediction) or crops of the dataset's test (else val, else train) LMDB."""
+    if s.images:
+        z = np.stack([centre_input(read_stack(path)[0]) for path in s.images])
+        labels = (net.p_sick(z) >= 0.5).astype(np.int64)  # predicted class
+        return z, labels, [path.name for path in s.images]
+    for split in ("test.lmdb", "val.lmdb", "train.lmdb"):
+        if (Path(s.dataset) / split).is_dir():
+            z, labels = sample_crops(Path(s.dataset) / split, s.examples, seed=1)
+            return z, labels, [f"{split}#{i}" for i in range(len(z))]
+    raise UserError(f"{s.dataset}: no test.lmdb, val.lmdb or train.lmdb for examples.")
+
+
+def write_gradcam(s: GradCamSettings, progress: bool | None = None) -> dict:
+    """Write ``s.out``: the example overlays (:func:`write_examples`), with ``s.frame`` the
+    stitched whole-frame maps (:func:`write_whole_frame`), summary.json and settings.json;
+    eq. 3's class-averaged weights are computed once and cached in ``s.cache``.
+
+    Returns the summary.json document (``all_zero_eq1``/``all_zero_eq3`` count the maps
+    that are zero everywhere).
+    """
+    if s.per_class < 1 or s.examples < 1 or s.stride < 1:
+        raise UserError("--per-class, --examples and --stride must be at least 1.")
+    check_image_sources([(path, None, None) for path in s.images])
+    weights = Path(s.weights)
+    cache = s.cache or weights.with_name(f"{weights.stem}.{s.layer}.eq3.npz")
+    inputs = [s.dataset, s.model, s.weights, cache, *s.images]
+    if s.frame:
+        inputs.append(s.frame)
+    with output_dir(s.out, "gradcam", inputs) as tmp:
+        frame = read_stack(s.frame)[0] if s.frame else None
+        net = DeployNet(s.model, s.weights, s.gpu, force_backward=True)
+        gc = GradCam(net, s.layer)
+        cw = class_weights(
+            gc, Path(s.dataset) / "train.lmdb", cache, s.per_class, s.batch, progress
+        )
+        print(
+            f"eq. 3 weights: {cw['counts'].tolist()} crops per class "
+            f"({'cached' if cw['cached'] else 'computed'}: {cache})"
+        )
+        z, labels, names = _examples(s, net)
+        summary = {
+            "layer": s.layer,
+            "A": "post-ReLU activations; dS/dA taken before ReLU backward",
+            "eq3_counts": cw["counts"].tolist(),
+            "eq3_cache": str(cache),
+            **write_examples(tmp, gc, z, labels, names, cw["alpha"], s.figure_format),
+        }
+        if frame is not None:
+            c = 1 if s.frame_class == "sick" else 0
+            summary["whole_frame"] = {
+                "class": s.frame_class,
+                **write_whole_frame(
+                    tmp,
+                    gc,
+                    frame,
+                    c,
+                    cw["alpha"][c],
+                    s.stride,
+                    s.batch,
+                    Calibration.of_tiff(s.frame),
+                    s.figure_format,
+                ),
+            }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_settings(tmp, asdict(s))
+    return summary

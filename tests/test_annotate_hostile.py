@@ -16,9 +16,8 @@ import pytest
 from annotate_helpers import SMALL_ITEMS, Client, dump, serve_in_thread, small_experiment
 
 from data_prep.annotate import db
-from data_prep.annotate.server import MAX_BODY_BYTES, is_loopback, make_server
-from deadnet_caffe.cli import build_parser, main
-from deadnet_caffe.commands.annotate import start_server
+from data_prep.annotate.server import MAX_BODY_BYTES, is_loopback, make_server, start_server
+from deadnet_caffe.cli import main
 
 CLIENT_WAIT_S = 20.0  # a client gives up on an answer after this long (a failure, not a timing)
 
@@ -456,13 +455,8 @@ def test_is_loopback(host, loopback):
 def test_non_loopback_host_is_warned_about(tmp_path, capsys):
     experiment = small_experiment(tmp_path / "exp")
     for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
-        args = build_parser(only="annotate").parse_args(
-            [
-                *("annotate", "serve", "--experiment", str(experiment)),
-                *("--db", str(tmp_path / "h.db"), "--host", host, "--port", "0"),
-            ]
-        )
-        server = start_server(args)  # bound, but never serving: nothing answers
+        # bound, but never serving: nothing answers
+        server = start_server(experiment, str(tmp_path / "h.db"), host, 0, 80.0)
         server.server_close()
         out, err = capsys.readouterr()
         assert "annotation app on http://" in out

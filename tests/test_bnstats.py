@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import caffe_tiny
 import numpy as np
 from scipy.signal import correlate2d
@@ -53,3 +55,32 @@ def test_reestimate_gives_the_mean_of_batch_statistics(tmp_path):
     for name in ("conv1", "scale1", "fc1", "score"):
         for old, now in zip(net.params[name], new.params[name], strict=True):
             np.testing.assert_array_equal(old.data, now.data)
+
+
+def test_bnstats_command_takes_the_progress_option(tmp_path, capsys):
+    """``deadnet bnstats`` accepts ``--progress/--no-progress`` like every long command (the B
+    demo passed ``--no-progress`` and stopped there); the bar counts the batches on stderr.
+    The two training positions' 384 x 640 frames hold 2 x 4 windows of 256 px at stride 128
+    each: 12 of those 16 windows in batches of 4 are 3 batches."""
+    from data_experiment import make_experiment
+    from infer_nets import write_net
+
+    from deadnet_caffe.cli import main
+
+    positions = make_experiment(tmp_path / "exp", frames=2)
+    train = [p.key for p in positions[:2]]
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    rows = [f"{p.key},{'train' if p.key in train else 'test'}\n" for p in positions]
+    (ds / "split.csv").write_text("key,part\n" + "".join(rows))
+    model, weights = write_net(tmp_path)
+    argv = ["bnstats", "--model", str(model), "--weights", str(weights), "--experiment",
+            str(tmp_path / "exp"), "--dataset", str(ds), "--windows", "12", "--frames", "1",
+            "--batch", "4"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert "batch" not in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "bar"), "--progress"]) == 0
+    assert "3/3" in capsys.readouterr().err
+    for out in ("quiet", "bar"):
+        doc = json.loads((tmp_path / out / "bnstats.json").read_text())
+        assert (doc["batches"], doc["windows"], doc["positions"]) == (3, 12, train)

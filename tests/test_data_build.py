@@ -15,17 +15,18 @@ import lmdb
 import numpy as np
 import pytest
 import tifffile
-from data_experiment import HEIGHT, WIDTH, make_experiment, make_votes
+from data_experiment import HEIGHT, WIDTH, make_experiment, make_votes, texture
 
 from data_prep import writers
 from data_prep.core import datum, grids, paper
 from data_prep.core.errors import UserError
-from data_prep.core.manifest import read_manifest, write_manifest
+from data_prep.core.manifest import Position, read_manifest, write_manifest
 from data_prep.core.normalize import encode_z
 from data_prep.core.outdir import MARKER
 from data_prep.core.paper import DATA_MEAN_VALUE, DATA_SCALE, NET_INPUT_PX
 from data_prep.core.stack import Stack
 from data_prep.split import split_positions
+from data_prep.votes_csv import Vote, write_votes
 from deadnet_caffe.caffe_env import import_caffe
 from deadnet_caffe.cli import main
 
@@ -321,6 +322,50 @@ def test_dataset_a_full_multiplicities_on_tiny_frames(experiment, tmp_path, argv
     assert card["counts"]["train"]["crops"] == n_train * per_crop * crops
     with lmdb.open(str(out / "train.lmdb"), readonly=True, lock=False) as env:
         assert env.stat()["entries"] == n_train * per_crop * crops
+
+
+@pytest.fixture(scope="module")
+def item_experiment(tmp_path_factory):
+    """Four positions of ten 256 x 256 frames (one crop each), one concordant item each at
+    t0 = 0: two dose-0 healthy, two 40 s sick; the split puts one of each class in train."""
+    root = tmp_path_factory.mktemp("items")
+    rng = np.random.default_rng(5)
+    positions, votes = [], []
+    for i, (dose, label) in enumerate(((0.0, "healthy"), (0.0, "healthy"), (40.0, "sick"),
+                                       (40.0, "sick"))):  # fmt: skip
+        path = root / f"w{i}.tif"
+        tifffile.imwrite(path, texture(rng, 10, 256, 256), photometric="minisblack")
+        p = Position("P", f"W{i}", "p1", dose, 8.0, 0.3225, 10, path)
+        positions.append(p)
+        votes += [Vote(f"{p.key}@t0y0x0", a, label, a == "ann2", "2024-01-01T00:00:00Z")
+                  for a in ("ann1", "ann2")]  # fmt: skip
+    write_manifest(root, positions)
+    write_votes(root / "votes.csv", votes)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("argv", "per_item"),
+    [
+        # section 2.3: r x b x t x n = 8 x 3 x 10 x 3 = 720 per annotated crop (the defaults)
+        ([], 8 * 3 * 10 * 3),
+        # "0 copies means one": no blur and no noise still give one copy of each view
+        (["--blurs", "0", "--noise-copies", "0"], 8 * 1 * 10 * 1),
+    ],
+)
+def test_dataset_b_full_multiplicities_on_tiny_frames(item_experiment, tmp_path, argv, per_item):
+    assert (paper.AUG_B_TOTAL, 8 * 3 * 10 * 3) == (720, 720)
+    out = tmp_path / "B"
+    assert main(["dataset", "B", "--experiment", str(item_experiment), "--out", str(out),
+                 "--workers", "1", "--no-progress", *argv]) == 0  # fmt: skip
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["counts"]["train"]["positions"] == 2  # one item each, one of each class
+    assert card["counts"]["train"]["crops"] == 2 * per_item
+    assert card["counts"]["test"]["crops"] == 2 * 10  # test items: the 10 frames, unaugmented
+    for part, n in (("train", per_item), ("test", 10)):
+        with lmdb.open(str(out / f"{part}.lmdb"), readonly=True, lock=False) as env:
+            labels = [datum.parse_datum(v)[1] for _, v in env.begin().cursor()]
+        assert sorted(labels) == [0] * n + [1] * n
 
 
 def _positions_of(dataset: Path, part: str) -> set[str]:

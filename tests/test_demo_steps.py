@@ -1,32 +1,94 @@
-"""The demo's step cache (deadnet_caffe.demo.run_step): reuse, and a changed command line."""
+"""The demo's steps (deadnet_caffe.demo): the cache (reuse, a changed call, an older demo's
+stamp), the child process of Caffe steps, and the resumed fine-tuning step."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-from deadnet_caffe.demo import STAMP, Step, run_step
-from deadnet_caffe.netspec import published
+import pytest
+
+from data_prep.core.errors import UserError
+from deadnet_caffe.demo import STAMP, Step, resumed, run_step
+from deadnet_caffe.train import TrainSettings
 
 
-def test_a_changed_command_line_remakes_the_step_and_a_same_one_reuses_it(tmp_path):
+def write_note(out: Path, text: str, progress: bool | None = None) -> None:
+    """A step's library call: writes OUT/note.txt (and OUT/progress.txt: what it was given)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "note.txt").write_text(text)
+    (out / "progress.txt").write_text(repr(progress))
+
+
+def abort(out: Path, progress: bool | None = None) -> None:
+    """A step that dies as a failed Caffe CHECK does: SIGABRT."""
+    os.abort()
+
+
+def refuse(out: Path, progress: bool | None = None) -> None:
+    raise UserError(f"{out}: refused.")
+
+
+def _step(out: Path, text: str, isolate: bool = False) -> Step:
+    return Step("note", "write a note", out, write_note, lambda: {"out": out, "text": text},
+                isolate)  # fmt: skip
+
+
+def test_a_changed_call_remakes_the_step_and_a_same_one_reuses_it(tmp_path):
     out = tmp_path / "step"
     out.mkdir()
-    (out / "old-output.txt").write_text("made by an earlier command line\n")
+    (out / "old-output.txt").write_text("made by an earlier call\n")
+    # an older demo's stamp recorded a command line: it matches no step, which is made again
     (out / STAMP).write_text(json.dumps({"argv": ["describe", "other"], "seconds": 1.0}))
-    argv = ["describe", str(published("deploy.prototxt"))]
     lines: list[str] = []
 
-    first = run_step(Step("describe", "a net's table", out, argv), lines.append)
-    assert first["cached"] is False and first["argv"] == argv
+    first = run_step(_step(out, "one"), lines.append, progress=False)
+    assert first["cached"] is False
+    assert first["key"] == {
+        "call": "test_demo_steps.write_note",
+        "kwargs": {"out": str(out), "text": "one"},
+    }
     assert not (out / "old-output.txt").exists()  # the earlier output went
-    assert json.loads((out / STAMP).read_text())["argv"] == argv
-    assert any("the command line or an input changed" in line for line in lines)
+    assert (out / "note.txt").read_text() == "one"
+    assert (out / "progress.txt").read_text() == "False"
+    assert json.loads((out / STAMP).read_text())["key"] == first["key"]
+    assert any("the call or an input changed" in line for line in lines)
 
-    again = run_step(Step("describe", "a net's table", out, argv), lines.append)
+    again = run_step(_step(out, "one"), lines.append)
     assert again["cached"] is True and again["seconds"] == first["seconds"]
-    assert lines[-1].startswith("[demo] describe: reusing")
+    assert lines[-1].startswith("[demo] note: reusing")
 
-    # after an earlier step ran again, the same command line is not enough to reuse it
-    forced = run_step(Step("describe", "a net's table", out, argv), lines.append, reuse=False)
+    changed = run_step(_step(out, "two"), lines.append)
+    assert changed["cached"] is False and (out / "note.txt").read_text() == "two"
+
+    # after an earlier step ran again, the same call is not enough to reuse it
+    forced = run_step(_step(out, "two"), lines.append, reuse=False)
     assert forced["cached"] is False
     assert any("an input changed" in line for line in lines[-3:])
+
+
+def test_an_isolated_step_runs_in_a_child_and_its_abort_is_one_failed_step(tmp_path):
+    out = tmp_path / "child"
+    doc = run_step(_step(out, "from a child", isolate=True), lambda _: None, progress=True)
+    assert doc["cached"] is False and (out / "note.txt").read_text() == "from a child"
+    assert (out / "progress.txt").read_text() == "True"
+
+    for fn, how in ((abort, "signal SIGABRT"), (refuse, "exit 2")):
+        bad = tmp_path / fn.__name__
+        step = Step(fn.__name__, "fail", bad, fn, lambda bad=bad: {"out": bad}, isolate=True)
+        with pytest.raises(UserError, match=f"step {fn.__name__} failed \\({how}\\)"):
+            run_step(step, lambda _: None)
+        assert not (bad / STAMP).exists()  # a rerun retries it
+
+
+def test_an_interrupted_fine_tuning_step_resumes_without_its_start_weights(tmp_path):
+    run = tmp_path / "train"
+    s = TrainSettings(dataset="ds", solver="solver.prototxt", run=str(run), weights="a.caffemodel")
+    assert resumed(s) == s  # no run folder yet: a fresh start from the weights
+    run.mkdir()
+    assert resumed(s) == s  # a run folder without a solverstate starts afresh too
+    (run / "snap_iter_90.solverstate").write_bytes(b"")
+    assert (resumed(s).resume, resumed(s).weights) == (True, None)
+    (run / STAMP).write_text("{}")
+    assert resumed(s) == s  # a finished step is not resumed

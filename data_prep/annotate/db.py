@@ -24,6 +24,7 @@ annotator.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import sqlite3
 import time
@@ -61,7 +62,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from data_prep.concordance import count_disagreement
 from data_prep.core.errors import UserError
 from data_prep.core.paper import OVERLAP_EVERY_NTH, VOTE_LABELS
-from data_prep.votes_csv import Vote
+from data_prep.core.runinfo import write_settings
+from data_prep.votes_csv import COLUMNS, Vote, write_votes
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WHY_MAX_CHARS = 2000
@@ -552,3 +554,72 @@ def all_votes(engine: Engine) -> list[Vote]:
             .order_by(votes.c.id)
         )
         return [Vote(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The SQLite file of a ``--db`` value (a plain path or ``sqlite:///``), else None."""
+    if "://" not in url:
+        return Path(url)
+    if url.startswith("sqlite:///") and url not in ("sqlite:///", "sqlite:///:memory:"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def check_db_file(url: str) -> None:
+    """Refuse a ``--db`` that names something other than an SQLite database (or a new file)."""
+    path = _sqlite_file(url)
+    if path is None or not path.exists():
+        return
+    if path.is_dir():
+        raise UserError(f"--db {url} is a folder, not a database file.")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except OSError as err:
+        raise UserError(f"--db {url}: cannot read it ({err.strerror}).") from None
+    if head and head != _SQLITE_MAGIC:
+        raise UserError(f"--db {url} is not an SQLite database (nothing was changed).")
+
+
+def _check_export(out: Path, url: str) -> None:
+    """Refuse an export ``--out`` that is a folder, the database or a file other than votes."""
+    db_file = _sqlite_file(url)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the votes CSV file to write.")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist.")
+    if db_file is not None and out.exists() and out.resolve() == db_file.resolve():
+        raise UserError(f"--out {out} is the database itself; choose another file.")
+    if out.exists():
+        try:
+            with out.open(newline="") as fh:
+                header = fh.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            header = ""
+        if header != ",".join(COLUMNS):
+            raise UserError(
+                f"--out {out} exists and is not a votes CSV; choose another file "
+                "(nothing was changed)."
+            )
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {out}: the folder {out.parent} is not writable.")
+
+
+def export_votes(url: str, out: Path) -> int:
+    """Write every vote of the database at ``url`` to the votes CSV ``out`` (the
+    :mod:`data_prep.votes_csv` schema) and ``OUT_STEM.settings.json`` beside it; return the
+    number of votes. Refuses an ``out`` that is a folder, the database or another CSV."""
+    check_db_file(url)
+    _check_export(out, url)
+    engine = open_db(url, create=False)
+    votes = all_votes(engine)
+    try:
+        write_votes(out, votes)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write it ({err.strerror}).") from None
+    settings = {"command": "annotate export", "db": str(engine.url), "votes": len(votes)}
+    write_settings(out.parent, settings, name=f"{out.stem}.settings.json")
+    return len(votes)

@@ -47,6 +47,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -582,4 +583,38 @@ def make_server(
     except BaseException:
         server.server_close()
         raise
+    return server
+
+
+def start_server(
+    experiment: Path | str, db_url: str, host: str, port: int, max_dose_s: float
+) -> AnnotationServer:
+    """Bind the server of ``annotate serve`` and say where it listens (it serves nothing yet).
+
+    A ``--host`` that is not a loopback address (``0.0.0.0``, a LAN address) gets a warning
+    on stderr: the app and its tokens are then open to the network, unencrypted.
+
+    Raises
+    ------
+    UserError
+        For a bad port, experiment or database, or an address that cannot be bound.
+    """
+    if not 0 <= port < 65536:
+        raise UserError(f"--port {port} is not a port number (0 picks a free one).")
+    server = make_server(experiment, db_url, host, port, max_dose_s)
+    if not is_loopback(host):
+        shown = host or "''"  # the empty host listens on every address
+        print(
+            f"warning: --host {shown} is not a loopback address, so anyone who can reach "
+            "this machine can open the app and try tokens, which travel unencrypted; keep the "
+            "default 127.0.0.1 behind an HTTPS reverse proxy instead.",
+            file=sys.stderr,
+            flush=True,
+        )
+    if db.count_annotators(server.engine) == 0:
+        print(
+            "no annotators yet: create them with "
+            f"`deadnet annotate add-annotator NAME --db {db_url}`"
+        )
+    print(f"annotation app on {server.url} (Ctrl-C stops it)", flush=True)
     return server

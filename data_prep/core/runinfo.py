@@ -6,6 +6,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
@@ -51,3 +52,9 @@ def write_settings(out_dir: Path | str, settings: dict, name: str = "settings.js
     path = out / name
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
+
+
+def settings_from(cls: type, namespace: object):
+    """An instance of the dataclass ``cls`` from the attributes of ``namespace`` (a command's
+    parsed arguments) named like its fields: how a command hands its options to the library."""
+    return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)})

@@ -8,23 +8,18 @@ Set B's additive noise) otherwise sees clean inputs through statistics of noisy 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
-
-from data_prep.core.outdir import output_dir
-from data_prep.core.runinfo import write_settings
-from data_prep.core.stack import MANIFEST_CHANNEL
+from data_prep.core.progress import add_progress_argument
+from data_prep.core.runinfo import settings_from
 from deadnet_caffe.bnstats import (
     DEFAULT_FRAMES,
     DEFAULT_WINDOWS,
     WEIGHTS_NAME,
-    reestimate,
-    sample_windows,
-    training_positions,
+    BnStatsSettings,
+    write_bnstats,
 )
-from deadnet_caffe.checks import check_image_sources, positive_int, seed
+from deadnet_caffe.checks import positive_int, seed
 from deadnet_caffe.infer import add_net_arguments
 
 NAME = "bnstats"
@@ -44,24 +39,13 @@ def add_arguments(p) -> None:
         help="frames per training position, evenly spaced",
     )
     p.add_argument("--seed", type=seed, default=0, help="seed of the window sample")
+    add_progress_argument(p)
 
 
 def run(args) -> int:
-    positions = training_positions(args.experiment, args.dataset / "split.csv")
-    check_image_sources(
-        [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
-    )
-    inputs = [args.experiment, args.dataset, args.model, args.weights]
-    with output_dir(args.out, NAME, inputs) as tmp:
-        rng = np.random.default_rng(args.seed)
-        z = sample_windows(positions, args.windows, args.frames, rng)
-        stats = reestimate(args.model, args.weights, z, tmp / WEIGHTS_NAME, args.batch, args.gpu)
-        stats["windows"] = len(z)
-        stats["positions"] = [p.key for p in positions]
-        (tmp / "bnstats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    stats = write_bnstats(settings_from(BnStatsSettings, args), args.progress)
     print(
         f"deadnet bnstats: {stats['batches']} batches of {args.batch} windows from "
-        f"{len(positions)} training positions; {args.out / WEIGHTS_NAME}"
+        f"{len(stats['positions'])} training positions; {args.out / WEIGHTS_NAME}"
     )
     return 0

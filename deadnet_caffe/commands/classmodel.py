@@ -12,11 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from data_prep.core.datum import sample_crops
-from data_prep.core.errors import UserError
-from data_prep.core.outdir import output_dir
 from data_prep.core.paper import (
     CLASSMODEL_EPSILON,
     CLASSMODEL_ITERATIONS,
@@ -24,17 +19,11 @@ from data_prep.core.paper import (
     CLASSMODEL_LAMBDA2,
 )
 from data_prep.core.progress import add_progress_argument
-from data_prep.core.runinfo import write_settings
-from data_prep.core.stack import read_stack
+from data_prep.core.runinfo import settings_from
 from deadnet_caffe.checks import nonnegative_float, positive_float, positive_int
-from deadnet_caffe.classmodel import (
-    ClassModelSettings,
-    ScoreGradient,
-    class_models,
-    write_class_models,
-)
+from deadnet_caffe.classmodel import ClassModelRun, write_classmodel
 from deadnet_caffe.figout import add_figure_argument
-from deadnet_caffe.infer import DeployNet, add_net_arguments, centre_input
+from deadnet_caffe.infer import add_net_arguments
 
 NAME = "classmodel"
 HELP = "class model images by gradient ascent on the class score (eq. 4, Figure 6)"
@@ -77,38 +66,8 @@ def add_arguments(p) -> None:
     add_progress_argument(p)
 
 
-def _inits(args) -> dict[int, np.ndarray] | None:
-    """Starting image of each class label (crops in z units), or None."""
-    if args.init_image:
-        out = {}
-        for c, path in enumerate(args.init_image):
-            out[c] = centre_input(read_stack(path)[0])
-        return out
-    if args.dataset:
-        for split in ("test.lmdb", "train.lmdb"):
-            if (args.dataset / split).is_dir():
-                z, labels = sample_crops(args.dataset / split, 1, seed=2)
-                if set(labels.tolist()) == {0, 1}:
-                    return {int(c): z[labels == c][0] for c in (0, 1)}
-        raise UserError(f"{args.dataset}: no test.lmdb or train.lmdb with crops of both classes.")
-    return None
-
-
 def run(args) -> int:
-    if args.iterations < 1:
-        raise UserError("--iterations must be at least 1.")
-    inputs = [args.model, args.weights, *(args.init_image or [])]
-    if args.dataset:
-        inputs.append(args.dataset)
-    with output_dir(args.out, NAME, inputs) as tmp:
-        settings = ClassModelSettings(
-            args.epsilon, args.lambda1, args.lambda2, args.iterations, args.laplacian_sign
-        )
-        inits = _inits(args)
-        net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-        panels = class_models(ScoreGradient(net), inits, settings, args.progress)
-        summary = write_class_models(tmp, panels, inits, args.figure_format)
-        write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    summary = write_classmodel(settings_from(ClassModelRun, args), args.progress)
     print(json.dumps(summary, indent=1))
     for key, v in summary.items():
         if v["unchanged"]:

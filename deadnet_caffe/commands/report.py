@@ -22,26 +22,14 @@ import argparse
 import json
 from pathlib import Path
 
-from data_prep.core.checks import read_text
-from data_prep.core.errors import UserError
-from data_prep.core.manifest import read_manifest
-from data_prep.core.outdir import output_dir
-from data_prep.core.paper import CROP_STRIDE_PX, GRADCAM_LAYER
+from data_prep.core.paper import CROP_STRIDE_PX
 from data_prep.core.progress import add_progress_argument
-from data_prep.core.runinfo import write_settings
-from data_prep.core.stack import MANIFEST_CHANNEL
-from deadnet_caffe import cluster, plate
-from deadnet_caffe.checks import (
-    check_image_sources,
-    nonnegative_float,
-    nonnegative_int,
-    positive_int,
-    probability,
-)
+from data_prep.core.runinfo import settings_from
+from deadnet_caffe import cluster
+from deadnet_caffe.checks import nonnegative_float, nonnegative_int, positive_int, probability
 from deadnet_caffe.figout import add_figure_argument
-from deadnet_caffe.gradcam import GradCam
-from deadnet_caffe.infer import DeployNet, add_net_arguments
-from deadnet_caffe.report import analyse_position, write_report
+from deadnet_caffe.infer import add_net_arguments
+from deadnet_caffe.jobs import ReportRun, write_report_run
 
 NAME = "report"
 HELP = "per-experiment phototoxicity report: sick area over time, dose response, safe dose"
@@ -98,102 +86,10 @@ def add_arguments(p) -> None:
     cluster.add_cluster_arguments(p)
 
 
-def _experiments(args) -> list[Path]:
-    """The experiment folders of ``--experiment`` and ``--experiments``, in that order."""
-    exps = list(args.experiment)
-    if args.experiments is not None:
-        if not args.experiments.is_file():
-            raise UserError(f"--experiments {args.experiments}: no such file.")
-        lines = read_text(args.experiments, "experiment list").splitlines()
-        names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-        if not names:
-            raise UserError(f"--experiments {args.experiments}: the list names no experiment.")
-        exps += [args.experiments.parent / n for n in names]
-    if not exps:
-        raise UserError("give --experiment (one or more) or --experiments LIST.")
-    if len({e.resolve() for e in exps}) < len(exps):
-        raise UserError("an experiment is given twice (--experiment / --experiments).")
-    return exps
-
-
-def _maps_folders(tmp: Path, experiments: list[Path], groups: list[list]) -> list[Path]:
-    """The folder that keeps each position's heat maps: OUT/maps, or OUT/NAME/maps per
-    experiment of a screen (keys repeat between experiments)."""
-    if len(experiments) == 1:
-        return [tmp / "maps"] * len(groups[0])
-    names = plate.experiment_names(experiments)
-    return [tmp / name / "maps" for name, g in zip(names, groups, strict=True) for _ in g]
-
-
 def run(args) -> int:
-    if min(args.stride, args.every, args.late_frames) < 1 or args.gradcam_crops < 0:
-        raise UserError("--stride, --every and --late-frames must be >= 1, --gradcam-crops >= 0.")
-    experiments = _experiments(args)
-    groups = []
-    for exp in experiments:
-        positions = read_manifest(exp)
-        if args.max_dose is not None:
-            positions = [p for p in positions if p.dose_s <= args.max_dose]
-            if not positions:
-                raise UserError(f"--max-dose {args.max_dose:g}: no position of {exp}.")
-        groups.append(positions)
-    positions = [p for g in groups for p in g]
-    check_image_sources(
-        [(p.path, p.channel, p.n_frames) for p in positions], channel_source=MANIFEST_CHANNEL
-    )
-    inputs = [*experiments, args.model, args.weights]
-    if args.experiments is not None:
-        inputs.append(args.experiments)
-    with output_dir(args.out, NAME, inputs) as tmp:
-        maps = _maps_folders(tmp, experiments, groups) if args.keep_maps else None
-        if args.scheduler:
-            spec = cluster.net_spec(args, force_backward=True)
-            with cluster.ClusterRun(args, spec, inputs) as run_:
-                results = run_.report_results(
-                    positions,
-                    args.stride,
-                    args.every,
-                    args.batch,
-                    args.gradcam_crops,
-                    args.progress,
-                    maps,
-                )
-        else:
-            net = DeployNet(args.model, args.weights, args.gpu, force_backward=True)
-            gc = GradCam(net, GRADCAM_LAYER)
-            results = [
-                analyse_position(
-                    p,
-                    net,
-                    gc,
-                    args.stride,
-                    args.every,
-                    args.batch,
-                    args.gradcam_crops,
-                    args.progress,
-                    maps[i] if maps else None,
-                )
-                for i, p in enumerate(positions)
-            ]
-        if len(experiments) == 1:
-            summary = write_report(
-                tmp, experiments[0], results, args.margin, args.late_frames, args.figure_format
-            )
-            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        else:
-            summary = plate.write_screen(
-                tmp,
-                experiments,
-                groups,
-                results,
-                args.margin,
-                args.late_frames,
-                args.figure_format,
-            )
-        write_settings(tmp, {k: v for k, v in vars(args).items() if not k.startswith("_")})
-    if args.scheduler:
-        run_.done()
-        print(f"{run_.reused} of {len(positions)} positions reused from {run_.work.root}")
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {args.out / ('report.md' if len(experiments) == 1 else 'plates.md')}")
+    done = write_report_run(settings_from(ReportRun, args), args.progress)
+    if "reused" in done:
+        print(f"{done['reused']} of {done['positions']} positions reused from {done['work']}")
+    print(json.dumps(done["summary"], indent=1))
+    print(f"wrote {args.out / ('report.md' if done['experiments'] == 1 else 'plates.md')}")
     return 0
