@@ -220,9 +220,17 @@ def test_statistic_functions_known_answers():
     assert m["bright_tail"] == pytest.approx(0.01)  # the 1 is 9.95 SD above the mean
     assert m["dark_tail"] == 0.0
     assert moments(-img)["dark_tail"] == pytest.approx(0.01)
-    # a ramp along x, 1 unit per pixel: z has gradient 1 / SD per pixel; px 0.5 um -> x2
+    # a ramp along x, 1 unit per pixel: z has gradient 1 / SD per pixel; px 0.4 um (the common
+    # scale, no resampling) -> 2.5 / SD per um
     ramp = np.tile(np.arange(64, dtype=np.float64), (8, 1))
-    assert edge_energy(ramp, 0.5) == pytest.approx((2.0 / ramp.std()) ** 2)
+    assert edge_energy(ramp, 0.4) == pytest.approx((2.5 / ramp.std()) ** 2)
+    # a sine of period 20 um standardises to sqrt(2) sin(k x): mean |dz/dx|^2 = k^2 per um^2,
+    # whether it was sampled at 0.2 or 0.5 um per pixel (measured at the common 0.4 um)
+    k = 2 * np.pi / 20.0
+    for px in (0.2, 0.5):
+        x = np.arange(round(200 / px)) * px  # ten periods
+        wave = np.tile(np.sin(k * x), (16, 1))
+        assert edge_energy(wave, px) == pytest.approx(k * k, rel=0.03)
     # a field whose radial power falls as f^-2 (amplitude f^-1, random phases): slope -2
     rng = np.random.default_rng(0)
     f = np.hypot(np.fft.fftfreq(512)[:, None], np.fft.fftfreq(512)[None, :])
