@@ -66,7 +66,7 @@ class Biology:
     # --- Phenotype: how stress and death look (ref, "What photodamage looks like"; tuned) ---
     spread_loss: float = 0.22  # loss of spreading: radius lost at full stress
     thickening: float = 0.35  # ... and the cell thickens by this much (volume is kept)
-    outline_smoothing: float = 0.5  # share of the polygonal outline lost at full stress
+    outline_smoothing: float = 0.5  # share of elongation, irregularity, processes lost
     aggregates_max: int = 14  # dark aggregates along the boundary at full stress
     fibres_max: int = 5  # retraction fibres at full stress
     mitotic_radius_um: float = 8.4  # rounded mitotic cell, ~17 um across (ref: 10-15 um tall)
