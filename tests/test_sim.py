@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -220,9 +221,17 @@ def test_statistic_functions_known_answers():
     assert m["bright_tail"] == pytest.approx(0.01)  # the 1 is 9.95 SD above the mean
     assert m["dark_tail"] == 0.0
     assert moments(-img)["dark_tail"] == pytest.approx(0.01)
-    # a ramp along x, 1 unit per pixel: z has gradient 1 / SD per pixel; px 0.5 um -> x2
+    # a ramp along x, 1 unit per pixel: z has gradient 1 / SD per pixel; px 0.4 um (the common
+    # scale, no resampling) -> 2.5 / SD per um
     ramp = np.tile(np.arange(64, dtype=np.float64), (8, 1))
-    assert edge_energy(ramp, 0.5) == pytest.approx((2.0 / ramp.std()) ** 2)
+    assert edge_energy(ramp, 0.4) == pytest.approx((2.5 / ramp.std()) ** 2)
+    # a sine of period 20 um standardises to sqrt(2) sin(k x): mean |dz/dx|^2 = k^2 per um^2,
+    # whether it was sampled at 0.2 or 0.5 um per pixel (measured at the common 0.4 um)
+    k = 2 * np.pi / 20.0
+    for px in (0.2, 0.5):
+        x = np.arange(round(200 / px)) * px  # ten periods
+        wave = np.tile(np.sin(k * x), (16, 1))
+        assert edge_energy(wave, px) == pytest.approx(k * k, rel=0.03)
     # a field whose radial power falls as f^-2 (amplitude f^-1, random phases): slope -2
     rng = np.random.default_rng(0)
     f = np.hypot(np.fft.fftfreq(512)[:, None], np.fft.fftfreq(512)[None, :])
@@ -264,7 +273,8 @@ def test_unexposed_frame0_meets_the_real_envelope():
 
 
 def test_neighbours_abut_without_showing_through():
-    """Overlapping cells: each pixel carries one cell's optical path (the owner in the labels)."""
+    """Overlapping cells: one lies on top and hides the other where they overlap; each pixel
+    carries one cell's optical path (the owner in the labels)."""
     from data_prep.sim.render import CellRenderer
 
     lay = replace(LAYOUT, width=256, height=256)
@@ -280,16 +290,27 @@ def test_neighbours_abut_without_showing_through():
     )
     both, labels = renderer.render(snap, 0)
     assert renderer.layers.max() == 1
-    # the boundary between them is where they are equally far inside their outlines: near x=128
-    row = labels[128]
-    first, second = int(snap["id"][0]), int(snap["id"][1])
-    assert (row[100:120] == first).all() and (row[136:156] == second).all()
-    # rendering each cell alone: the pair's OPD equals the owner's own OPD on every pixel
-    for k, cid in enumerate((first, second)):
+    alone = []
+    for k in range(2):
         one = {key: v[[k]] if isinstance(v, np.ndarray) else v for key, v in snap.items()}
-        alone, _ = renderer.render(one, 0)
-        owned = labels == cid
-        np.testing.assert_allclose(both[owned], alone[owned], atol=0.02)
+        alone.append(renderer.render(one, 0))
+    ids = [int(c) for c in snap["id"]]
+    fp = [lab > 0 for _, lab in alone]
+    assert (fp[0] & fp[1]).sum() > 2000  # they do overlap
+    # the cell on top keeps its whole footprint; the other shows only outside it
+    top = [k for k in range(2) if ((labels == ids[k]) == fp[k]).all()]
+    assert len(top) == 1
+    t, u = top[0], 1 - top[0]
+    np.testing.assert_array_equal(labels == ids[u], fp[u] & ~fp[t])
+    # the optical path is the owner's own: exactly for the cell below; for the one on top, but
+    # along its tapering edge (2.5 um, 8 px) where the thicker of the two shows
+    owned = labels == ids[u]
+    np.testing.assert_allclose(both[owned], alone[u][0][owned], atol=0.02)
+    owned = labels == ids[t]
+    assert (both[owned] >= alone[t][0][owned] - 0.02).all()
+    inner = cv2.erode(owned.astype(np.uint8), np.ones((21, 21), np.uint8)) > 0
+    assert inner.sum() > 1000
+    np.testing.assert_allclose(both[inner], alone[t][0][inner], atol=0.02)
 
 
 def test_damage_cues_grow_with_stress():

@@ -10,14 +10,17 @@ treated alike (:func:`envelope`); the overlap fraction needs the simulator's lay
 - :func:`psd_slope`: log-log slope of the azimuthally averaged power spectrum (Hann window,
   log-spaced bins) over 0.01-0.5 cycles per pixel (the band up to Nyquist);
 - :func:`edge_energy`: mean squared gradient of ``z`` per um^2 (how much of the frame is
-  sharp edges);
+  sharp edges), on the frame resampled to a common 0.4 um per pixel: the gradient of an image
+  sampled more finely than the optics resolve grows as its pixels shrink, so frames of different
+  pixel sizes (0.323 um simulated, 0.433 um for the real T98G frames) are compared at one scale;
 - :func:`edge_profile` and :func:`halo`: mean ``I / background`` against signed distance to
   the boundary of a crude cell mask (:func:`cell_mask`), and its peak just outside the edge;
 - :func:`overlap_fraction`: the share of cell pixels whose optical path carries more than one
   cell (see-through overlap), from the renderer's per-pixel layer count.
 
-``deadnet simulate --compare REAL.tif`` renders frame 0 of the unexposed positions of a preset
-and prints these numbers for them and for the real frame (:func:`format_table`), and
+``deadnet simulate --compare REAL.tif`` (:func:`compare_with_real`) renders frame 0 of the
+unexposed positions of a preset and prints these numbers for them and for the real frame
+(:func:`format_table`), and
 :func:`write_figures` draws docs/simulator-vs-real.png and docs/simulator-stats.png.
 """
 
@@ -28,10 +31,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data_prep.core.errors import UserError
+from data_prep.sim.params import Settings
+
 TAIL_SD = 3.0  # a tail is the share of pixels beyond +-3 SD
 PSD_BAND_CYCLES_PER_PX = (0.01, 0.5)
 FIGURE_FOV_UM = 160.0  # field of view of both panels of the side-by-side figure
 FIGURE_UM_PER_PX = 0.4  # ... shown at the same scale
+COMMON_UM_PER_PX = FIGURE_UM_PER_PX  # the scale at which edge energy is measured
 
 
 def standardise(img: np.ndarray) -> np.ndarray:
@@ -80,9 +87,19 @@ def psd_slope(img: np.ndarray) -> float:
     return float(np.polyfit(np.log(f[ok]), np.log(p[ok]), 1)[0])
 
 
+def resample(img: np.ndarray, pixel_size_um: float, to_um: float = COMMON_UM_PER_PX) -> np.ndarray:
+    """(H, W) frame -> float32 frame at ``to_um`` per pixel (area averaging when shrinking)."""
+    f = pixel_size_um / to_um
+    if abs(f - 1) < 1e-6:
+        return img.astype(np.float32)
+    inter = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    return cv2.resize(img.astype(np.float32), None, fx=f, fy=f, interpolation=inter)
+
+
 def edge_energy(img: np.ndarray, pixel_size_um: float) -> float:
-    """Mean of ``|grad z|^2`` in 1/um^2 (central differences), for a (H, W) frame."""
-    gy, gx = np.gradient(standardise(img), pixel_size_um)
+    """Mean of ``|grad z|^2`` in 1/um^2 (central differences) of a (H, W) frame, measured at
+    ``COMMON_UM_PER_PX`` (:func:`resample`) whatever its own pixel size."""
+    gy, gx = np.gradient(standardise(resample(img, pixel_size_um)), COMMON_UM_PER_PX)
     return float((gx * gx + gy * gy).mean())
 
 
@@ -370,3 +387,69 @@ def write_strip(
     fig.suptitle(f"one cell at the centre, {where[2]:g} s of light", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def compare_with_real(
+    settings: Settings, real_path: Path, real_px: float, out: Path, shown: Path
+) -> int:
+    """``--compare``: envelope statistics of frame 0 of every unexposed position and a real frame.
+
+    Prints one row per frame (data_prep.sim.compare.format_table) and whether each simulated
+    frame meets the issue-15 targets; writes the two comparison figures into ``out`` (the
+    folder that becomes ``shown``, the --out named in the messages), and the
+    healthy -> stressed -> dying -> dead strip of the cell of the exposed wells (below 200 s)
+    that stays stressed longest (data_prep.sim.compare.damage_strip).
+    """
+    import tifffile
+
+    from data_prep.sim.plate import PositionSim, well_name
+
+    try:
+        real = tifffile.imread(real_path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--compare {real_path}: cannot read it as a TIFF ({err}).") from None
+    if real.ndim == 3 and real.shape[0] >= 1:
+        real = real[0]
+    if real.ndim != 2 or min(real.shape) < 64 or float(np.ptp(real)) == 0:
+        raise UserError(f"--compare {real_path}: expected a grey frame of at least 64 x 64 px.")
+    lay = settings.layout
+    rows = {f"real {real_path.name}": envelope(real, real_px)}
+    frames, failed = [], 0
+    for w, dose in enumerate(lay.doses_s):
+        if dose != 0:
+            continue
+        for p in range(lay.positions_per_well):
+            sim = PositionSim(settings, w, p, dose)
+            img, _, _ = sim.render(0)
+            stats = envelope(img, lay.pixel_size_um, sim.renderer.layers)
+            ok = meets_targets(stats)
+            failed += not all(ok.values())
+            misses = ", ".join(k for k, v in ok.items() if not v)
+            name = f"sim {well_name(w)}_p{p + 1} t0"
+            rows[name + (f" (misses {misses})" if misses else "")] = stats
+            frames.append(img)
+    if not frames:
+        raise UserError("--compare: the layout has no unexposed (dose 0) well to compare.")
+    print(format_table(rows))
+    print(
+        f"{len(frames) - failed} of {len(frames)} simulated frames meet the targets "
+        "(skewness >= 1, bright tail >= 1% and >= 1.5 x dark, PSD slope in [-2.5, -2.0], "
+        "overlap <= 2%)"
+    )
+    write_figures(real, real_px, frames, lay.pixel_size_um, out)
+    print(f"wrote {shown / 'simulator-vs-real.png'} and {shown / 'simulator-stats.png'}")
+    candidates = [
+        (w, p, dose)
+        for w, dose in enumerate(lay.doses_s)
+        if 0 < dose < 200
+        for p in range(lay.positions_per_well)
+    ]
+    strip = damage_strip(settings, candidates)
+    if strip:
+        write_strip(*strip, lay.pixel_size_um, out / "simulator-damage-strip.png")
+        (w, p, dose) = strip[2]
+        print(
+            f"wrote {shown / 'simulator-damage-strip.png'} "
+            f"(a cell of {well_name(w)}_p{p + 1}, {dose:g} s)"
+        )
+    return 0

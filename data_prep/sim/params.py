@@ -32,8 +32,10 @@ class Biology:
     # --- Cells (ref, "U2OS cells") ---
     radius_um: float = 22.0  # spread cell radius; 30-60 um across -> 100-200 px (ref)
     radius_cv: float = 0.18  # cell-to-cell variation of the radius (tuned)
-    polygonality: float = 0.16  # amplitude of harmonics 3-7 (tuned to look polygonal)
-    elongation: float = 0.3  # amplitude of the 2nd harmonic (tuned)
+    polygonality: float = 0.08  # amplitude of harmonics 3-7: irregular outlines (tuned)
+    elongation: float = 0.6  # the cell's elongation (aspect up to ~5; tuned to the real frames)
+    footprint: float = 1.0  # the spread outline's scale: free glass between neighbours (tuned)
+    process_length: float = 0.9  # thin processes drawn out of spread cells (x radius; tuned)
     nucleus_radius_um: float = 8.5  # nucleus 15-20 um across (ref)
     speed_um_per_min: float = 0.4  # migration 0.3-0.5 um/min (ref)
     persistence_h: float = 1.5  # direction persistence of the random walk (tuned)
@@ -64,7 +66,7 @@ class Biology:
     # --- Phenotype: how stress and death look (ref, "What photodamage looks like"; tuned) ---
     spread_loss: float = 0.22  # loss of spreading: radius lost at full stress
     thickening: float = 0.35  # ... and the cell thickens by this much (volume is kept)
-    outline_smoothing: float = 0.5  # share of the polygonal outline lost at full stress
+    outline_smoothing: float = 0.5  # share of elongation, irregularity, processes lost
     aggregates_max: int = 14  # dark aggregates along the boundary at full stress
     fibres_max: int = 5  # retraction fibres at full stress
     mitotic_radius_um: float = 8.4  # rounded mitotic cell, ~17 um across (ref: 10-15 um tall)
@@ -77,7 +79,7 @@ class Biology:
     stress_vacuoles_max: int = 4  # vacuoles that appear with stress (vacuolisation)
     lamellipodium: float = 0.25  # extension of the outline towards the heading (spread cells)
     lamella_loss: float = 1.0  # share of the lamellipodium (and its ruffles) lost at full stress
-    ruffle: float = 5.0  # extra rim thickness along the lamellipodium's leading edge
+    ruffle: float = 7.0  # extra rim thickness along the lamellipodium's leading edge
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "settings") -> Biology:
@@ -91,7 +93,7 @@ class Optics:
     wavelength_um: float = 0.55  # green transmitted light (ref)
     na: float = 0.75  # 20x/0.75 Plan Apo Ph2 (paper 2.1)
     ring_radius_na: float = 0.25  # Ph2 condenser annulus NA 0.2-0.3 (ref)
-    ring_width_na: float = 0.1  # a fraction of the radius (ref); sets halo and shade-off
+    ring_width_na: float = 0.09  # a fraction of the radius (ref); sets halo and shade-off
     ring_transmission: float = 0.15  # amplitude transmission 0.15-0.3 (ref)
     n_medium: float = 1.335  # (ref)
     n_cytoplasm: float = 1.365  # 1.36-1.37 (ref)
@@ -100,11 +102,11 @@ class Optics:
     n_granule: float = 1.42  # lipid droplets and dense granules (ref: "higher")
     n_vacuole: float = 1.338  # close to the medium (ref)
     lamella_um: float = 0.25  # 0.1-1 um (ref)
-    edge_rim_um: float = 0.9  # thicker rim along the edge (tuned to the real frames)
+    edge_rim_um: float = 0.7  # thicker rim along the edge (tuned to the real frames)
     rim_width_um: float = 1.5  # ... its width (tuned)
     edge_taper_um: float = 2.5  # the cell thins to nothing over this distance to its edge
-    body_um: float = 1.4  # 2-4 um (ref); below it: real frames show faint cell bodies (tuned)
-    nucleus_um: float = 4.0  # 4-6 um over the nucleus (ref)
+    body_um: float = 1.1  # 2-4 um (ref); below it: real frames show faint cell bodies (tuned)
+    nucleus_um: float = 2.6  # 4-6 um over the nucleus (ref); less: grey nuclei as in real frames
     rounded_um: float = 12.0  # rounded mitotic or dying cell 10-15 um tall (ref)
     texture_um: float = 0.004  # OPD of the granular cytoplasm texture (tuned)
     illumination_variation: float = 0.12  # smooth, 5-20 % across the field (ref)

@@ -1,15 +1,19 @@
 """From cells to an optical path difference (OPD) map and a label image.
 
 Each cell of a :meth:`data_prep.sim.biology.Population.snapshot` becomes a thickness map
-(shared/reference/phase-contrast-and-cells.md, "U2OS cells"): a thin lamella inside an
-outline ``r_b(theta) = R (1 + sum_n a_n cos(n theta - p_n))``, n = 2..7, cut by 3-5 straight
-sides and widened by a lamellipodium towards the direction of migration, whose leading edge
-carries thick ruffles; a thicker rim along the edge, a cell body, an oval nucleus with 2-5
-nucleoli, perinuclear granules, a few vacuoles and a granular texture. The OPD is
+(shared/reference/phase-contrast-and-cells.md, "U2OS cells"): an elongated, irregular outline
+(an ellipse of the cell's own aspect along its own axis, ``footprint`` x the radius, times
+``1 + sum_n a_n cos(n theta - p_n)``, n = 3..7), drawn out into 1-3 thin processes and widened
+by a lamellipodium towards the direction of migration, whose leading edge carries thick
+ruffles; a thin lamella and a rim along the edge, a cell body that fills the cell but for a
+thin margin, its processes and its lamellipodium (so its edge, inside the outline, makes
+a bright halo), an oval nucleus along the cell's axis with 2-5 nucleoli, perinuclear granules,
+a few vacuoles and a granular texture (smoothed over the nucleus). The OPD is
 ``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into a phase-contrast
-image; the halo follows the thickness (thin lamellae faint, ruffles and rounded cells
-bright-haloed). Neighbours abut: each pixel belongs to one cell (occlusion, see
-:meth:`CellRenderer.render`), so cells never show through each other.
+image; the halo follows the thickness (thin lamellae faint, ruffles, cell bodies and rounded
+cells bright-haloed). Overlapping cells lie one on another: each pixel belongs to one cell
+(occlusion, see :meth:`CellRenderer.render`), so cells never show through each other, and
+the free glass between them stays free.
 
 The visible phenotype follows the cell's ``stress``, ``roundness`` and time since death, each
 cue with its own parameter in :class:`data_prep.sim.params.Biology` (paper 3.2 and the
@@ -37,6 +41,8 @@ from data_prep.sim.params import Biology, Optics
 
 _TEXTURE_SIDE = 1024
 _N_ANGLES = 720
+_BODY_EXTENT = 0.85  # the body reaches this share of the way to the outline (tuned)
+_BODY_RAMP = 0.25  # ... and thins to the lamella over this share (tuned)
 
 
 def texture_tile(rng: np.random.Generator) -> np.ndarray:
@@ -127,12 +133,12 @@ class CellRenderer:
     def render(self, snap: dict[str, np.ndarray], step: int) -> tuple[np.ndarray, np.ndarray]:
         """Render one frame.
 
-        Each pixel belongs to at most one cell (contact inhibition: neighbours abut and share a
-        boundary, they do not show through each other): the cell whose outline is nearest in
-        relative terms (the smallest ``rho = r / r_outline``) owns it, and rounded (mitotic,
-        dying, dead) cells lie on top of spread ones. :attr:`layers` counts, per pixel, the
-        cells whose optical path is summed there (0 or 1 here; 2 or more would be see-through
-        overlap).
+        Each pixel belongs to at most one cell (neighbours do not show through each other):
+        cells are drawn in painter's order, spread ones by a depth of their own (from their
+        ``seed``), rounded (mitotic, dying, dead) ones last, and the cell on top owns its whole
+        outline; along its tapering edge the thicker optical path of it and the cell below
+        shows, so its edge casts no dark gap. :attr:`layers` counts, per pixel, the cells whose
+        optical path is summed there (0 or 1 here; 2 or more would be see-through overlap).
 
         Parameters
         ----------
@@ -150,11 +156,12 @@ class CellRenderer:
         """
         h, w = self.shape
         opd = np.zeros((h, w), np.float32)
-        score = np.full((h, w), np.inf, np.float32)  # owner's rho (lower wins), for occlusion
         labels = np.zeros((h, w), np.uint16)
         pts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
-        for i in range(len(snap["id"])):
-            self._cell(snap, i, step, opd, score, labels, pts)
+        # painter's order: spread cells by their own depth, rounded ones on top
+        depth = np.array([np.random.default_rng(int(sd)).random() for sd in snap["seed"]])
+        for i in np.lexsort((depth, np.asarray(snap["roundness"]) > 0)):
+            self._cell(snap, int(i), step, opd, labels, pts)
         self.layers = (labels > 0).astype(np.uint8)
         points = np.zeros((h, w), np.float32)  # impulses: granules, aggregates, fibres
         if pts:
@@ -165,7 +172,7 @@ class CellRenderer:
             lab = labels[iy, ix]
             keep = (lab == ids) | ((lab == 0) & (vals < 0))
             _splat(points, ys[keep], xs[keep], np.abs(vals[keep]))
-        opd += cv2.GaussianBlur(points, (0, 0), 1.3)
+        opd += cv2.GaussianBlur(points, (0, 0), 0.9)
         return opd, labels
 
     def _outline(
@@ -175,34 +182,47 @@ class CellRenderer:
 
         Both are (A,) float32 over :data:`_N_ANGLES` angles.
 
-        Spread: harmonics 2-7, cut by 3-5 straight sides (chords) and widened by a lamellipodium
-        towards the heading; stress smooths the outline and withdraws the lamellipodium;
-        rounded cells are round, and dying ones bleb, differently from frame to frame.
+        Spread: an ellipse of the cell's own elongation along its own axis (the 2nd harmonic's
+        amplitude and phase), of the area of the circle of radius ``reff``, made irregular by
+        harmonics 3-7, drawn out into 1-3 thin processes and widened by a lamellipodium towards
+        the heading; stress smooths the outline, shortens the processes and withdraws the
+        lamellipodium; rounded cells are round, and dying ones bleb, differently from frame to
+        frame.
         """
         b = self.bio
         ang = np.linspace(0, 2 * np.pi, _N_ANGLES, endpoint=False)
         amp = s["shape_amp"][i] * (1 - b.outline_smoothing * stress)
-        ns = np.arange(2, 2 + len(amp))[:, None]
-        table = 1.0 + (amp[:, None] * np.cos(ns * ang - s["shape_phase"][i][:, None])).sum(0)
-        n_sides = int(crng.integers(3, 6))
-        phi = crng.uniform(0, 2 * np.pi, n_sides)
-        dist = crng.uniform(0.78, 0.98, n_sides) + 0.5 * b.outline_smoothing * stress
-        cosd = np.cos(ang[None, :] - phi[:, None])
-        chords = np.where(cosd > 0.05, dist[:, None] / np.maximum(cosd, 0.05), np.inf).min(0)
-        table = np.minimum(table, chords)
+        axis = 0.5 * float(s["shape_phase"][i][0])
+        e = 1 + min(float(amp[0]), 1.5)  # the semi-axes are e and 1/e (aspect e^2)
+        along, across = np.cos(ang - axis), np.sin(ang - axis)
+        table = b.footprint / np.sqrt((along / e) ** 2 + (across * e) ** 2)
+        ns = np.arange(3, 2 + len(amp))[:, None]
+        table = table * (
+            1.0 + (amp[1:, None] * np.cos(ns * ang - s["shape_phase"][i][1:, None])).sum(0)
+        )
+        core = table  # the cell body's side of the outline, before processes and lamellipodium
+        n_proc = int(crng.integers(1, 4))
+        pa = axis + np.pi * crng.integers(0, 2, n_proc) + crng.normal(0, 0.35, n_proc)
+        plen = (
+            crng.uniform(0.3, 0.9, n_proc) * b.process_length * (1 - b.outline_smoothing * stress)
+        )
+        pw = crng.uniform(0.06, 0.14, n_proc)
+        for a, ln, wd in zip(pa, plen, pw, strict=True):
+            table = table + ln * np.exp(-(_wrap(ang - a) ** 2) / (2 * wd * wd))
         toward = _wrap(ang - float(s["heading"][i]))
         lobe = np.exp(-(toward**2) / (2 * 0.5**2))
         table = table + b.lamellipodium * (1 - b.lamella_loss * stress) * lobe
-        table = np.maximum(table, 0.35)  # never a negative or vanishing radius
+        table = np.maximum(table, 0.3)  # never a negative or vanishing radius
         table = (1 - rnd) * table + rnd
+        inner = np.minimum(((1 - rnd) * core + rnd) / table, 1.0)
         if rnd > 0 and not s["mitosis"][i] and not s["dead"][i]:
             bleb = b.bleb_amplitude * rnd
             brng = np.random.default_rng([int(s["seed"][i]), step])
             for c in brng.uniform(0, 2 * np.pi, 6):
                 table += bleb * np.exp(-(_wrap(ang - c) ** 2) / 0.03)
-        return table.astype(np.float32), lobe.astype(np.float32)
+        return table.astype(np.float32), lobe.astype(np.float32), inner.astype(np.float32)
 
-    def _cell(self, s, i, step, opd, score, labels, pts) -> None:
+    def _cell(self, s, i, step, opd, labels, pts) -> None:
         o, b = self.o, self.bio
         h, w = self.shape
         stress, rnd, dead = float(s["stress"][i]), float(s["roundness"][i]), bool(s["dead"][i])
@@ -215,10 +235,12 @@ class CellRenderer:
         reff = (1 - rnd) * r_spread + rnd * r_round
         cx, cy = float(s["x"][i]), float(s["y"][i])
         crng = np.random.default_rng(int(s["seed"][i]))
-        table, lobe = self._outline(s, i, crng, stress, rnd, step)
-        reach = reff * float(table.max()) + 4
-        x0, x1 = max(0, int(cx - reach)), min(w, int(cx + reach) + 1)
-        y0, y1 = max(0, int(cy - reach)), min(h, int(cy + reach) + 1)
+        table, lobe, inner = self._outline(s, i, crng, stress, rnd, step)
+        # the bounding box of the outline (elongated cells: much smaller than the circle's)
+        ang = np.linspace(0, 2 * np.pi, _N_ANGLES, endpoint=False)
+        ox, oy = reff * table * np.cos(ang), reff * table * np.sin(ang)
+        x0, x1 = max(0, int(cx + ox.min() - 4)), min(w, int(cx + ox.max() + 4) + 1)
+        y0, y1 = max(0, int(cy + oy.min() - 4)), min(h, int(cy + oy.max() + 4) + 1)
         if x0 >= x1 or y0 >= y1:
             return
         dx = np.broadcast_to(
@@ -233,25 +255,32 @@ class CellRenderer:
         ai = (theta * (_N_ANGLES / 360.0)).astype(np.int32) % _N_ANGLES
         rb = table[ai]
         rho = r / (reff * rb)
-        # occlusion: this cell owns the pixels where it is relatively nearer than the owner so
-        # far; rounded cells lie on top
-        rank = rho - 2.0 * rnd
-        own = (rho < 1.0) & (rank < score[y0:y1, x0:x1])
+        own = rho < 1.0  # drawn over the cells below it (occlusion)
         if not own.any():
             return
         # thickness (um): lamella + rim + body + nucleus (spread) blended with a cap (round).
         # The rim (cortex, ruffles) is thickest along the lamellipodium's leading edge.
         depth_px = (1 - rho) * reff * rb  # distance inside the outline along the ray
-        edge = np.clip(depth_px * (self.px / o.edge_taper_um), 0, 1) ** 0.7
-        body = np.clip(1 - (r / (0.55 * reff)) ** 2, 0, None) ** 1.5
+        edge = np.clip(depth_px * (self.px / o.edge_taper_um), 0, 1)
+        # the body fills the cell but for a thin margin, its processes and its lamellipodium
+        body = np.clip((_BODY_EXTENT * inner[ai] - rho) / _BODY_RAMP, 0, 1)
         thicker = 1 + b.thickening * stress
         ruffle = 1 + b.ruffle * (1 - b.lamella_loss * stress) * lobe[ai]
         rim = np.exp(-((depth_px * (self.px / o.rim_width_um)) ** 2)) * ruffle
         t_spread = edge * thicker * (o.lamella_um + o.edge_rim_um * rim + o.body_um * body)
-        nr = min(float(s["nuc_r"][i]) * (1 - 0.7 * b.spread_loss * stress), 0.5 * reff)
-        ncx = cx + float(s["nuc_dx"][i]) * reff
-        ncy = cy + float(s["nuc_dy"][i]) * reff
-        q2 = ((dx + (cx - ncx)) / (1.15 * nr)) ** 2 + ((dy + (cy - ncy)) / (0.9 * nr)) ** 2
+        # the nucleus: an oval along the cell's axis, off centre along it, inside its width
+        axis = 0.5 * float(s["shape_phase"][i][0])
+        ca, sa = np.cos(axis), np.sin(axis)
+        width = reff * float(
+            table[
+                [round(_N_ANGLES * (axis / (2 * np.pi) + k / 4)) % _N_ANGLES for k in (1, 3)]
+            ].min()
+        )
+        nr = min(float(s["nuc_r"][i]) * (1 - 0.7 * b.spread_loss * stress), 0.5 * reff, 0.8 * width)
+        shift = (float(s["nuc_dx"][i]) * ca + float(s["nuc_dy"][i]) * sa) * reff
+        ncx, ncy = cx + shift * ca, cy + shift * sa
+        u, v = dx + (cx - ncx), dy + (cy - ncy)
+        q2 = ((u * ca + v * sa) / (1.15 * nr)) ** 2 + ((v * ca - u * sa) / (0.9 * nr)) ** 2
         nuc = np.clip(1 - q2, 0, None) ** 1.5 * (1 - rnd)  # a smooth dome
         cap = np.sqrt(np.clip(1 - rho * rho, 0, None)) * o.rounded_um * (0.6 if dead else 1.0)
         t = ((1 - rnd) * t_spread + rnd * cap).astype(np.float32)
@@ -269,12 +298,14 @@ class CellRenderer:
         # granular texture, moving with the cell
         tx, ty = (int(s["seed"][i]) % 300), (int(s["seed"][i]) // 300 % 300)
         tex = self.texture[ty : ty + (y1 - y0), tx : tx + (x1 - x0)]
-        cell_opd = cell_opd + o.texture_um * tex * np.minimum(t / o.body_um, 1.0) * (1 - 0.7 * nuc)
+        cell_opd = cell_opd + o.texture_um * tex * np.minimum(t / o.body_um, 1.0) * (
+            1 - 0.9 * np.minimum(3 * nuc, 1)
+        )
         # vacuoles: near-medium index, so lower OPD (bright): a few in healthy cells, more as
         # stress builds up (stress-induced vacuolisation)
-        n_vac = int(crng.integers(0, 3)) if rnd < 0.5 else 0
+        n_vac = int(crng.integers(1, 7)) if rnd < 0.5 else 0
         n_vac += round(b.stress_vacuoles_max * stress * (1 - rnd))
-        vac = crng.uniform([0, 0.2, 1.8], [2 * np.pi, 0.65, 4.0], (b.stress_vacuoles_max + 2, 3))
+        vac = crng.uniform([0, 0.2, 1.8], [2 * np.pi, 0.65, 4.0], (b.stress_vacuoles_max + 6, 3))
         dv = -0.5 * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
         for a, rr, vr in vac[:n_vac]:
             _stamp(
@@ -287,9 +318,11 @@ class CellRenderer:
             _stamp(
                 cell_opd, ncy - y0 + rr * nr * np.sin(a), ncx - x0 + rr * nr * np.cos(a), sg, dnn
             )
-        opd[y0:y1, x0:x1][own] = cell_opd[own]
+        # where this cell's tapering edge lies over a cell below, the thicker of the two shows
+        # (no dark gap along the edge); elsewhere the cell below is hidden
+        under = opd[y0:y1, x0:x1]
+        opd[y0:y1, x0:x1][own] = np.where(edge < 1, np.maximum(cell_opd, under), cell_opd)[own]
         labels[y0:y1, x0:x1][own] = int(s["id"][i])
-        score[y0:y1, x0:x1][own] = rank[own]
         pts.append(self._points(crng, s, i, (cx, cy, reff, R), (ncx, ncy, nr), stress, rnd))
 
     def _points(self, crng, s, i, cell, nucleus, stress, rnd):
@@ -303,11 +336,11 @@ class CellRenderer:
         o, b = self.o, self.bio
         (cx, cy, reff, R), (ncx, ncy, nr) = cell, nucleus
         dn_g = (o.n_granule - o.n_cytoplasm) * 0.8  # um OPD of a ~0.8 um granule
-        n = int(crng.integers(40, 120))
+        n = int(crng.integers(20, 60))
         a = crng.uniform(0, 2 * np.pi, n)
         # perinuclear: around the nucleus (rounded cells: all over)
-        rr = (1 - rnd) * crng.uniform(1.0, 2.0, n) * nr + rnd * crng.uniform(0, 0.8, n) * reff
-        amps = dn_g * crng.exponential(1.2, n) * (1 - 0.5 * rnd)
+        rr = (1 - rnd) * crng.uniform(1.0, 2.4, n) * nr + rnd * crng.uniform(0, 0.8, n) * reff
+        amps = dn_g * crng.exponential(1.8, n) * (1 - 0.5 * rnd)
         ys, xs, vals = [ncy + rr * np.sin(a)], [ncx + rr * np.cos(a)], [amps]
         n_max, f_max = b.aggregates_max, b.fibres_max
         n_agg = round(n_max * stress * (1 - rnd))

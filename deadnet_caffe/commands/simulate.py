@@ -107,6 +107,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+    from data_prep.sim.compare import compare_with_real
     from data_prep.sim.plate import simulate_experiment
 
     if args.jobs < 1:
@@ -125,79 +126,4 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {len(positions)} positions x {settings.layout.n_frames} frames to {args.out} "
         f"({dead} dead at the end)"
     )
-    return 0
-
-
-def compare_with_real(
-    settings: Settings, real_path: Path, real_px: float, out: Path, shown: Path
-) -> int:
-    """``--compare``: envelope statistics of frame 0 of every unexposed position and a real frame.
-
-    Prints one row per frame (data_prep.sim.compare.format_table) and whether each simulated
-    frame meets the issue-15 targets; writes the two comparison figures into ``out`` (the
-    folder that becomes ``shown``, the --out named in the messages), and the
-    healthy -> stressed -> dying -> dead strip of the cell of the exposed wells (below 200 s)
-    that stays stressed longest (data_prep.sim.compare.damage_strip).
-    """
-    import numpy as np
-    import tifffile
-
-    from data_prep.sim.compare import (
-        damage_strip,
-        envelope,
-        format_table,
-        meets_targets,
-        write_figures,
-        write_strip,
-    )
-    from data_prep.sim.plate import PositionSim, well_name
-
-    try:
-        real = tifffile.imread(real_path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--compare {real_path}: cannot read it as a TIFF ({err}).") from None
-    if real.ndim == 3 and real.shape[0] >= 1:
-        real = real[0]
-    if real.ndim != 2 or min(real.shape) < 64 or float(np.ptp(real)) == 0:
-        raise UserError(f"--compare {real_path}: expected a grey frame of at least 64 x 64 px.")
-    lay = settings.layout
-    rows = {f"real {real_path.name}": envelope(real, real_px)}
-    frames, failed = [], 0
-    for w, dose in enumerate(lay.doses_s):
-        if dose != 0:
-            continue
-        for p in range(lay.positions_per_well):
-            sim = PositionSim(settings, w, p, dose)
-            img, _, _ = sim.render(0)
-            stats = envelope(img, lay.pixel_size_um, sim.renderer.layers)
-            ok = meets_targets(stats)
-            failed += not all(ok.values())
-            misses = ", ".join(k for k, v in ok.items() if not v)
-            name = f"sim {well_name(w)}_p{p + 1} t0"
-            rows[name + (f" (misses {misses})" if misses else "")] = stats
-            frames.append(img)
-    if not frames:
-        raise UserError("--compare: the layout has no unexposed (dose 0) well to compare.")
-    print(format_table(rows))
-    print(
-        f"{len(frames) - failed} of {len(frames)} simulated frames meet the targets "
-        "(skewness >= 1, bright tail >= 1% and >= 1.5 x dark, PSD slope in [-2.5, -2.0], "
-        "overlap <= 2%)"
-    )
-    write_figures(real, real_px, frames, lay.pixel_size_um, out)
-    print(f"wrote {shown / 'simulator-vs-real.png'} and {shown / 'simulator-stats.png'}")
-    candidates = [
-        (w, p, dose)
-        for w, dose in enumerate(lay.doses_s)
-        if 0 < dose < 200
-        for p in range(lay.positions_per_well)
-    ]
-    strip = damage_strip(settings, candidates)
-    if strip:
-        write_strip(*strip, lay.pixel_size_um, out / "simulator-damage-strip.png")
-        (w, p, dose) = strip[2]
-        print(
-            f"wrote {shown / 'simulator-damage-strip.png'} "
-            f"(a cell of {well_name(w)}_p{p + 1}, {dose:g} s)"
-        )
     return 0
