@@ -111,8 +111,9 @@ def check_gpu(gpu: str | int) -> None:
     device = 0 if gpu == "all" else int(gpu)
     if not gpu_available(device):
         raise UserError(
-            f"--gpu {gpu} was asked for, but this Caffe build or machine has no such GPU "
-            "(CPU_ONLY builds never do); drop --gpu to run on the CPU."
+            f"--gpu {gpu} was asked for, but CUDA device {device} cannot be used here (a "
+            "CPU-only Caffe build has none; a CUDA build needs the device and its driver); "
+            "drop --gpu to run on the CPU."
         )
 
 

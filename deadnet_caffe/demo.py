@@ -157,6 +157,7 @@ def run_step(
     stamp = step.stamp_path()
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(doc, indent=2) + "\n")
+    log(f"[demo] {step.name}: wrote {step.out} in {doc['seconds']:.0f} s")
     return {**doc, "cached": False}
 
 

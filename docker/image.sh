@@ -89,9 +89,24 @@ cmd_base() {
   log "base image: $(cat "$ref_file") (recorded in $ref_file)"
 }
 
+# The newest base that bootstrap_base made on this machine, if any: a fresh clone has no
+# .docker-base, and bootstrapping again would give a new base and so rebuild every layer.
+local_base() {
+  "$engine" images --format '{{.Repository}}:{{.Tag}}' 2>/dev/null |
+    grep -E '(^|/)deadnet-base:bookworm-[0-9]{8}$' | sort | tail -n 1 || true
+}
+
 build() {
-  local target=$1 tag=$2
-  [ -f "$ref_file" ] || cmd_base
+  local target=$1 tag=$2 found
+  if [ ! -f "$ref_file" ]; then
+    found=$(local_base)
+    if [ -n "$found" ]; then
+      log "reusing the base $found made here earlier ('docker/image.sh base' makes a new one)"
+      echo "$found" > "$ref_file"
+    else
+      cmd_base
+    fi
+  fi
   local base
   base=$(cat "$ref_file")
   "$engine" image inspect "$base" >/dev/null 2>&1 || cmd_base

@@ -54,6 +54,7 @@ def test_a_changed_call_remakes_the_step_and_a_same_one_reuses_it(tmp_path):
     assert (out / "progress.txt").read_text() == "False"
     assert json.loads((out / STAMP).read_text())["key"] == first["key"]
     assert any("the call or an input changed" in line for line in lines)
+    assert lines[-1] == f"[demo] note: wrote {out} in {first['seconds']:.0f} s"
 
     again = run_step(_step(out, "one"), lines.append)
     assert again["cached"] is True and again["seconds"] == first["seconds"]
@@ -65,7 +66,7 @@ def test_a_changed_call_remakes_the_step_and_a_same_one_reuses_it(tmp_path):
     # after an earlier step ran again, the same call is not enough to reuse it
     forced = run_step(_step(out, "two"), lines.append, reuse=False)
     assert forced["cached"] is False
-    assert any("an input changed" in line for line in lines[-3:])
+    assert any("an input changed" in line for line in lines[-4:])
 
 
 def test_an_isolated_step_runs_in_a_child_and_its_abort_is_one_failed_step(tmp_path):
