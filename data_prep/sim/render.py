@@ -41,8 +41,11 @@ from data_prep.sim.params import Biology, Optics
 
 _TEXTURE_SIDE = 1024
 _N_ANGLES = 720
-_BODY_EXTENT = 0.85  # the body reaches this share of the way to the outline (tuned)
-_BODY_RAMP = 0.25  # ... and thins to the lamella over this share (tuned)
+_BODY_EXTENT = 0.9  # the body's dome reaches this share of the way to the outline (tuned)
+_VACUOLES = (4, 12)  # healthy cells carry this many vacuoles (numpy's integers(low, high))
+_VACUOLE_DEPTH = 0.7  # a vacuole's OPD deficit, as a share of the body's cytoplasm (tuned)
+_VACUOLE_PX = (2.0, 3.8)  # ... and its Gaussian radius (px)
+_VACUOLE_RING = (1.05, 2.0)  # ... at this distance from the nucleus' centre (x its radius)
 
 
 def texture_tile(rng: np.random.Generator) -> np.ndarray:
@@ -263,7 +266,9 @@ class CellRenderer:
         depth_px = (1 - rho) * reff * rb  # distance inside the outline along the ray
         edge = np.clip(depth_px * (self.px / o.edge_taper_um), 0, 1)
         # the body fills the cell but for a thin margin, its processes and its lamellipodium
-        body = np.clip((_BODY_EXTENT * inner[ai] - rho) / _BODY_RAMP, 0, 1)
+        # a smooth dome: its broad middle shades off to the background's grey (only its steep
+        # sides, near the outline, make halos)
+        body = np.clip(1 - (rho / (_BODY_EXTENT * inner[ai])) ** 2, 0, 1)
         thicker = 1 + b.thickening * stress
         ruffle = 1 + b.ruffle * (1 - b.lamella_loss * stress) * lobe[ai]
         rim = np.exp(-((depth_px * (self.px / o.rim_width_um)) ** 2)) * ruffle
@@ -303,14 +308,17 @@ class CellRenderer:
         )
         # vacuoles: near-medium index, so lower OPD (bright): a few in healthy cells, more as
         # stress builds up (stress-induced vacuolisation)
-        n_vac = int(crng.integers(1, 7)) if rnd < 0.5 else 0
+        n_vac = int(crng.integers(*_VACUOLES)) if rnd < 0.5 else 0
         n_vac += round(b.stress_vacuoles_max * stress * (1 - rnd))
-        vac = crng.uniform([0, 0.2, 1.8], [2 * np.pi, 0.65, 4.0], (b.stress_vacuoles_max + 6, 3))
-        dv = -0.5 * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
-        for a, rr, vr in vac[:n_vac]:
-            _stamp(
-                cell_opd, cy - y0 + rr * reff * np.sin(a), cx - x0 + rr * reff * np.cos(a), vr, dv
-            )
+        n_slots = b.stress_vacuoles_max + _VACUOLES[1] - 1
+        vac = crng.uniform(
+            [0, _VACUOLE_RING[0], _VACUOLE_PX[0]],
+            [2 * np.pi, _VACUOLE_RING[1], _VACUOLE_PX[1]],
+            (n_slots, 3),
+        )
+        dv = -_VACUOLE_DEPTH * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
+        for a, rr, vr in vac[:n_vac]:  # perinuclear, around the nucleus
+            _stamp(cell_opd, ncy - y0 + rr * nr * np.sin(a), ncx - x0 + rr * nr * np.cos(a), vr, dv)
         # nucleoli (2-5): dark dots inside the nucleus
         nuc_pts = crng.uniform([0, 0, 1.8], [2 * np.pi, 0.55, 3.0], (int(crng.integers(2, 6)), 3))
         dnn = (o.n_nucleolus - o.n_nucleus) * 1.5 * (1 - rnd)  # ~1.5 um thick
