@@ -33,7 +33,7 @@ class Biology:
     radius_um: float = 22.0  # spread cell radius; 30-60 um across -> 100-200 px (ref)
     radius_cv: float = 0.18  # cell-to-cell variation of the radius (tuned)
     polygonality: float = 0.08  # amplitude of harmonics 3-7: irregular outlines (tuned)
-    elongation: float = 0.75  # the cell's elongation (aspect up to ~5; tuned to the real frames)
+    elongation: float = 0.75  # the cell's elongation (aspect up to ~6; tuned to the real frames)
     footprint: float = 1.0  # the spread outline's scale: free glass between neighbours (tuned)
     process_length: float = 1.2  # thin processes drawn out of spread cells (x radius; tuned)
     nucleus_radius_um: float = 8.5  # nucleus 15-20 um across (ref)

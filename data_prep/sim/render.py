@@ -6,9 +6,10 @@ Each cell of a :meth:`data_prep.sim.biology.Population.snapshot` becomes a thick
 ``1 + sum_n a_n cos(n theta - p_n)``, n = 3..7), drawn out into 1-3 thin processes and widened
 by a lamellipodium towards the direction of migration, whose leading edge carries thick
 ruffles; a thin lamella and a rim along the edge, a cell body that fills the cell but for a
-thin margin, its processes and its lamellipodium (so its edge, inside the outline, makes
-a bright halo), an oval nucleus along the cell's axis with 2-5 nucleoli, perinuclear granules,
-a few vacuoles and a granular texture (smoothed over the nucleus). The OPD is
+thin margin, its processes and its lamellipodium, as a smooth dome (its broad middle shades
+off to the background's grey, its steep sides near the outline make the bright halo), an oval
+nucleus along the cell's axis with 2-5 nucleoli, perinuclear granules and bright vacuoles,
+and a granular texture (smoothed over the nucleus). The OPD is
 ``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into a phase-contrast
 image; the halo follows the thickness (thin lamellae faint, ruffles, cell bodies and rounded
 cells bright-haloed). Overlapping cells lie one on another: each pixel belongs to one cell
@@ -265,9 +266,9 @@ class CellRenderer:
         # The rim (cortex, ruffles) is thickest along the lamellipodium's leading edge.
         depth_px = (1 - rho) * reff * rb  # distance inside the outline along the ray
         edge = np.clip(depth_px * (self.px / o.edge_taper_um), 0, 1)
-        # the body fills the cell but for a thin margin, its processes and its lamellipodium
-        # a smooth dome: its broad middle shades off to the background's grey (only its steep
-        # sides, near the outline, make halos)
+        # the body fills the cell but for a thin margin, its processes and its lamellipodium,
+        # as a smooth dome: its broad middle shades off to the background's grey, and only its
+        # steep sides, near the outline, make halos
         body = np.clip(1 - (rho / (_BODY_EXTENT * inner[ai])) ** 2, 0, 1)
         thicker = 1 + b.thickening * stress
         ruffle = 1 + b.ruffle * (1 - b.lamella_loss * stress) * lobe[ai]
@@ -306,8 +307,8 @@ class CellRenderer:
         cell_opd = cell_opd + o.texture_um * tex * np.minimum(t / o.body_um, 1.0) * (
             1 - 0.9 * np.minimum(3 * nuc, 1)
         )
-        # vacuoles: near-medium index, so lower OPD (bright): a few in healthy cells, more as
-        # stress builds up (stress-induced vacuolisation)
+        # vacuoles: near-medium index, so lower OPD (bright), around the nucleus: 4-11 in
+        # healthy cells, more as stress builds up (stress-induced vacuolisation)
         n_vac = int(crng.integers(*_VACUOLES)) if rnd < 0.5 else 0
         n_vac += round(b.stress_vacuoles_max * stress * (1 - rnd))
         n_slots = b.stress_vacuoles_max + _VACUOLES[1] - 1
@@ -317,7 +318,7 @@ class CellRenderer:
             (n_slots, 3),
         )
         dv = -_VACUOLE_DEPTH * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
-        for a, rr, vr in vac[:n_vac]:  # perinuclear, around the nucleus
+        for a, rr, vr in vac[:n_vac]:
             _stamp(cell_opd, ncy - y0 + rr * nr * np.sin(a), ncx - x0 + rr * nr * np.cos(a), vr, dv)
         # nucleoli (2-5): dark dots inside the nucleus
         nuc_pts = crng.uniform([0, 0, 1.8], [2 * np.pi, 0.55, 3.0], (int(crng.integers(2, 6)), 3))
