@@ -256,8 +256,12 @@ class CellRenderer:
         r, theta = cv2.cartToPolar(
             np.ascontiguousarray(dx), np.ascontiguousarray(dy), angleInDegrees=True
         )
-        ai = (theta * (_N_ANGLES / 360.0)).astype(np.int32) % _N_ANGLES
-        rb = table[ai]
+        # the outline between two of its angles, linearly (the nearest angle alone would
+        # make a stair-stepped, zipper-like edge where the outline runs steeply)
+        fa = theta * (_N_ANGLES / 360.0)
+        ai = fa.astype(np.int32) % _N_ANGLES
+        wa = fa - np.floor(fa)
+        rb = table[ai] * (1 - wa) + table[(ai + 1) % _N_ANGLES] * wa
         rho = r / (reff * rb)
         own = rho < 1.0  # drawn over the cells below it (occlusion)
         if not own.any():
