@@ -6,9 +6,10 @@ Each cell of a :meth:`data_prep.sim.biology.Population.snapshot` becomes a thick
 ``1 + sum_n a_n cos(n theta - p_n)``, n = 3..7), drawn out into 1-3 thin processes and widened
 by a lamellipodium towards the direction of migration, whose leading edge carries thick
 ruffles; a thin lamella and a rim along the edge, a cell body that fills the cell but for a
-thin margin, its processes and its lamellipodium (so its edge, inside the outline, makes
-a bright halo), an oval nucleus along the cell's axis with 2-5 nucleoli, perinuclear granules,
-a few vacuoles and a granular texture (smoothed over the nucleus). The OPD is
+thin margin, its processes and its lamellipodium, as a smooth dome (its broad middle shades
+off to the background's grey, its steep sides near the outline make the bright halo), an oval
+nucleus along the cell's axis with 2-5 nucleoli, perinuclear granules and bright vacuoles,
+and a granular texture (smoothed over the nucleus). The OPD is
 ``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into a phase-contrast
 image; the halo follows the thickness (thin lamellae faint, ruffles, cell bodies and rounded
 cells bright-haloed). Overlapping cells lie one on another: each pixel belongs to one cell
@@ -41,8 +42,11 @@ from data_prep.sim.params import Biology, Optics
 
 _TEXTURE_SIDE = 1024
 _N_ANGLES = 720
-_BODY_EXTENT = 0.85  # the body reaches this share of the way to the outline (tuned)
-_BODY_RAMP = 0.25  # ... and thins to the lamella over this share (tuned)
+_BODY_EXTENT = 0.9  # the body's dome reaches this share of the way to the outline (tuned)
+_VACUOLES = (4, 12)  # healthy cells carry this many vacuoles (numpy's integers(low, high))
+_VACUOLE_DEPTH = 0.7  # a vacuole's OPD deficit, as a share of the body's cytoplasm (tuned)
+_VACUOLE_PX = (2.0, 3.8)  # ... and its Gaussian radius (px)
+_VACUOLE_RING = (1.05, 2.0)  # ... at this distance from the nucleus' centre (x its radius)
 
 
 def texture_tile(rng: np.random.Generator) -> np.ndarray:
@@ -252,8 +256,12 @@ class CellRenderer:
         r, theta = cv2.cartToPolar(
             np.ascontiguousarray(dx), np.ascontiguousarray(dy), angleInDegrees=True
         )
-        ai = (theta * (_N_ANGLES / 360.0)).astype(np.int32) % _N_ANGLES
-        rb = table[ai]
+        # the outline between two of its angles, linearly (the nearest angle alone would
+        # make a stair-stepped, zipper-like edge where the outline runs steeply)
+        fa = theta * (_N_ANGLES / 360.0)
+        ai = fa.astype(np.int32) % _N_ANGLES
+        wa = fa - np.floor(fa)
+        rb = table[ai] * (1 - wa) + table[(ai + 1) % _N_ANGLES] * wa
         rho = r / (reff * rb)
         own = rho < 1.0  # drawn over the cells below it (occlusion)
         if not own.any():
@@ -262,8 +270,10 @@ class CellRenderer:
         # The rim (cortex, ruffles) is thickest along the lamellipodium's leading edge.
         depth_px = (1 - rho) * reff * rb  # distance inside the outline along the ray
         edge = np.clip(depth_px * (self.px / o.edge_taper_um), 0, 1)
-        # the body fills the cell but for a thin margin, its processes and its lamellipodium
-        body = np.clip((_BODY_EXTENT * inner[ai] - rho) / _BODY_RAMP, 0, 1)
+        # the body fills the cell but for a thin margin, its processes and its lamellipodium,
+        # as a smooth dome: its broad middle shades off to the background's grey, and only its
+        # steep sides, near the outline, make halos
+        body = np.clip(1 - (rho / (_BODY_EXTENT * inner[ai])) ** 2, 0, 1)
         thicker = 1 + b.thickening * stress
         ruffle = 1 + b.ruffle * (1 - b.lamella_loss * stress) * lobe[ai]
         rim = np.exp(-((depth_px * (self.px / o.rim_width_um)) ** 2)) * ruffle
@@ -301,16 +311,19 @@ class CellRenderer:
         cell_opd = cell_opd + o.texture_um * tex * np.minimum(t / o.body_um, 1.0) * (
             1 - 0.9 * np.minimum(3 * nuc, 1)
         )
-        # vacuoles: near-medium index, so lower OPD (bright): a few in healthy cells, more as
-        # stress builds up (stress-induced vacuolisation)
-        n_vac = int(crng.integers(1, 7)) if rnd < 0.5 else 0
+        # vacuoles: near-medium index, so lower OPD (bright), around the nucleus: 4-11 in
+        # healthy cells, more as stress builds up (stress-induced vacuolisation)
+        n_vac = int(crng.integers(*_VACUOLES)) if rnd < 0.5 else 0
         n_vac += round(b.stress_vacuoles_max * stress * (1 - rnd))
-        vac = crng.uniform([0, 0.2, 1.8], [2 * np.pi, 0.65, 4.0], (b.stress_vacuoles_max + 6, 3))
-        dv = -0.5 * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
+        n_slots = b.stress_vacuoles_max + _VACUOLES[1] - 1
+        vac = crng.uniform(
+            [0, _VACUOLE_RING[0], _VACUOLE_PX[0]],
+            [2 * np.pi, _VACUOLE_RING[1], _VACUOLE_PX[1]],
+            (n_slots, 3),
+        )
+        dv = -_VACUOLE_DEPTH * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
         for a, rr, vr in vac[:n_vac]:
-            _stamp(
-                cell_opd, cy - y0 + rr * reff * np.sin(a), cx - x0 + rr * reff * np.cos(a), vr, dv
-            )
+            _stamp(cell_opd, ncy - y0 + rr * nr * np.sin(a), ncx - x0 + rr * nr * np.cos(a), vr, dv)
         # nucleoli (2-5): dark dots inside the nucleus
         nuc_pts = crng.uniform([0, 0, 1.8], [2 * np.pi, 0.55, 3.0], (int(crng.integers(2, 6)), 3))
         dnn = (o.n_nucleolus - o.n_nucleus) * 1.5 * (1 - rnd)  # ~1.5 um thick
