@@ -4,14 +4,16 @@ The demo is a table of steps (:func:`plan`), each one library call (the function
 ``deadnet`` subcommand of the same name calls) that fills its own folder under the demo
 folder. Steps that build Caffe nets run in a child process (:func:`caffe_step`, which says
 why); the others run in the demo's process. A step whose folder holds a ``.step.json`` with
-the same call (function and arguments) is reused on a rerun; a step that fails leaves no
-such stamp, so a rerun redoes it. A stamp of an older demo (it recorded a command line, not
-a call) matches no step, so such a folder's steps are made again once.
+the same call (function and arguments) made by the same code (:func:`code_digest`) is reused
+on a rerun; a step that fails leaves no such stamp, so a rerun redoes it. A stamp of an older
+demo (it recorded a command line, not a call) matches no step, so such a folder's steps are
+made again once.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import multiprocessing
 import shutil
@@ -20,10 +22,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+import data_prep
+import deadnet_caffe
 from data_prep.build import BuildConfig, build
 from data_prep.core.errors import UserError
 from data_prep.core.manifest import Position, read_manifest
@@ -54,6 +59,32 @@ def _plain(value):
     return json.loads(json.dumps(value, default=default))
 
 
+def code_digest(roots: tuple[Path, ...] = ()) -> str:
+    """A SHA-256 over the toolkit's sources: every ``.py`` and ``.prototxt`` file under
+    ``roots`` (default: the ``data_prep`` and ``deadnet_caffe`` packages), by relative path
+    and content.
+
+    It is part of every step's cache key: a step's arguments do not say what the code did
+    with them, so a demo folder made before an upgrade or a fix (a new simulator draws other
+    frames from the same settings) is made again rather than reused.
+    """
+    if not roots:
+        return _toolkit_digest()
+    sha = hashlib.sha256()
+    for root in roots:
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".py", ".prototxt"))
+        for path in files:
+            sha.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            sha.update(path.read_bytes())
+            sha.update(b"\0")
+    return sha.hexdigest()
+
+
+@cache
+def _toolkit_digest() -> str:
+    return code_digest((Path(data_prep.__file__).parent, Path(deadnet_caffe.__file__).parent))
+
+
 @dataclass
 class Step:
     """One stage of the demo: a library call and the folder it fills.
@@ -71,10 +102,12 @@ class Step:
     isolate: bool = False
 
     def key(self) -> dict:
-        """The cache key: the function's name and its arguments, as JSON data."""
+        """The cache key: the function's name, its arguments as JSON data, and the digest of
+        the code that runs it (:func:`code_digest`)."""
         return {
             "call": f"{self.fn.__module__}.{self.fn.__qualname__}",
             "kwargs": _plain(self.kwargs()),
+            "code": code_digest(),
         }
 
     def stamp_path(self) -> Path:
@@ -137,7 +170,7 @@ def run_step(
     if step.stamp_path().is_file():
         # A finished output of another call (the demo's own: the stamp says so). It goes,
         # or a training run would refuse a folder that already holds snapshots.
-        log(f"[demo] {step.name}: the call or an input changed; {step.out} is made again")
+        log(f"[demo] {step.name}: the call, an input or the code changed; {step.out} is made again")
         shutil.rmtree(step.out)
     log(f"[demo] {step.name}: {step.title}")
     where = " (child process)" if step.isolate else ""

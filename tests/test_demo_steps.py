@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from data_prep.core.errors import UserError
-from deadnet_caffe.demo import STAMP, Step, resumed, run_step
+from deadnet_caffe import demo
+from deadnet_caffe.demo import STAMP, Step, code_digest, resumed, run_step
 from deadnet_caffe.train import TrainSettings
 
 
@@ -48,12 +49,13 @@ def test_a_changed_call_remakes_the_step_and_a_same_one_reuses_it(tmp_path):
     assert first["key"] == {
         "call": "test_demo_steps.write_note",
         "kwargs": {"out": str(out), "text": "one"},
+        "code": code_digest(),
     }
     assert not (out / "old-output.txt").exists()  # the earlier output went
     assert (out / "note.txt").read_text() == "one"
     assert (out / "progress.txt").read_text() == "False"
     assert json.loads((out / STAMP).read_text())["key"] == first["key"]
-    assert any("the call or an input changed" in line for line in lines)
+    assert any("the call, an input or the code changed" in line for line in lines)
     assert lines[-1] == f"[demo] note: wrote {out} in {first['seconds']:.0f} s"
 
     again = run_step(_step(out, "one"), lines.append)
@@ -66,7 +68,36 @@ def test_a_changed_call_remakes_the_step_and_a_same_one_reuses_it(tmp_path):
     # after an earlier step ran again, the same call is not enough to reuse it
     forced = run_step(_step(out, "two"), lines.append, reuse=False)
     assert forced["cached"] is False
-    assert any("an input changed" in line for line in lines[-4:])
+    assert any("an input or the code changed" in line for line in lines[-4:])
+
+
+def test_a_step_made_by_other_code_is_made_again(tmp_path, monkeypatch):
+    out = tmp_path / "step"
+    assert run_step(_step(out, "one"), lambda _: None)["cached"] is False
+    assert run_step(_step(out, "one"), lambda _: None)["cached"] is True
+    monkeypatch.setattr(demo, "code_digest", lambda: "0" * 64)  # an upgrade or a fix
+    lines: list[str] = []
+    assert run_step(_step(out, "one"), lines.append)["cached"] is False
+    assert "the call, an input or the code changed" in lines[0]
+    assert json.loads((out / STAMP).read_text())["key"]["code"] == "0" * 64
+
+
+def test_the_code_digest_follows_sources_and_prototxts_only(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "net.prototxt").write_text('name: "n"\n')
+    first = code_digest((pkg,))
+    (pkg / "README.md").write_text("docs change nothing\n")
+    (pkg / "sub" / "__pycache__").mkdir()
+    (pkg / "sub" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert code_digest((pkg,)) == first
+    (pkg / "sub" / "net.prototxt").write_text('name: "m"\n')
+    second = code_digest((pkg,))
+    assert second != first
+    (pkg / "a.py").rename(pkg / "b.py")  # the same bytes under another name
+    assert code_digest((pkg,)) not in (first, second)
+    assert len(code_digest()) == 64 and code_digest() == code_digest()
 
 
 def test_an_isolated_step_runs_in_a_child_and_its_abort_is_one_failed_step(tmp_path):
