@@ -44,13 +44,23 @@ def test_update_step_with_the_paper_parameters():
 
 
 def test_ascent_on_a_linear_score_converges_to_w_over_lambda1():
-    """S = <w, I>: eq. 4 without smoothness is I <- (1 - eps l1) I + eps w, whose limit is
-    w / l1; after 500 steps (0.9^500 ~ 1e-23) it is there."""
-    w = np.random.default_rng(0).normal(size=(220, 220)).astype(np.float32)
-    img, scores = class_model(lambda i, c: (float((w * i).sum()), w), 1,
-                              settings=ClassModelSettings(lambda2=0.0))  # fmt: skip
-    np.testing.assert_allclose(img, w / 0.01, rtol=1e-4)
-    assert len(scores) == 501 and scores[0] == 0.0 and scores[-1] > scores[1]
+    """S_c = <w_c, I>: eq. 4 without smoothness is I <- (1 - eps l1) I + eps w_c, whose limit
+    is w_c / l1; after 500 steps (0.9^500 ~ 1e-23) each image is there, whatever its start,
+    and each on its own class's w_c (the images ascend side by side, not together)."""
+    w = np.random.default_rng(0).normal(size=(2, 220, 220)).astype(np.float32)
+
+    def linear(imgs, classes):
+        wc = w[np.asarray(classes)]
+        return (wc * imgs).sum(axis=(1, 2)).astype(np.float64), wc
+
+    start = np.full((220, 220), 3.0, np.float32)
+    imgs, scores = class_model(linear, [1, 0, 1], [None, None, start],
+                               settings=ClassModelSettings(lambda2=0.0))  # fmt: skip
+    for img, c in zip(imgs, (1, 0, 1), strict=True):
+        np.testing.assert_allclose(img, w[c] / 0.01, rtol=1e-4)
+    assert scores.shape == (3, 501) and scores[0, 0] == 0.0 == scores[1, 0]
+    assert scores[2, 0] == pytest.approx(3.0 * float(w[1].sum()), rel=1e-5)
+    assert np.all(scores[:, -1] > scores[:, 1])
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +72,37 @@ def test_input_gradient_matches_finite_differences(net_files, rng):
     net = DeployNet(*net_files, force_backward=True)
     grad_fn = ScoreGradient(net)
     img = crop_to_input(phase_like(rng, 256, 256))
-    _, g = grad_fn(img, 1)
+
+    def score(x):
+        return float(grad_fn(x[None], [1])[0][0])
+
+    g = grad_fn(img[None], [1])[1][0]
     # directional derivative along the gradient (well conditioned in float32): |g|
     d = g / np.linalg.norm(g)
     for t in (0.005, 0.002):
-        fd = (grad_fn(img + t * d, 1)[0] - grad_fn(img - t * d, 1)[0]) / (2 * t)
+        fd = (score(img + t * d) - score(img - t * d)) / (2 * t)
         assert fd == pytest.approx(np.linalg.norm(g), rel=1e-2)
     assert np.any(g != 0) and g.shape == (220, 220)
+
+
+def test_a_batch_gives_each_image_its_own_score_and_gradient(net_files, rng):
+    """Caffe's deploy net in one batch of three (two classes) against each image alone."""
+    net = DeployNet(*net_files, force_backward=True)
+    grad_fn = ScoreGradient(net)
+    imgs = np.stack([crop_to_input(phase_like(rng, 256, 256)) for _ in range(3)])
+    classes = [0, 1, 1]
+    scores, grads = grad_fn(imgs, classes)
+    assert scores.shape == (3,) and grads.shape == (3, 220, 220)
+    for j, c in enumerate(classes):
+        alone_score, alone_grad = grad_fn(imgs[j : j + 1], [c])
+        probs = net.forward(imgs[j : j + 1])[0]
+        logits = net.net.blobs[net.score].data.reshape(-1)
+        assert alone_score[0] == pytest.approx(float(logits[c]), rel=1e-6)
+        assert probs[c] == pytest.approx(np.exp(logits[c]) / np.exp(logits).sum(), rel=1e-5)
+        assert scores[j] == pytest.approx(alone_score[0], rel=1e-4, abs=1e-5)
+        np.testing.assert_allclose(grads[j], alone_grad[0], rtol=1e-3, atol=1e-6 * np.abs(
+            alone_grad).max())  # fmt: skip
+    assert not np.allclose(grads[1], grads[2])  # different images, different gradients
 
 
 def test_classmodel_cli(tmp_path, net_files, rng):
