@@ -79,6 +79,14 @@ def summarise(cfg, steps: dict[str, dict], total_s: float) -> dict:
         "train_crops": card.get("counts", {}).get("train", {}).get("crops"),
         "test_crops": card.get("counts", {}).get("test", {}).get("crops"),
         "paper": {"accuracy_A": paper.PAPER_ACCURACY_A, "accuracy_B": paper.PAPER_ACCURACY_B},
+        "deploy_statistics": {
+            "windows": _load(out / "bnstats" / "bnstats.json").get("windows"),
+            "why": "BatchNorm running averages re-estimated on un-augmented windows of the "
+            "training positions (deadnet bnstats): Caffe's kept averages describe the last "
+            "training batches (augmented crops; for Data Set B with additive noise that deploy "
+            "inputs never have). Heat maps, Grad-CAM, class models and report use these "
+            "weights; the published-val accuracy does not depend on them.",
+        },
     }
     if cfg.dataset == "B":
         conc = card.get("concordance", {})
@@ -97,13 +105,6 @@ def summarise(cfg, steps: dict[str, dict], total_s: float) -> dict:
                 "gradcam_pointing": a_val.get("pointing_game_hit_rate"),
             },
             pretrained=str(cfg.pretrained) if cfg.pretrained else None,
-            deploy_statistics={
-                "windows": _load(out / "bnstats" / "bnstats.json").get("windows"),
-                "why": "BatchNorm running averages re-estimated on un-augmented windows of the "
-                "training positions (deadnet bnstats): B's training crops carry additive noise "
-                "that deploy inputs never have. Heat maps, Grad-CAM and report use these "
-                "weights; the published-val accuracy does not depend on them.",
-            },
         )
         summary["targets"] = targets_b(summary)
     return summary
@@ -303,7 +304,8 @@ def write_page(cfg, summary: dict) -> Path:
         "<code>summary.json</code>.</p>",
         "<h2>Performance (Figure 3)</h2>",
         f"<p>Test accuracy, {html.escape(str(summary['evaluation_mode']))}: {acc}. "
-        f"With BatchNorm's running averages (deploy net): "
+        f"With BatchNorm's running averages re-estimated for the deploy net "
+        f"(<code>deadnet bnstats</code>): "
         f"{_pct(summary['accuracy_global_stats'])}. The paper reports "
         f"{_pct(paper_acc)} on its Data Set {cfg.dataset} after "
         f"~{paper.MAX_ITER_PAPER // 1000}k GPU iterations.</p>",

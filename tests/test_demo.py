@@ -37,7 +37,8 @@ def test_summary_has_the_promised_figures(demo_dir):
     assert 0.0 <= s["ci_low"] <= s["test_accuracy"] <= s["ci_high"] <= 1.0
     assert 0.0 <= s["heatmap_auroc"] <= 1.0
     assert set(s["step_seconds"]) == {
-        "simulate", "dataset", "train", "evaluate", "heatmap", "gradcam", "classmodel", "report",
+        "simulate", "dataset", "train", "bnstats", "evaluate", "heatmap", "gradcam", "classmodel",
+        "report",
     }  # fmt: skip
     assert s["solver"]["changes"]["max_iter"][1] == 2
     assert (demo_dir / "train" / "latest.caffemodel").exists()
