@@ -386,3 +386,51 @@ def test_simulate_compare_prints_the_envelope(real_frames_dir, tmp_path, capsys)
     assert out.count("sim A1_p") == 2  # the tiny preset's two unexposed positions
     assert (tmp_path / "simulator-vs-real.png").stat().st_size > 10_000
     assert main([*argv[:-1], str(tmp_path / "missing.tif"), "--out", str(tmp_path)]) == 2
+
+
+def test_settings_and_well_names_round_trip():
+    import json
+
+    from data_prep.sim.params import Settings
+    from data_prep.sim.plate import well_index, well_name
+
+    s = Settings(layout=PRESETS["demo"], optics=Optics(ring_transmission=0.25), seed=5)
+    doc = json.loads(json.dumps({**s.to_dict(), "jobs": 2}))  # as settings.json holds it
+    assert Settings.from_dict(doc) == s
+    assert [well_index(well_name(i)) for i in range(24)] == list(range(24))
+    assert [well_index(n) for n in ("", "A0", "A7", "a2", "Z1", "B")] == [-1, -1, -1, 1, 150, -1]
+
+
+def test_compare_takes_frame0_from_an_experiment_folder(real_frames_dir, tmp_path, capsys):
+    real = str(sorted(real_frames_dir.glob("*.tif"))[0])
+    exp = tmp_path / "exp"
+    assert _simulate(exp) == 0
+    rendered = ["simulate", "--preset", "tiny", "--seed", "1", "--size", "384", "256",
+                "--hours", "2", "--render-every", "5", "--compare", real]  # fmt: skip
+    capsys.readouterr()
+    assert main([*rendered, "--out", str(tmp_path / "c1")]) == 0
+    by_render = capsys.readouterr().out
+    from_exp = ["simulate", "--compare", real, "--experiment", str(exp)]
+    assert main([*from_exp, "--out", str(tmp_path / "c2")]) == 0
+    by_file = capsys.readouterr().out
+    sim_rows = [ln for ln in by_file.splitlines() if ln.startswith("sim ")]
+    assert len(sim_rows) == 2 and sim_rows == [
+        ln for ln in by_render.splitlines() if ln.startswith("sim ")
+    ]  # the written frame 0 is the rendered one, and its overlap is counted (0.00%)
+    assert all(ln.split()[-1] == "0.00%" for ln in sim_rows) and "not counted" not in by_file
+    # a frame 0 the simulator does not render so: compared as written, overlap not counted
+    path = exp / "images" / "A1_p1.tif"
+    with tifffile.TiffFile(path) as tf:
+        stack, meta = tf.asarray(), tf.imagej_metadata
+    stack[0] = stack[0, ::-1]
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "TYX", "unit": meta["unit"]})
+    assert main([*from_exp, "--out", str(tmp_path / "c3")]) == 0
+    out = capsys.readouterr().out
+    assert "overlap not counted for A1_p1" in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("sim A1_p1"))
+    assert row.split()[-1] == "-"
+    # --experiment needs --compare, and a simulated experiment
+    assert main(["simulate", "--experiment", str(exp), "--out", str(tmp_path / "c4")]) == 2
+    assert main([*from_exp[:-1], str(tmp_path / "c1"), "--out", str(tmp_path / "c5")]) == 2
+    err = capsys.readouterr().err
+    assert "not a simulated experiment" in err and not (tmp_path / "c5").exists()

@@ -389,8 +389,84 @@ def write_strip(
     fig.savefig(path)
 
 
+#: A simulated frame to compare: its name, the (H, W) frame, and the renderer's per-pixel
+#: layer count for it (None where it cannot be counted).
+SimFrame = tuple[str, np.ndarray, np.ndarray | None]
+
+
+def rendered_frames(settings: Settings) -> list[SimFrame]:
+    """Frame 0 of every unexposed (dose 0) position of ``settings``, rendered now (the same
+    bytes as frame 0 of the experiment these settings simulate: determinism)."""
+    from data_prep.sim.plate import PositionSim, well_name
+
+    lay, frames = settings.layout, []
+    for w, dose in enumerate(lay.doses_s):
+        if dose != 0:
+            continue
+        for p in range(lay.positions_per_well):
+            sim = PositionSim(settings, w, p, dose)
+            img, _, _ = sim.render(0)
+            frames.append((f"{well_name(w)}_p{p + 1}", img, sim.renderer.layers))
+    return frames
+
+
+def experiment_frames(experiment: Path) -> tuple[Settings, list[SimFrame]]:
+    """Frame 0 of every unexposed position of a simulated experiment folder, as written.
+
+    The settings come from the folder's settings.json. Each frame is rendered again to count
+    its layers (:func:`overlap_fraction`); where the rendering differs from the written frame
+    (the folder was made by other simulator code) the layers are None and its overlap is not
+    counted.
+
+    Raises
+    ------
+    UserError
+        The folder is not a simulated experiment (no manifest, no simulator settings), has
+        no unexposed position, or a frame cannot be read.
+    """
+    import json
+
+    from data_prep.core.checks import read_text
+    from data_prep.core.manifest import read_manifest
+    from data_prep.core.stack import read_stack
+    from data_prep.sim.plate import PositionSim, well_index
+
+    experiment = Path(experiment)
+    path = experiment / "settings.json"
+    if not path.is_file():
+        raise UserError(f"--experiment {experiment}: no settings.json; not a simulated experiment.")
+    try:
+        doc = json.loads(read_text(path, "settings JSON"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: cannot read the settings JSON ({err}).") from None
+    settings = Settings.from_dict((doc or {}).get("settings"), str(path))
+    frames = []
+    for pos in read_manifest(experiment):
+        if pos.dose_s != 0:
+            continue
+        w, p = well_index(pos.well), int(pos.position.removeprefix("p") or 0) - 1
+        if w < 0 or p < 0:
+            raise UserError(
+                f"{experiment}: position {pos.key} is not named as the simulator names its "
+                "positions (A1_p1 ...); not a simulated experiment."
+            )
+        img = read_stack(pos.path, min_side=64)[0]
+        sim = PositionSim(settings, w, p, pos.dose_s)
+        again, _, _ = sim.render(0)
+        layers = sim.renderer.layers if np.array_equal(again, img) else None
+        frames.append((f"{pos.well}_{pos.position}", img, layers))
+    if not frames:
+        raise UserError(f"--experiment {experiment}: no unexposed (dose 0) position to compare.")
+    return settings, frames
+
+
 def compare_with_real(
-    settings: Settings, real_path: Path, real_px: float, out: Path, shown: Path
+    settings: Settings,
+    real_path: Path,
+    real_px: float,
+    out: Path,
+    shown: Path,
+    frames: list[SimFrame] | None = None,
 ) -> int:
     """``--compare``: envelope statistics of frame 0 of every unexposed position and a real frame.
 
@@ -398,11 +474,12 @@ def compare_with_real(
     frame meets the issue-15 targets; writes the two comparison figures into ``out`` (the
     folder that becomes ``shown``, the --out named in the messages), and the
     healthy -> stressed -> dying -> dead strip of the cell of the exposed wells (below 200 s)
-    that stays stressed longest (data_prep.sim.compare.damage_strip).
+    that stays stressed longest (data_prep.sim.compare.damage_strip). ``frames``: the
+    simulated frames (:func:`experiment_frames`); None renders them (:func:`rendered_frames`).
     """
     import tifffile
 
-    from data_prep.sim.plate import PositionSim, well_name
+    from data_prep.sim.plate import well_name
 
     try:
         real = tifffile.imread(real_path)
@@ -414,29 +491,30 @@ def compare_with_real(
         raise UserError(f"--compare {real_path}: expected a grey frame of at least 64 x 64 px.")
     lay = settings.layout
     rows = {f"real {real_path.name}": envelope(real, real_px)}
-    frames, failed = [], 0
-    for w, dose in enumerate(lay.doses_s):
-        if dose != 0:
-            continue
-        for p in range(lay.positions_per_well):
-            sim = PositionSim(settings, w, p, dose)
-            img, _, _ = sim.render(0)
-            stats = envelope(img, lay.pixel_size_um, sim.renderer.layers)
-            ok = meets_targets(stats)
-            failed += not all(ok.values())
-            misses = ", ".join(k for k, v in ok.items() if not v)
-            name = f"sim {well_name(w)}_p{p + 1} t0"
-            rows[name + (f" (misses {misses})" if misses else "")] = stats
-            frames.append(img)
+    frames = rendered_frames(settings) if frames is None else frames
     if not frames:
         raise UserError("--compare: the layout has no unexposed (dose 0) well to compare.")
+    failed, uncounted = 0, []
+    for name, img, layers in frames:
+        stats = envelope(img, lay.pixel_size_um, layers)
+        ok = meets_targets(stats)
+        failed += not all(ok.values())
+        misses = ", ".join(k for k, v in ok.items() if not v)
+        rows[f"sim {name} t0" + (f" (misses {misses})" if misses else "")] = stats
+        if layers is None:
+            uncounted.append(name)
     print(format_table(rows))
     print(
         f"{len(frames) - failed} of {len(frames)} simulated frames meet the targets "
         "(skewness >= 1, bright tail >= 1% and >= 1.5 x dark, PSD slope in [-2.5, -2.0], "
         "overlap <= 2%)"
     )
-    write_figures(real, real_px, frames, lay.pixel_size_um, out)
+    if uncounted:
+        print(
+            f"overlap not counted for {', '.join(uncounted)}: this simulator renders their "
+            "frame 0 otherwise (the experiment was made by other code)"
+        )
+    write_figures(real, real_px, [img for _, img, _ in frames], lay.pixel_size_um, out)
     print(f"wrote {shown / 'simulator-vs-real.png'} and {shown / 'simulator-stats.png'}")
     candidates = [
         (w, p, dose)

@@ -178,6 +178,20 @@ class Settings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "settings") -> Settings:
+        """The settings :meth:`to_dict` wrote (other top-level keys, such as those a
+        simulation adds to its settings.json, are ignored)."""
+        parts = {"layout": Layout, "biology": Biology, "optics": Optics}
+        if not isinstance(doc, dict) or any(not isinstance(doc.get(k), dict) for k in parts):
+            raise UserError(f"{where}: expected the simulator's layout, biology and optics.")
+        try:
+            seed = int(doc.get("seed", 0))
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: the seed is not an integer.") from None
+        made = {k: c.from_dict(doc[k], where) for k, c in parts.items()}
+        return cls(**made, seed=seed)
+
     def with_layout(self, **changes) -> Settings:
         return replace(self, layout=replace(self.layout, **changes))
 

@@ -56,6 +56,14 @@ def well_name(index: int) -> str:
     return f"{_ROWS[index // 6]}{index % 6 + 1}"
 
 
+def well_index(name: str) -> int:
+    """The inverse of :func:`well_name`: "A1" -> 0, "B2" -> 7; -1 for any other name."""
+    row, col = name[:1].upper(), name[1:]
+    if not row or row not in _ROWS or not col.isdigit() or not 1 <= int(col) <= 6:
+        return -1
+    return _ROWS.index(row) * 6 + int(col) - 1
+
+
 def _streams(seed: int, well: int, pos: int) -> list[np.random.Generator]:
     ss = np.random.SeedSequence(seed, spawn_key=(well, pos))
     return [np.random.default_rng(s) for s in ss.spawn(4)]

@@ -69,6 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "simulator-vs-real.png, simulator-stats.png and simulator-damage-strip.png to --out",
     )
     p.add_argument(
+        "--experiment",
+        type=Path,
+        metavar="DIR",
+        help="with --compare: take frame 0 of the unexposed positions from this simulated "
+        "experiment folder, as written (its settings.json replaces the preset and options)",
+    )
+    p.add_argument(
         "--real-px",
         type=positive_float,
         default=6.5 / 15.0,
@@ -107,17 +114,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.sim.compare import compare_with_real
+    from data_prep.sim.compare import compare_with_real, experiment_frames
     from data_prep.sim.plate import simulate_experiment
 
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1.")
+    if args.experiment and not args.compare:
+        raise UserError("--experiment names the frames for --compare; give --compare REAL.tif.")
     settings = settings_from_args(args)
     inputs = (args.settings,) if args.settings else ()
     if args.compare:
         check_image_sources([(args.compare, None, None)])
+        frames = None
+        if args.experiment:
+            settings, frames = experiment_frames(args.experiment)
+            inputs = (*inputs, args.experiment)
         with output_dir(args.out, NAME, [*inputs, args.compare]) as tmp:
-            return compare_with_real(settings, args.compare, args.real_px, tmp, args.out)
+            return compare_with_real(
+                settings, args.compare, args.real_px, tmp, args.out, frames=frames
+            )
     positions = simulate_experiment(
         settings, args.out, jobs=args.jobs, progress=args.progress, inputs=inputs
     )
