@@ -388,6 +388,33 @@ def test_simulate_compare_prints_the_envelope(real_frames_dir, tmp_path, capsys)
     assert main([*argv[:-1], str(tmp_path / "missing.tif"), "--out", str(tmp_path)]) == 2
 
 
+def test_compare_takes_the_real_frames_pixel_size_from_its_calibration(
+    real_frames_dir, tmp_path, capsys
+):
+    frame = tifffile.imread(sorted(real_frames_dir.glob("*.tif"))[0])
+    calibrated = tmp_path / "calibrated.tif"  # 0.5 um per pixel, ImageJ style
+    tifffile.imwrite(calibrated, frame, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"unit": "um"})  # fmt: skip
+    in_cm = tmp_path / "in_cm.tif"  # plain resolution tags: 4000 px per cm = 2.5 um per px
+    tifffile.imwrite(in_cm, frame, resolution=(4000.0, 4000.0), resolutionunit="CENTIMETER")
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.repeat((frame[..., None] >> 8).astype(np.uint8), 3, axis=2))
+    argv = ["simulate", "--preset", "tiny", "--size", "384", "256", "--compare"]
+    capsys.readouterr()
+    for path, extra, said in (
+        (calibrated, [], "0.5 um/px (its TIFF calibration)"),
+        (in_cm, [], "2.5 um/px (its TIFF calibration)"),
+        (calibrated, ["--real-px", "0.25"], "0.25 um/px (--real-px)"),
+        (sorted(real_frames_dir.glob("*.tif"))[0], [], "0.4333 um/px (assumed"),
+    ):
+        out = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+        assert main([*argv, str(path), *extra, "--out", str(out)]) == 0
+        assert said in capsys.readouterr().out
+    assert main([*argv, str(rgb), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert str(rgb) in err and "RGB" in err and not (tmp_path / "bad").exists()
+
+
 def test_settings_and_well_names_round_trip():
     import json
 

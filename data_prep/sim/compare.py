@@ -39,6 +39,36 @@ PSD_BAND_CYCLES_PER_PX = (0.01, 0.5)
 FIGURE_FOV_UM = 160.0  # field of view of both panels of the side-by-side figure
 FIGURE_UM_PER_PX = 0.4  # ... shown at the same scale
 COMMON_UM_PER_PX = FIGURE_UM_PER_PX  # the scale at which edge energy is measured
+#: um per pixel of a real frame that says nothing of its own: the T98G frames of
+#: shared/data/real (6.5 um camera pixels behind a 10x objective and a 1.5x lens)
+DEFAULT_REAL_PX_UM = 6.5 / 15.0
+_UM_PER = {"um": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
+def real_frame(path: Path, real_px: float | None) -> tuple[np.ndarray, float, str]:
+    """The first frame of a real image (the toolkit's reader) and its pixel size.
+
+    Returns the (H, W) frame, um per pixel and where that came from: ``real_px`` when given,
+    else the TIFF's own calibration (ImageJ, OME or resolution tags in centimetres), else
+    :data:`DEFAULT_REAL_PX_UM`.
+
+    Raises
+    ------
+    UserError
+        The file cannot be read as a grey image of at least 64 x 64 px, or is uniform.
+    """
+    from data_prep.core.stack import read_stack
+    from data_prep.core.tiffout import Calibration
+
+    frame = read_stack(path, min_side=64)[0]
+    if float(np.ptp(frame)) == 0:
+        raise UserError(f"--compare {path}: the frame is uniform; nothing to compare.")
+    if real_px is not None:
+        return frame, float(real_px), "--real-px"
+    cal = Calibration.of_tiff(path)
+    if cal.pixel_size and cal.unit in _UM_PER:
+        return frame, cal.pixel_size * _UM_PER[cal.unit], "its TIFF calibration"
+    return frame, DEFAULT_REAL_PX_UM, "assumed (no calibration in the file; give --real-px)"
 
 
 def standardise(img: np.ndarray) -> np.ndarray:
@@ -463,7 +493,7 @@ def experiment_frames(experiment: Path) -> tuple[Settings, list[SimFrame]]:
 def compare_with_real(
     settings: Settings,
     real_path: Path,
-    real_px: float,
+    real_px: float | None,
     out: Path,
     shown: Path,
     frames: list[SimFrame] | None = None,
@@ -476,19 +506,13 @@ def compare_with_real(
     healthy -> stressed -> dying -> dead strip of the cell of the exposed wells (below 200 s)
     that stays stressed longest (data_prep.sim.compare.damage_strip). ``frames``: the
     simulated frames (:func:`experiment_frames`); None renders them (:func:`rendered_frames`).
+    ``real_px``: um per pixel of the real frame, None for its own calibration
+    (:func:`real_frame`).
     """
-    import tifffile
-
     from data_prep.sim.plate import well_name
 
-    try:
-        real = tifffile.imread(real_path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--compare {real_path}: cannot read it as a TIFF ({err}).") from None
-    if real.ndim == 3 and real.shape[0] >= 1:
-        real = real[0]
-    if real.ndim != 2 or min(real.shape) < 64 or float(np.ptp(real)) == 0:
-        raise UserError(f"--compare {real_path}: expected a grey frame of at least 64 x 64 px.")
+    real, real_px, px_from = real_frame(real_path, real_px)
+    print(f"real frame {real_path.name}: {real_px:.4g} um/px ({px_from})")
     lay = settings.layout
     rows = {f"real {real_path.name}": envelope(real, real_px)}
     frames = rendered_frames(settings) if frames is None else frames

@@ -78,8 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--real-px",
         type=positive_float,
-        default=6.5 / 15.0,
-        help="um per pixel of the --compare frame",
+        help="um per pixel of the --compare frame (default: the TIFF's own calibration, "
+        "else 0.433, the shared T98G frames')",
     )
     p.add_argument("--jobs", type=positive_int, default=1, help="positions simulated in parallel")
     add_progress_argument(p)
