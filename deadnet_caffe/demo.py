@@ -400,12 +400,15 @@ def plan(cfg: DemoConfig) -> list[Step]:
     # mode where the kept averages gave 84.1%, and its fate heat-map AUROC rose from 0.845 to
     # 0.907 (the same trained weights). The weights are unchanged, so the evaluation's
     # primary (batch-statistics) mode is too; its global-statistics mode shows the difference.
-    steps.append(
-        Step("bnstats", "BatchNorm statistics for deployment, re-estimated on un-augmented "
-             "windows", out / "bnstats", write_bnstats, lambda: {"s": BnStatsSettings(
-                 weights=run / "latest.caffemodel", experiment=exp, dataset=ds,
-                 out=out / "bnstats", seed=cfg.seed)}, isolate=True)
-    )  # fmt: skip
+    def bnstats(name: str, w: Path) -> Step:
+        return Step(name, "BatchNorm statistics for deployment, re-estimated on un-augmented "
+                    "windows", out / name, write_bnstats, lambda: {"s": BnStatsSettings(
+                        weights=w, experiment=exp, dataset=ds, out=out / name,
+                        seed=cfg.seed)}, isolate=True)  # fmt: skip
+
+    steps.append(bnstats("bnstats", run / "latest.caffemodel"))
+    if b:  # the A net on B's positions is deployed as B's net is: statistics of B's windows
+        steps.append(bnstats("bnstats_A", weights_a))
     votes = exp / "votes.csv"
     steps.append(
         Step("evaluate", "test accuracy with bootstrap BCa intervals", out / "evaluation",
@@ -431,7 +434,8 @@ def plan(cfg: DemoConfig) -> list[Step]:
             report("report", weights, "the per-experiment phototoxicity report"),
         ]  # fmt: skip
     else:
-        for name, w, net in (("report", weights, "B"), ("report_A", weights_a, "A")):
+        deploy_a = out / "bnstats_A" / BNSTATS_WEIGHTS
+        for name, w, net in (("report", weights, "B"), ("report_A", deploy_a, "A")):
             title = f"heat maps and Grad-CAM on Data Set B's positions (the {net} net)"
             steps.append(report(name, w, title, max_dose=DATASET_B_DOSE_RANGE_S[1]))
     return steps

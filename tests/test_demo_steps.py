@@ -124,3 +124,39 @@ def test_an_interrupted_fine_tuning_step_resumes_without_its_start_weights(tmp_p
     assert (resumed(s).resume, resumed(s).weights) == (True, None)
     (run / STAMP).write_text("{}")
     assert resumed(s) == s  # a finished step is not resumed
+
+
+@pytest.mark.parametrize("own_a", [False, True])
+def test_both_demos_deploy_nets_with_re_estimated_statistics(tmp_path, own_a, monkeypatch):
+    """Every heat map, Grad-CAM, class model and report of either demo uses weights whose
+    BatchNorm statistics a bnstats step re-estimated from the weights that were trained."""
+    from types import SimpleNamespace
+
+    held = SimpleNamespace(path=tmp_path / "held.tif", frame_interval_min=48.0)
+    monkeypatch.setattr(demo, "_heldout_position", lambda exp, split: held)
+    weights_a = tmp_path / "demo" / "train" / "latest.caffemodel"
+    if not own_a:
+        weights_a.parent.mkdir(parents=True)
+        weights_a.write_bytes(b"A weights")
+    for dataset in ("A", "B"):
+        out = tmp_path / f"demo-{dataset}"
+        cfg = demo.DemoConfig(out=out, dataset=dataset,
+                              pretrained=weights_a if dataset == "B" else None)  # fmt: skip
+        steps = {s.name: s for s in demo.plan(cfg)}
+        made = {s.out / "weights.caffemodel": s.kwargs()["s"].weights
+                for s in steps.values() if s.fn is demo.write_bnstats}  # fmt: skip
+        trained = {out / "train" / "latest.caffemodel"}
+        if dataset == "B":
+            trained.add(out / "train_A" / "latest.caffemodel" if own_a else weights_a)
+        assert set(made.values()) == trained
+        making = ("simulate", "dataset", "dataset_A", "train", "train_A", "bnstats", "bnstats_A")
+        deployed = [s for s in steps.values() if s.name not in (*making, "evaluate")]
+        assert len(deployed) == (4 if dataset == "A" else 2)
+        for s in deployed:
+            args = s.kwargs()
+            run = args.get("s") or args.get("r")
+            assert run.weights in made, s.name
+        # report_A deploys the A net: its statistics come from the A weights
+        if dataset == "B":
+            assert made[steps["report_A"].kwargs()["s"].weights] != out / "train" / (
+                "latest.caffemodel")
