@@ -391,6 +391,7 @@ def plan(cfg: DemoConfig) -> list[Step]:
              + (", fine-tuning the Data Set A weights" if b else ""), run, train_step,
              training(cfg.dataset, ds, run, cfg.max_iter, cfg.base_lr, weights_a if b else None)),
     ]  # fmt: skip
+
     # The deploy net (heat maps, Grad-CAM, class models, report) normalises with BatchNorm's
     # running averages, which Caffe keeps over the last ~20 training batches (published
     # moving_average_fraction 0.95): augmented, class-balanced crops, of weights that still

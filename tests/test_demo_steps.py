@@ -158,5 +158,5 @@ def test_both_demos_deploy_nets_with_re_estimated_statistics(tmp_path, own_a, mo
             assert run.weights in made, s.name
         # report_A deploys the A net: its statistics come from the A weights
         if dataset == "B":
-            assert made[steps["report_A"].kwargs()["s"].weights] != out / "train" / (
-                "latest.caffemodel")
+            b_weights = out / "train" / "latest.caffemodel"
+            assert made[steps["report_A"].kwargs()["s"].weights] != b_weights
