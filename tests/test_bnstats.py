@@ -84,3 +84,29 @@ def test_bnstats_command_takes_the_progress_option(tmp_path, capsys):
     for out in ("quiet", "bar"):
         doc = json.loads((tmp_path / out / "bnstats.json").read_text())
         assert (doc["batches"], doc["windows"], doc["positions"]) == (3, 12, train)
+
+
+def test_unlisted_adds_the_positions_the_dataset_never_used(tmp_path, capsys):
+    """``--unlisted`` samples the training positions and those the split does not name;
+    a test position never."""
+    from data_experiment import make_experiment
+    from infer_nets import write_net
+
+    from deadnet_caffe.cli import main
+
+    positions = make_experiment(tmp_path / "exp", frames=1)
+    assert len(positions) >= 3
+    train, test, unlisted = positions[0].key, positions[1].key, [p.key for p in positions[2:]]
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "split.csv").write_text(f"key,part\n{train},train\n{test},test\n")
+    model, weights = write_net(tmp_path)
+    argv = ["bnstats", "--model", str(model), "--weights", str(weights), "--experiment",
+            str(tmp_path / "exp"), "--dataset", str(ds), "--windows", "8", "--frames", "1",
+            "--batch", "4", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "listed")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "all"), "--unlisted"]) == 0
+    listed = json.loads((tmp_path / "listed" / "bnstats.json").read_text())["positions"]
+    every = json.loads((tmp_path / "all" / "bnstats.json").read_text())["positions"]
+    assert listed == [train]
+    assert sorted(every) == sorted([train, *unlisted]) and test not in every

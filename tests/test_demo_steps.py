@@ -149,6 +149,8 @@ def test_both_demos_deploy_nets_with_re_estimated_statistics(tmp_path, own_a, mo
         if dataset == "B":
             trained.add(out / "train_A" / "latest.caffemodel" if own_a else weights_a)
         assert set(made.values()) == trained
+        unlisted = {s.kwargs()["s"].unlisted for s in steps.values() if s.fn is demo.write_bnstats}
+        assert unlisted == {dataset == "B"}  # B's own positions are mostly healthy
         making = ("simulate", "dataset", "dataset_A", "train", "train_A", "bnstats", "bnstats_A")
         deployed = [s for s in steps.values() if s.name not in (*making, "evaluate")]
         assert len(deployed) == (4 if dataset == "A" else 2)

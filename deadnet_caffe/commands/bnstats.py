@@ -39,6 +39,13 @@ def add_arguments(p) -> None:
         help="frames per training position, evenly spaced",
     )
     p.add_argument("--seed", type=seed, default=0, help="seed of the window sample")
+    p.add_argument(
+        "--unlisted",
+        action="store_true",
+        help="also sample the experiment's positions that the dataset does not list (never "
+        "a test position; for Data Set B the doses above 80 s): statistics of a healthy and "
+        "sick mix, like the class-balanced training batches",
+    )
     add_progress_argument(p)
 
 
@@ -46,6 +53,6 @@ def run(args) -> int:
     stats = write_bnstats(settings_from(BnStatsSettings, args), args.progress)
     print(
         f"deadnet bnstats: {stats['batches']} batches of {args.batch} windows from "
-        f"{len(stats['positions'])} training positions; {args.out / WEIGHTS_NAME}"
+        f"{len(stats['positions'])} positions; {args.out / WEIGHTS_NAME}"
     )
     return 0
