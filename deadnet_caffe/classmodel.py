@@ -162,7 +162,7 @@ def class_models(
     from the opposing class's image (Figure 6's 2 x 2 panels), all ascended together."""
     keys = [(c, start) for c in (0, 1) for start in ("zeros", "opposing")]
     keys = [k for k in keys if k[1] == "zeros" or inits is not None]
-    starts = [None if start == "zeros" else inits[1 - c] for c, start in keys]
+    starts = [_start(inits, c, start) for c, start in keys]
     imgs, scores = class_model(grad_fn, [c for c, _ in keys], starts, settings, progress)
     return {k: (imgs[j], scores[j]) for j, k in enumerate(keys)}
 

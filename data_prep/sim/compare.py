@@ -474,7 +474,8 @@ def experiment_frames(experiment: Path) -> tuple[Settings, list[SimFrame]]:
     for pos in read_manifest(experiment):
         if pos.dose_s != 0:
             continue
-        w, p = well_index(pos.well), int(pos.position.removeprefix("p") or 0) - 1
+        w, number = well_index(pos.well), pos.position.removeprefix("p")
+        p = int(number) - 1 if number.isdigit() else -1
         if w < 0 or p < 0:
             raise UserError(
                 f"{experiment}: position {pos.key} is not named as the simulator names its "
