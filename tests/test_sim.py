@@ -76,6 +76,33 @@ def test_edge_profile_of_a_flat_cell_shows_the_bright_halo():
     assert abs(profile[100:120].mean() / far - 1) < 0.1  # back to background further out
 
 
+def test_a_narrower_annulus_shades_broad_objects_off():
+    """The annulus' image (half the ring's width) stays on the ring for shifts up to a quarter
+    of the ring's width: O = 1 there, where the ring's own autocorrelation has already fallen;
+    so a broad flat disc's middle comes closer to the background."""
+    from data_prep.sim.optics import ring_overlap
+
+    shape, px = (512, 512), paper.PIXEL_SIZE_UM
+    same, half = Optics(focus_drift_um=0.0), Optics(focus_drift_um=0.0, annulus_fraction=0.5)
+    step = 1 / (shape[1] * px)  # one FFT bin along x, cycles per um
+    flat = int(0.25 * half.ring_width_na / half.wavelength_um / step)  # bins within w / 4
+    assert flat >= 5
+    o_same, o_half = ring_overlap(shape, px, same), ring_overlap(shape, px, half)
+    assert o_same[0, 0] == pytest.approx(1.0) and o_half[0, 0] == pytest.approx(1.0)
+    assert np.allclose(o_half[0, : flat + 1], 1.0, atol=1e-5)
+    assert o_same[0, 1] < 0.99 and o_same[0, flat] < 0.9
+    yy, xx = np.mgrid[0:512, 0:512]
+    r = np.hypot(yy - 256, xx - 256)
+    opd = np.where(r < 110, (same.n_cytoplasm - same.n_medium) * same.body_um, 0.0)
+    middle = {}
+    for name, o in (("same", same), ("half", half)):
+        img = PhaseContrast(o, shape, px, np.random.default_rng(0), n_steps=1).intensity(
+            opd.astype(np.float32), 0
+        )
+        middle[name] = abs(float(img[r < 40].mean()) / float(np.median(img[r > 200])) - 1)
+    assert middle["half"] < 0.5 * middle["same"], middle
+
+
 def test_label_images_match_the_rendered_cells():
     lay = replace(LAYOUT, width=512, height=384)
     pop = Population(Biology(), lay, 0.0, np.random.default_rng(4))
@@ -151,6 +178,11 @@ def test_bad_settings_file_exits_2_and_writes_nothing(tmp_path, capsys):
     assert _simulate(tmp_path / "out", extra=("--settings", str(bad))) == 2
     assert "no_such_rate" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    bad.write_text('{"optics": {"annulus_fraction": 1.5}}')  # wider than the ring
+    assert _simulate(tmp_path / "out", extra=("--settings", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "annulus_fraction" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_vote_disagreement_lies_in_band(tmp_path):
@@ -208,7 +240,14 @@ def test_vote_items_are_10_frame_crops_of_low_dose_positions(tmp_path):
 
 def test_statistic_functions_known_answers():
     """Moments, tails, PSD slope, edge energy, halo and overlap against hand-computed answers."""
-    from data_prep.sim.compare import edge_energy, halo, moments, overlap_fraction, psd_slope
+    from data_prep.sim.compare import (
+        contrast,
+        edge_energy,
+        halo,
+        moments,
+        overlap_fraction,
+        psd_slope,
+    )
 
     # 100 pixels: 99 zeros and a single 1. Mean 0.01, variance 0.0099; third central moment
     # (99 (-0.01)^3 + 0.99^3) / 100 = 0.009702 -> skewness 0.009702 / 0.0099^1.5 = 9.849;
@@ -243,6 +282,14 @@ def test_statistic_functions_known_answers():
         "halo_peak": 1.3,
         "halo_at_um": 1.0,
     }  # the 2.0 at 4 um is beyond reach
+    # 1..100 over an offset of 100: median 50.5, SD sqrt((100^2 - 1) / 12) = 28.866; numpy's
+    # linear percentiles 1 + 0.01 * 99 = 1.99, 1 + 0.05 * 99 = 5.95, 1 + 0.999 * 99 = 99.901
+    counts = (np.arange(1, 101, dtype=np.float64) + 100).reshape(10, 10)
+    c = contrast(counts, offset=100)
+    assert c["sd_over_median"] == pytest.approx(28.866 / 50.5, rel=1e-4)
+    want = (1.99 / 50.5, 5.95 / 50.5, 99.901 / 50.5)
+    assert (c["p1"], c["p5"], c["p99_9"]) == pytest.approx(want)
+    assert np.isnan(contrast(counts, offset=200)["p5"])  # no light left: not a ratio
     layers = np.array([[0, 1, 1, 2], [1, 1, 3, 0]], np.uint8)  # 6 cell pixels, 2 overlapped
     assert overlap_fraction(layers) == pytest.approx(2 / 6)
 

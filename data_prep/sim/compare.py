@@ -7,6 +7,9 @@ treated alike (:func:`envelope`); the overlap fraction needs the simulator's lay
   skewness ``E[z^3]``, excess kurtosis ``E[z^4] - 3``, the bright tail ``P(z > 3)`` and the
   dark tail ``P(z < -3)`` (phase contrast: a narrow background peak, a bright tail from halos
   and rounded cells, a lighter dark tail from nucleoli and granules);
+- :func:`contrast`: SD and the 1st, 5th and 99.9th percentiles as shares of the median, the
+  camera offset removed (how dark the darkest and how bright the brightest pixels are against
+  the background light; scale-free like the moments, but not standardised);
 - :func:`psd_slope`: log-log slope of the azimuthally averaged power spectrum (Hann window,
   log-spaced bins) over 0.01-0.5 cycles per pixel (the band up to Nyquist);
 - :func:`edge_energy`: mean squared gradient of ``z`` per um^2 (how much of the frame is
@@ -86,6 +89,29 @@ def moments(img: np.ndarray) -> dict[str, float]:
         "kurtosis": float((z**4).mean() - 3.0),
         "bright_tail": float((z > TAIL_SD).mean()),
         "dark_tail": float((z < -TAIL_SD).mean()),
+    }
+
+
+def contrast(img: np.ndarray, offset: float = 0.0) -> dict[str, float]:
+    """How far a (H, W) frame strays from its background light, as shares of its median.
+
+    The camera ``offset`` (counts that are not light) is removed first; the median of what is
+    left stands for the background (most of a frame is glass or shaded-off cell). Returns the
+    SD over the median, and the 1st, 5th and 99.9th percentiles over the median (NaN where
+    the median is not positive): phase contrast that shades off fully keeps the low
+    percentiles near 1.
+    """
+    light = img.astype(np.float64) - offset
+    med = float(np.median(light))
+    if med <= 0:
+        nan = float("nan")
+        return {"sd_over_median": nan, "p1": nan, "p5": nan, "p99_9": nan}
+    p1, p5, p999 = np.percentile(light, [1, 5, 99.9]) / med
+    return {
+        "sd_over_median": float(light.std() / med),
+        "p1": float(p1),
+        "p5": float(p5),
+        "p99_9": float(p999),
     }
 
 
@@ -199,10 +225,12 @@ def overlap_fraction(layers: np.ndarray) -> float:
 
 
 def envelope(
-    img: np.ndarray, pixel_size_um: float, layers: np.ndarray | None = None
+    img: np.ndarray, pixel_size_um: float, layers: np.ndarray | None = None, offset: float = 0.0
 ) -> dict[str, float]:
-    """All the statistics of one (H, W) frame; ``overlap`` only when ``layers`` is given."""
+    """All the statistics of one (H, W) frame; ``overlap`` only when ``layers`` is given;
+    ``offset``: the camera's counts without light (:func:`contrast`)."""
     out = moments(img)
+    out.update(contrast(img, offset))
     out["psd_slope"] = psd_slope(img)
     out["edge_energy"] = edge_energy(img, pixel_size_um)
     mask = cell_mask(img, pixel_size_um)
@@ -244,6 +272,9 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
         ("edge_energy", "edge energy", "{:.2f}"),
         ("halo_peak", "halo", "{:.3f}"),
         ("halo_at_um", "at um", "{:+.1f}"),
+        ("sd_over_median", "sd/median", "{:.2f}"),
+        ("p5", "p5/median", "{:.2f}"),
+        ("p99_9", "p99.9/med", "{:.2f}"),
         ("cell_fraction", "cells", "{:.2f}"),
         ("overlap", "overlap", "{:.2%}"),
     )
@@ -521,7 +552,7 @@ def compare_with_real(
         raise UserError("--compare: the layout has no unexposed (dose 0) well to compare.")
     failed, uncounted = 0, []
     for name, img, layers in frames:
-        stats = envelope(img, lay.pixel_size_um, layers)
+        stats = envelope(img, lay.pixel_size_um, layers, settings.optics.offset_adu)
         ok = meets_targets(stats)
         failed += not all(ok.values())
         misses = ", ".join(k for k, v in ok.items() if not v)

@@ -35,7 +35,15 @@ _PAD_PX = 32  # mirrored margin around the field for the FFT (the halo is a few 
 
 
 def ring_overlap(shape: tuple[int, int], pixel_size_um: float, o: Optics) -> np.ndarray:
-    """The phase ring's normalised autocorrelation ``O(k)`` on the FFT grid, (H, W) float32."""
+    """``O(k)`` on the FFT grid, (H, W) float32: the share of the condenser annulus' image
+    that still falls on the phase ring when shifted by ``k``.
+
+    The annulus' image is ``annulus_fraction`` as wide as the ring and centred on it. At 1
+    (the default) ``O`` is the ring's normalised autocorrelation, which falls from 1 at once;
+    below 1 (real phase rings are made wider than the annulus' image), ``O`` stays 1 out to
+    shifts of ``(1 - annulus_fraction) / 2`` of the ring's width, so that objects broader than
+    about ``wavelength`` over that shift shade off completely.
+    """
     ky = scipy.fft.fftfreq(shape[0], pixel_size_um)[:, None]
     kx = scipy.fft.fftfreq(shape[1], pixel_size_um)[None, :]
     k = np.sqrt(kx * kx + ky * ky)
@@ -43,8 +51,14 @@ def ring_overlap(shape: tuple[int, int], pixel_size_um: float, o: Optics) -> np.
     half = 0.5 * o.ring_width_na / o.wavelength_um
     ring = ((k >= r0 - half) & (k <= r0 + half)).astype(np.float64)
     spec = scipy.fft.fft2(ring)
-    auto = scipy.fft.ifft2(spec * np.conj(spec)).real / ring.sum()
-    return np.clip(auto, 0.0, 1.0).astype(np.float32)
+    if o.annulus_fraction == 1:
+        annulus, ann_spec = ring, spec
+    else:
+        inner = o.annulus_fraction * half
+        annulus = ((k >= r0 - inner) & (k <= r0 + inner)).astype(np.float64)
+        ann_spec = scipy.fft.fft2(annulus)
+    overlap = scipy.fft.ifft2(ann_spec * np.conj(spec)).real / annulus.sum()
+    return np.clip(overlap, 0.0, 1.0).astype(np.float32)
 
 
 class PhaseContrast:

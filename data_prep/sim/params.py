@@ -95,6 +95,7 @@ class Optics:
     ring_radius_na: float = 0.25  # Ph2 condenser annulus NA 0.2-0.3 (ref)
     ring_width_na: float = 0.09  # a fraction of the radius (ref); sets halo and shade-off
     ring_transmission: float = 0.2  # amplitude transmission 0.15-0.3 (ref)
+    annulus_fraction: float = 1.0  # condenser annulus' image width / phase ring width (<= 1)
     n_medium: float = 1.335  # (ref)
     n_cytoplasm: float = 1.365  # 1.36-1.37 (ref)
     n_nucleus: float = 1.375  # 1.36-1.39 (ref)
@@ -120,7 +121,13 @@ class Optics:
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "settings") -> Optics:
-        return _from_dict(cls, doc, where)
+        made = _from_dict(cls, doc, where)
+        if not 0 < made.annulus_fraction <= 1:
+            raise UserError(
+                f"{where}: annulus_fraction must be in (0, 1] (the annulus' image lies within "
+                f"the phase ring), not {made.annulus_fraction}."
+            )
+        return made
 
 
 @dataclass(frozen=True)
