@@ -247,6 +247,7 @@ def test_statistic_functions_known_answers():
         moments,
         overlap_fraction,
         psd_slope,
+        psd_slope_common,
     )
 
     # 100 pixels: 99 zeros and a single 1. Mean 0.01, variance 0.0099; third central moment
@@ -277,6 +278,23 @@ def test_statistic_functions_known_answers():
     spec = np.where(f > 0, 1 / np.maximum(f, 1e-9), 0) * np.exp(2j * np.pi * rng.random(f.shape))
     field = np.fft.ifft2(spec).real
     assert psd_slope(field) == pytest.approx(-2.0, abs=0.15)
+    # taken as 1 um per pixel, the common slope is the field's own; the same field sampled
+    # 2 and 4 times as finely (its Fourier series, zero-padded: the very same values at every
+    # 2nd / 4th pixel) gives one common slope whatever the sampling, near -2 (the area
+    # averaging back to 1 um per pixel damps the top of the band a little)
+    assert psd_slope_common(field, 1.0) == pytest.approx(psd_slope(field), abs=1e-6)  # float32
+    spec1, half = np.fft.fft2(field), 256
+    common = []
+    for up in (2, 4):
+        fine = np.zeros((512 * up, 512 * up), complex)
+        for rows in (slice(0, half), slice(-half, None)):
+            for cols in (slice(0, half), slice(-half, None)):
+                fine[rows, cols] = spec1[rows, cols]
+        fine = np.fft.ifft2(fine).real * up * up
+        assert np.allclose(fine[::up, ::up], field)
+        common.append(psd_slope_common(fine, 1.0 / up))
+    assert common[0] == pytest.approx(common[1], abs=0.05)
+    assert common[0] == pytest.approx(-2.0, abs=0.15)
     d = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 4.0])
     assert halo(d, np.array([0.9, 0.95, 1.0, 1.3, 1.1, 2.0])) == {
         "halo_peak": 1.3,

@@ -12,6 +12,8 @@ treated alike (:func:`envelope`); the overlap fraction needs the simulator's lay
   the background light; scale-free like the moments, but not standardised);
 - :func:`psd_slope`: log-log slope of the azimuthally averaged power spectrum (Hann window,
   log-spaced bins) over 0.01-0.5 cycles per pixel (the band up to Nyquist);
+- :func:`psd_slope_common`: the same slope on the frame resampled to 1 um per pixel, a band
+  inside both a simulated and a real objective's passband (a diagnostic, not a target);
 - :func:`edge_energy`: mean squared gradient of ``z`` per um^2 (how much of the frame is
   sharp edges), on the frame resampled to a common 0.4 um per pixel: the gradient of an image
   sampled more finely than the optics resolve grows as its pixels shrink, so frames of different
@@ -42,6 +44,9 @@ PSD_BAND_CYCLES_PER_PX = (0.01, 0.5)
 FIGURE_FOV_UM = 160.0  # field of view of both panels of the side-by-side figure
 FIGURE_UM_PER_PX = 0.4  # ... shown at the same scale
 COMMON_UM_PER_PX = FIGURE_UM_PER_PX  # the scale at which edge energy is measured
+#: the scale of the second PSD slope: its band, 0.01-0.5 cycles per um, lies inside the passband
+#: of any objective of NA 0.28 or more in green light (NA / wavelength >= 0.5 per um)
+PSD_COMMON_UM_PER_PX = 1.0
 #: um per pixel of a real frame that says nothing of its own: the T98G frames of
 #: shared/data/real (6.5 um camera pixels behind a 10x objective and a 1.5x lens)
 DEFAULT_REAL_PX_UM = 6.5 / 15.0
@@ -143,6 +148,18 @@ def psd_slope(img: np.ndarray) -> float:
     return float(np.polyfit(np.log(f[ok]), np.log(p[ok]), 1)[0])
 
 
+def psd_slope_common(img: np.ndarray, pixel_size_um: float) -> float:
+    """:func:`psd_slope` of the frame resampled to :data:`PSD_COMMON_UM_PER_PX` (:func:`resample`).
+
+    The issue's PSD slope is over a band in cycles per pixel, so it depends on how finely a
+    frame is sampled against what its optics resolve: a frame sampled finer than its objective
+    resolves has an empty top of the band, and a steeper slope (the T98G frame, 10x/0.3 at
+    0.433 um/px, gives -2.35 at its own pixels and -1.60 here). At 1 um per pixel both a
+    simulated and a real frame fill the band with optics, not with camera noise.
+    """
+    return psd_slope(resample(img, pixel_size_um, PSD_COMMON_UM_PER_PX))
+
+
 def resample(img: np.ndarray, pixel_size_um: float, to_um: float = COMMON_UM_PER_PX) -> np.ndarray:
     """(H, W) frame -> float32 frame at ``to_um`` per pixel (area averaging when shrinking)."""
     f = pixel_size_um / to_um
@@ -232,6 +249,7 @@ def envelope(
     out = moments(img)
     out.update(contrast(img, offset))
     out["psd_slope"] = psd_slope(img)
+    out["psd_slope_common"] = psd_slope_common(img, pixel_size_um)
     out["edge_energy"] = edge_energy(img, pixel_size_um)
     mask = cell_mask(img, pixel_size_um)
     out["cell_fraction"] = float(mask.mean())
@@ -269,6 +287,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
         ("bright_tail", "bright>3sd", "{:.2%}"),
         ("dark_tail", "dark<-3sd", "{:.2%}"),
         ("psd_slope", "psd slope", "{:.2f}"),
+        ("psd_slope_common", "psd@1um/px", "{:.2f}"),
         ("edge_energy", "edge energy", "{:.2f}"),
         ("halo_peak", "halo", "{:.3f}"),
         ("halo_at_um", "at um", "{:+.1f}"),
