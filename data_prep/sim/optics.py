@@ -51,13 +51,9 @@ def ring_overlap(shape: tuple[int, int], pixel_size_um: float, o: Optics) -> np.
     half = 0.5 * o.ring_width_na / o.wavelength_um
     ring = ((k >= r0 - half) & (k <= r0 + half)).astype(np.float64)
     spec = scipy.fft.fft2(ring)
-    if o.annulus_fraction == 1:
-        annulus, ann_spec = ring, spec
-    else:
-        inner = o.annulus_fraction * half
-        annulus = ((k >= r0 - inner) & (k <= r0 + inner)).astype(np.float64)
-        ann_spec = scipy.fft.fft2(annulus)
-    overlap = scipy.fft.ifft2(ann_spec * np.conj(spec)).real / annulus.sum()
+    inner = o.annulus_fraction * half  # at 1, the same array as the ring
+    annulus = ((k >= r0 - inner) & (k <= r0 + inner)).astype(np.float64)
+    overlap = scipy.fft.ifft2(scipy.fft.fft2(annulus) * np.conj(spec)).real / annulus.sum()
     return np.clip(overlap, 0.0, 1.0).astype(np.float32)
 
 
