@@ -95,7 +95,14 @@ class Population:
         self.next_id = 1
         self.c: dict[str, np.ndarray] = {}
         self._add(n, rng.uniform(0, self.domain[1], n), rng.uniform(0, self.domain[0], n))
-        self.c["age"] = rng.uniform(0, 1, n) * self.c["cycle"]
+        # an asynchronous culture: each cell somewhere in its cycle, mitosis included (about
+        # mitosis_min / cycle_h = 3% of the cells are rounded up at frame 0)
+        m_h = bio.mitosis_min / 60.0
+        place = rng.uniform(0, 1, n) * (self.c["cycle"] + m_h)
+        self.c["age"] = np.minimum(place, self.c["cycle"])
+        steps = np.ceil(bio.mitosis_min / layout.frame_interval_min)
+        left = np.ceil((self.c["cycle"] + m_h - place) / m_h * steps)
+        self.c["mitosis_left"] = np.where(place > self.c["cycle"], left, 0.0)
         self.c["R"] = self.c["R0"].copy()
         h = self.dose_s / bio.dose_ref_s * self.c["s"]
         self.c["load"] = h
