@@ -96,7 +96,7 @@ class Population:
         self.c: dict[str, np.ndarray] = {}
         self._add(n, rng.uniform(0, self.domain[1], n), rng.uniform(0, self.domain[0], n))
         # an asynchronous culture: each cell somewhere in its cycle, mitosis included (about
-        # mitosis_min / cycle_h = 3% of the cells are rounded up at frame 0)
+        # mitosis_min / (cycle_h + mitosis_min) = 3% of the cells are rounded up at frame 0)
         m_h = bio.mitosis_min / 60.0
         place = rng.uniform(0, 1, n) * (self.c["cycle"] + m_h)
         self.c["age"] = np.minimum(place, self.c["cycle"])
