@@ -79,7 +79,7 @@ def test_the_culture_starts_asynchronous():
         rounded = pop.c["id"][left > 0]
         for _ in range(steps):
             pop.step()
-        # every cell rounded at frame 0 has divided, but for one that fell sick (stalled)
+        # every cell rounded at frame 0 has divided, but for the few that fell sick (stalled)
         c = pop.c
         still = np.isin(c["id"], rounded) & (c["mitosis_left"] > 0)
         assert (c["d"][still] >= bio.stressed_damage).all()
