@@ -60,38 +60,6 @@ def test_onset_is_monotone_in_dose():
     assert onsets[-1] < onsets[1] and np.isfinite(onsets[-1])
 
 
-def test_the_culture_starts_asynchronous():
-    """At frame 0 a cell is in mitosis with probability mitosis / (its cycle + mitosis), about
-    3%; those cells are spread over the mitosis' steps and divide within them."""
-    bio = Biology()
-    lay = replace(LAYOUT, width=4096, height=4096)
-    steps = int(np.ceil(bio.mitosis_min / lay.frame_interval_min))  # 50 min / 8 min: 7
-    m_h = bio.mitosis_min / 60.0
-    n = observed = expected = 0.0
-    lefts = []
-    for seed in (0, 1, 2):
-        pop = Population(bio, lay, 0.0, np.random.default_rng(seed))
-        left = pop.c["mitosis_left"]
-        n += left.size
-        observed += (left > 0).sum()
-        expected += (m_h / (pop.c["cycle"] + m_h)).sum()
-        lefts.append(left[left > 0])
-        rounded = pop.c["id"][left > 0]
-        for _ in range(steps):
-            pop.step()
-        # every cell rounded at frame 0 has divided, but for the few that fell sick (stalled)
-        c = pop.c
-        still = np.isin(c["id"], rounded) & (c["mitosis_left"] > 0)
-        assert (c["d"][still] >= bio.stressed_damage).all()
-        assert still.sum() <= 0.1 * rounded.size
-    assert n > 2000 and 0.025 < expected / n < 0.035
-    assert abs(observed - expected) < 4 * np.sqrt(expected)  # binomial: within 4 SD
-    lefts = np.concatenate(lefts)
-    assert set(np.unique(lefts)) <= set(range(1, steps + 1))
-    counts = np.bincount(lefts.astype(int), minlength=steps + 1)[1:]
-    assert counts.min() > 0 and counts.max() < 3 * counts.mean()  # spread over the steps
-
-
 def test_edge_profile_of_a_flat_cell_shows_the_bright_halo():
     """A flat disc (3 um body) images dark inside with a bright halo just outside its edge."""
     o = Optics(focus_drift_um=0.0)
@@ -400,7 +368,7 @@ def test_neighbours_abut_without_showing_through():
     t, u = top[0], 1 - top[0]
     np.testing.assert_array_equal(labels == ids[u], fp[u] & ~fp[t])
     # the optical path is the owner's own: exactly for the cell below; for the one on top, but
-    # along its tapering edge (1.5 um, 5 px) where the thicker of the two shows
+    # along its tapering edge (2.5 um, 8 px) where the thicker of the two shows
     owned = labels == ids[u]
     np.testing.assert_allclose(both[owned], alone[u][0][owned], atol=0.02)
     owned = labels == ids[t]

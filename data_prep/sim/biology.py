@@ -85,7 +85,6 @@ class Population:
         self.bio, self.layout, self.dose_s, self.rng = bio, layout, float(dose_s), rng
         self.px = layout.pixel_size_um
         self.dt_h = layout.frame_interval_min / 60.0
-        self.mitosis_steps = float(np.ceil(bio.mitosis_min / layout.frame_interval_min))
         self.t_h = 0.0
         self.step_index = 0
         self.domain = (layout.height + 2 * MARGIN_PX, layout.width + 2 * MARGIN_PX)
@@ -96,13 +95,7 @@ class Population:
         self.next_id = 1
         self.c: dict[str, np.ndarray] = {}
         self._add(n, rng.uniform(0, self.domain[1], n), rng.uniform(0, self.domain[0], n))
-        # an asynchronous culture: each cell somewhere in its cycle, mitosis included (about
-        # mitosis_min / (cycle_h + mitosis_min) = 3% of the cells are rounded up at frame 0)
-        m_h = bio.mitosis_min / 60.0
-        place = rng.uniform(0, 1, n) * (self.c["cycle"] + m_h)
-        self.c["age"] = np.minimum(place, self.c["cycle"])
-        left = np.ceil((self.c["cycle"] + m_h - place) / m_h * self.mitosis_steps)
-        self.c["mitosis_left"] = np.where(place > self.c["cycle"], left, 0.0)
+        self.c["age"] = rng.uniform(0, 1, n) * self.c["cycle"]
         self.c["R"] = self.c["R0"].copy()
         h = self.dose_s / bio.dose_ref_s * self.c["s"]
         self.c["load"] = h
@@ -218,7 +211,7 @@ class Population:
         c["mitosis_left"] = np.where(in_mitosis & healthy, c["mitosis_left"] - 1, c["mitosis_left"])
         crowded = len(c["x"]) >= self.max_cells
         start = healthy & ~in_mitosis & (c["age"] >= c["cycle"]) & (not crowded)
-        c["mitosis_left"][start] = self.mitosis_steps
+        c["mitosis_left"][start] = np.ceil(bio.mitosis_min / self.layout.frame_interval_min)
         c["age"][start & crowded] = 0.0
         done = np.flatnonzero(in_mitosis & (c["mitosis_left"] <= 0))
         if done.size == 0:

@@ -103,17 +103,16 @@ class Optics:
     n_granule: float = 1.42  # lipid droplets and dense granules (ref: "higher")
     n_vacuole: float = 1.338  # close to the medium (ref)
     lamella_um: float = 0.2  # 0.1-1 um (ref)
-    edge_rim_um: float = 0.5  # thicker rim along the edge: free edges bright-haloed (tuned)
-    rim_width_um: float = 2.0  # ... its width (tuned)
-    edge_taper_um: float = 1.5  # the cell thins to nothing over this distance to its edge
+    edge_rim_um: float = 0.2  # thicker rim along the edge (tuned to the real frames)
+    rim_width_um: float = 1.5  # ... its width (tuned)
+    edge_taper_um: float = 2.5  # the cell thins to nothing over this distance to its edge
     body_um: float = 1.3  # 2-4 um (ref); below it: real frames show faint cell bodies (tuned)
     nucleus_um: float = 2.4  # 4-6 um over the nucleus (ref); less: grey nuclei as in real frames
     rounded_um: float = 12.0  # rounded mitotic or dying cell 10-15 um tall (ref)
     texture_um: float = 0.002  # OPD of the granular cytoplasm texture (tuned)
     illumination_variation: float = 0.12  # smooth, 5-20 % across the field (ref)
     focus_drift_um: float = 0.4  # standard deviation of the slow focus drift (tuned)
-    background_electrons: float = 6000.0  # "a few thousand" (ref): a third of the 12 bits,
-    # so the brightest halos and rounded cells clip at 3 x the background (real frames clip too)
+    background_electrons: float = 3000.0  # "a few thousand electrons" (ref)
     read_noise_electrons: float = 8.0  # 5-10 e- (ref)
     electrons_per_adu: float = 4.5  # ORCA-ER full well ~18000 e- over 12 bits
     offset_adu: float = 100.0  # camera bias (typical CCD)
