@@ -115,13 +115,17 @@ def test_label_images_match_the_rendered_cells():
     assert ids.size >= 3
     assert np.median(opd[labels > 0]) > 0.005  # cells delay the light (um)
     assert np.percentile(np.abs(opd[labels == 0]), 90) < 0.002  # background does not
+    whole = 0
     for cid in ids:
         i = int(np.flatnonzero(snap["id"] == cid)[0])
         ys, xs = np.nonzero(labels == cid)
         inside = 0 <= snap["x"][i] < 512 and 0 <= snap["y"][i] < 384
-        if inside and ys.size > 2000:  # an unoccluded cell: its label is centred on it
+        clipped = min(ys.min(), xs.min()) == 0 or ys.max() == 383 or xs.max() == 511
+        if inside and not clipped and ys.size > 2000:  # a whole cell: its label is centred on it
+            whole += 1
             assert labels[int(snap["y"][i]), int(snap["x"][i])] in (cid, *ids)
             assert np.hypot(xs.mean() - snap["x"][i], ys.mean() - snap["y"][i]) < snap["R"][i]
+    assert whole >= 1
 
 
 def test_sick_mask_and_crop_fractions_known_answer():
@@ -376,6 +380,36 @@ def test_neighbours_abut_without_showing_through():
     inner = cv2.erode(owned.astype(np.uint8), np.ones((21, 21), np.uint8)) > 0
     assert inner.sum() > 1000
     np.testing.assert_allclose(both[inner], alone[t][0][inner], atol=0.02)
+
+
+def test_spread_outlines_have_tips_with_concave_flanks_that_stress_withdraws():
+    """A spread cell's outline is drawn out into 3-4 tips with concave flanks (a circle or an
+    ellipse has none); stress withdraws the tips in proportion to ``outline_smoothing``."""
+    ang = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    circle = np.ones(720)
+
+    def outline(bio, stress, seed):
+        renderer = CellRenderer(Optics(), bio, (64, 64), 0.3225, np.random.default_rng(0))
+        return renderer._tips(np.random.default_rng(seed), ang, circle, 0.3, stress)
+
+    for seed in range(5):
+        r = outline(Biology(), 0.0, seed)
+        peaks = (r > np.roll(r, 1)) & (r >= np.roll(r, -1))
+        assert peaks.sum() in (3, 4), peaks.sum()
+        # signed curvature of a polar curve: r^2 + 2 r'^2 - r r'' < 0 where it bends inwards
+        d = ang[1]
+        r1 = (np.roll(r, -1) - np.roll(r, 1)) / (2 * d)
+        r2 = (np.roll(r, -1) - 2 * r + np.roll(r, 1)) / (d * d)
+        concave = (r * r + 2 * r1 * r1 - r * r2) < 0
+        assert concave.mean() > 0.3, concave.mean()
+        # stress withdraws the tips: all of them where outline_smoothing is 1, leaving the
+        # body's outline (here a circle, a little smaller), and half of each at the default 0.5
+        flat = outline(replace(Biology(), outline_smoothing=1.0), 1.0, seed)
+        base = float(flat[0])
+        np.testing.assert_allclose(flat, base, atol=1e-12)
+        assert 0.7 < base < 1.0 and r.min() > base
+        half = outline(Biology(), 1.0, seed)
+        np.testing.assert_allclose(half - base, 0.5 * (r - base), atol=1e-9)
 
 
 def test_damage_cues_grow_with_stress():

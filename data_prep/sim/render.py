@@ -3,10 +3,11 @@
 Each cell of a :meth:`data_prep.sim.biology.Population.snapshot` becomes a thickness map
 (shared/reference/phase-contrast-and-cells.md, "U2OS cells"): an elongated, irregular outline
 (an ellipse of the cell's own aspect along its own axis, ``footprint`` x the radius, times
-``1 + sum_n a_n cos(n theta - p_n)``, n = 3..7), drawn out into 1-3 thin processes and widened
-by a lamellipodium towards the direction of migration, whose leading edge carries thick
-ruffles; a thin lamella and a rim along the edge, a cell body that fills the cell but for a
-thin margin, its processes and its lamellipodium, as a smooth dome (its broad middle shades
+``1 + sum_n a_n cos(n theta - p_n)``, n = 3..7), pulled out into 3-4 tapering tips with
+concave flanks, drawn out into 1-3 thin processes and widened by a lamellipodium towards the
+direction of migration, whose leading edge carries thick ruffles; a thin lamella and a rim
+along the edge, a cell body that fills the cell but for a thin margin, the ends of its tips,
+its processes and its lamellipodium, as a smooth dome (its broad middle shades
 off to the background's grey, its steep sides near the outline make the bright halo), an oval
 nucleus along the cell's axis with 2-5 nucleoli, perinuclear granules and bright vacuoles,
 and a granular texture (smoothed over the nucleus). The OPD is
@@ -43,6 +44,11 @@ from data_prep.sim.params import Biology, Optics
 _TEXTURE_SIDE = 1024
 _N_ANGLES = 720
 _BODY_EXTENT = 0.9  # the body's dome reaches this share of the way to the outline (tuned)
+_TIPS = (3, 5)  # spread cells are drawn out into this many tapering tips (integers(low, high))
+_TIP_REACH = (0.4, 1.0)  # ... each this far beyond the body (x the outline's radius; tuned)
+_TIP_WIDTH = (0.15, 0.35)  # ... falling off as exp(-|angle| / width) on both flanks (rad; tuned)
+_TIP_CORE = 0.8  # the outline between the tips (x the ellipse's radius; keeps the cell's area)
+_TIP_BODY = 1.3  # the body reaches into the tips up to this (x the ellipse's radius; tuned)
 _VACUOLES = (4, 12)  # healthy cells carry this many vacuoles (numpy's integers(low, high))
 _VACUOLE_DEPTH = 0.7  # a vacuole's OPD deficit, as a share of the body's cytoplasm (tuned)
 _VACUOLE_PX = (2.0, 3.8)  # ... and its Gaussian radius (px)
@@ -181,17 +187,18 @@ class CellRenderer:
 
     def _outline(
         self, s, i: int, crng, stress: float, rnd: float, step: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Outline radius relative to ``reff``, and the lamellipodium's weight, per angle.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Outline radius relative to ``reff``, the lamellipodium's weight and the share of the
+        outline that the body reaches, per angle.
 
-        Both are (A,) float32 over :data:`_N_ANGLES` angles.
+        All three are (A,) float32 over :data:`_N_ANGLES` angles.
 
         Spread: an ellipse of the cell's own elongation along its own axis (the 2nd harmonic's
         amplitude and phase), of the area of the circle of radius ``reff``, made irregular by
-        harmonics 3-7, drawn out into 1-3 thin processes and widened by a lamellipodium towards
-        the heading; stress smooths the outline, shortens the processes and withdraws the
-        lamellipodium; rounded cells are round, and dying ones bleb, differently from frame to
-        frame.
+        harmonics 3-7, pulled out into tips (:meth:`_tips`), drawn out into 1-3 thin
+        processes and widened by a lamellipodium towards the heading; stress smooths the
+        outline, withdraws the tips, shortens the processes and withdraws the lamellipodium;
+        rounded cells are round, and dying ones bleb, differently from frame to frame.
         """
         b = self.bio
         ang = np.linspace(0, 2 * np.pi, _N_ANGLES, endpoint=False)
@@ -205,6 +212,8 @@ class CellRenderer:
             1.0 + (amp[1:, None] * np.cos(ns * ang - s["shape_phase"][i][1:, None])).sum(0)
         )
         core = table  # the cell body's side of the outline, before processes and lamellipodium
+        table = self._tips(crng, ang, core, axis, stress)
+        core = np.minimum(table, _TIP_BODY * core)
         n_proc = int(crng.integers(1, 4))
         pa = axis + np.pi * crng.integers(0, 2, n_proc) + crng.normal(0, 0.35, n_proc)
         plen = (
@@ -225,6 +234,25 @@ class CellRenderer:
             for c in brng.uniform(0, 2 * np.pi, 6):
                 table += bleb * np.exp(-(_wrap(ang - c) ** 2) / 0.03)
         return table.astype(np.float32), lobe.astype(np.float32), inner.astype(np.float32)
+
+    def _tips(
+        self, crng, ang: np.ndarray, core: np.ndarray, axis: float, stress: float
+    ) -> np.ndarray:
+        """The outline drawn out into 3-4 tapering tips, (A,) relative to ``reff``.
+
+        Spread U2OS and T98G cells hold on at a few points and are pulled out there into
+        pointed tips with concave, partly straight flanks between them (the real frames in
+        shared/data/real). Each tip adds ``reach exp(-|angle - tip| / width)`` to the radius:
+        a cusp, whose flanks fall off concavely into the body's outline. The tips lie roughly
+        evenly around the cell, starting from its long axis; stress withdraws them
+        (``outline_smoothing``), so a stressed cell rounds its outline.
+        """
+        n = int(crng.integers(*_TIPS))
+        ta = axis + np.linspace(0, 2 * np.pi, n, endpoint=False) + crng.normal(0, 0.3, n)
+        reach = crng.uniform(*_TIP_REACH, n) * (1 - self.bio.outline_smoothing * stress)
+        width = crng.uniform(*_TIP_WIDTH, n)
+        cusp = reach[:, None] * np.exp(-np.abs(_wrap(ang[None, :] - ta[:, None])) / width[:, None])
+        return core * (_TIP_CORE + cusp.sum(0))
 
     def _cell(self, s, i, step, opd, labels, pts) -> None:
         o, b = self.o, self.bio
