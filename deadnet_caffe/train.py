@@ -559,25 +559,28 @@ def train(settings: TrainSettings, progress: bool | None = None) -> TrainResult:
             code = proc.wait()
             if code == 0 and not stopped:
                 bar.update(max_iter - bar.n)  # Caffe logs the last iteration only on display
+        if diverged:
+            raise UserError(_diverged(run, state is None, *diverged[0]))
+        done = usable_snapshots(run)
+        if code != 0 and not stopped:
+            if state is None and not done:
+                shutil.rmtree(run, ignore_errors=True)
+                where = "the run folder was removed"
+            else:
+                where = f"see {run / curves.LOG_NAME}"
+            why = tail[-1] if tail else f"exit status {code}"
+            raise UserError(f"caffe train stopped in {run} ({why}); {where}.")
+        # the wrap-up runs under the handler too: a second Ctrl-C that lands after Caffe has
+        # exited (a small net stops within the 50 ms between two presses) is counted, not
+        # raised in the middle of writing latest.caffemodel or the curves
+        latest = update_latest(run)
+        curves.update_run(run)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if diverged:
-        raise UserError(_diverged(run, state is None, *diverged[0]))
-    done = usable_snapshots(run)
-    if code != 0 and not stopped:
-        if state is None and not done:
-            shutil.rmtree(run, ignore_errors=True)
-            where = "the run folder was removed"
-        else:
-            where = f"see {run / curves.LOG_NAME}"
-        why = tail[-1] if tail else f"exit status {code}"
-        raise UserError(f"caffe train stopped in {run} ({why}); {where}.")
-    latest = update_latest(run)
-    curves.update_run(run)
     return TrainResult(
         run, done[-1][0] if done else None, max_iter, stopped[0] if stopped else None, latest
     )
