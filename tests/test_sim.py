@@ -412,6 +412,46 @@ def test_spread_outlines_have_tips_with_concave_flanks_that_stress_withdraws():
         np.testing.assert_allclose(half - base, 0.5 * (r - base), atol=1e-9)
 
 
+def test_a_vacuole_is_a_sharp_edged_sphere():
+    """A vacuole's OPD is a sphere's projected thickness ``amp sqrt(1 - (r / a)^2)``: its
+    integral is the hemisphere's (2/3) pi a^2 amp, it peaks at ``amp`` and ends at ``a``
+    (a Gaussian spot has no edge for the optics to ring)."""
+    from data_prep.sim.render import _sphere
+
+    for radius, (y, x) in ((3.0, (20.0, 20.0)), (4.7, (20.3, 19.6))):
+        img = np.zeros((41, 41), np.float32)
+        _sphere(img, y, x, radius, -0.5)
+        assert img.sum() == pytest.approx(-0.5 * 2 / 3 * np.pi * radius**2, rel=0.02)
+        assert img.min() == pytest.approx(-0.5, abs=0.03)
+        yy, xx = np.mgrid[0:41, 0:41]
+        beyond = np.hypot(yy - y, xx - x) > radius + 1  # a pixel's corner can reach within
+        assert not img[beyond].any()
+
+
+def test_granules_gather_on_one_side_of_the_nucleus_and_disperse_as_cells_round():
+    """Perinuclear granules lie on one side of a spread cell's nucleus (their mean direction's
+    resultant length near exp(-spread^2 / 2), that of a wrapped normal) and all round a
+    rounded cell (near 0)."""
+    from data_prep.sim.render import _GRANULE_SPREAD
+
+    lay = replace(LAYOUT, width=128, height=128)
+    pop = Population(Biology(), lay, 0.0, np.random.default_rng(2))
+    snap = {k: v[:1].copy() for k, v in pop.snapshot().items()}
+    renderer = CellRenderer(
+        Optics(), Biology(), (128, 128), lay.pixel_size_um, np.random.default_rng(0)
+    )
+    expected = np.exp(-(_GRANULE_SPREAD**2) / 2)
+    for rnd, lo, hi in ((0.0, expected - 0.15, expected + 0.15), (1.0, 0.0, 0.3)):
+        lengths = []
+        for seed in range(20):
+            crng = np.random.default_rng(seed)
+            nucleus = (60.0, 64.0, 8.0)  # x, y, radius (px); an unstressed cell: granules only
+            ys, xs, _, _ = renderer._points(crng, snap, 0, (64, 64, 30, 30), nucleus, 0, rnd, 1)
+            ang = np.arctan2(ys - nucleus[1], xs - nucleus[0])
+            lengths.append(np.hypot(np.cos(ang).mean(), np.sin(ang).mean()))
+        assert lo < np.mean(lengths) < hi, (rnd, np.mean(lengths))
+
+
 def test_damage_cues_grow_with_stress():
     """Each cue follows the damage with its own parameter: a stressed cell differs from the
     same cell healthy, more so at full stress; without the cue parameters it does not."""
@@ -470,7 +510,7 @@ def test_dead_cells_lose_phase_contrast_over_time():
         snap["since_dead_h"][:] = hours
         opd, labels = r.render(snap, 0)
         means.append(float(opd[labels > 0].mean()))
-        # contrast falls to a 15% ghost: 0.15 + 0.85 exp(-t / dead_fade_h) (granules aside)
+        # contrast falls to a 15% ghost: 0.15 + 0.85 exp(-t / dead_fade_h), granules too
         expected = 0.15 + 0.85 * np.exp(-hours / bio.dead_fade_h)
         assert means[-1] / means[0] == pytest.approx(expected, rel=0.1)
     assert means[2] > 0  # a faint ghost until it detaches

@@ -9,8 +9,9 @@ direction of migration, whose leading edge carries thick ruffles; a thin lamella
 along the edge, a cell body that fills the cell but for a thin margin, the ends of its tips,
 its processes and its lamellipodium, as a smooth dome (its broad middle shades
 off to the background's grey, its steep sides near the outline make the bright halo), an oval
-nucleus along the cell's axis with 2-5 nucleoli, perinuclear granules and bright vacuoles,
-and a granular texture (smoothed over the nucleus). The OPD is
+nucleus along the cell's axis with 2-5 nucleoli, dense granules ~1 um across gathered on one
+side of the nucleus, vacuoles as sharp-edged spheres of near-medium index (bright discs that
+the optics ring with a dark halo), and a granular texture (smoothed over the nucleus). The OPD is
 ``sum (n_part - n_medium) * thickness`` (um), which :mod:`optics` turns into a phase-contrast
 image; the halo follows the thickness (thin lamellae faint, ruffles, cell bodies and rounded
 cells bright-haloed). Overlapping cells lie one on another: each pixel belongs to one cell
@@ -51,8 +52,12 @@ _TIP_CORE = 0.8  # the outline between the tips (x the ellipse's radius; keeps t
 _TIP_BODY = 1.3  # the body reaches into the tips up to this (x the ellipse's radius; tuned)
 _VACUOLES = (4, 12)  # healthy cells carry this many vacuoles (numpy's integers(low, high))
 _VACUOLE_DEPTH = 0.7  # a vacuole's OPD deficit, as a share of the body's cytoplasm (tuned)
-_VACUOLE_PX = (2.0, 3.8)  # ... and its Gaussian radius (px)
+_VACUOLE_PX = (2.8, 5.2)  # ... and its radius (px; a sphere 1.8-3.4 um across)
 _VACUOLE_RING = (1.05, 2.0)  # ... at this distance from the nucleus' centre (x its radius)
+_GRANULES = (50, 120)  # perinuclear granules per cell (integers(low, high))
+_GRANULE_SPREAD = 0.7  # ... gathered on one side of the nucleus, this spread in angle (rad)
+_GRANULE_PX = 1.4  # granules and aggregates ~1 um across: their Gaussian radius (px; tuned)
+_FIBRE_PX = 0.9  # retraction fibres: the Gaussian radius of their line (px)
 
 
 def texture_tile(rng: np.random.Generator) -> np.ndarray:
@@ -94,6 +99,24 @@ def _stamp(img: np.ndarray, y: float, x: float, sigma: float, amp: float) -> Non
     gy = np.exp(-((np.arange(y0, y1) - y) ** 2) / (2 * sigma * sigma))[:, None]
     gx = np.exp(-((np.arange(x0, x1) - x) ** 2) / (2 * sigma * sigma))[None, :]
     img[y0:y1, x0:x1] += (amp * gy * gx).astype(img.dtype)
+
+
+def _sphere(img: np.ndarray, y: float, x: float, radius: float, amp: float) -> None:
+    """Add a sphere's projected thickness profile ``amp sqrt(1 - (r / radius)^2)`` at (y, x)
+    to ``img`` in place: a sharp-edged disc, unlike :func:`_stamp`'s Gaussian, so the optics
+    ring it with a halo. Each pixel is sampled 4 x 4 times (no stair-stepped edge)."""
+    h, w = img.shape
+    rad = int(radius) + 2
+    y0, y1 = max(0, int(y) - rad), min(h, int(y) + rad + 1)
+    x0, x1 = max(0, int(x) - rad), min(w, int(x) + rad + 1)
+    if y0 >= y1 or x0 >= x1:
+        return
+    sub = (np.arange(4) - 1.5) / 4
+    yy = (np.arange(y0, y1)[:, None] + sub[None, :] - y).reshape(-1, 1)
+    xx = (np.arange(x0, x1)[:, None] + sub[None, :] - x).reshape(1, -1)
+    prof = np.sqrt(np.clip(1 - (yy * yy + xx * xx) / (radius * radius), 0, None))
+    prof = prof.reshape(y1 - y0, 4, x1 - x0, 4).mean((1, 3))
+    img[y0:y1, x0:x1] += (amp * prof).astype(img.dtype)
 
 
 def _splat(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, amps: np.ndarray) -> None:
@@ -173,7 +196,8 @@ class CellRenderer:
         for i in np.lexsort((depth, np.asarray(snap["roundness"]) > 0)):
             self._cell(snap, int(i), step, opd, labels, pts)
         self.layers = (labels > 0).astype(np.uint8)
-        points = np.zeros((h, w), np.float32)  # impulses: granules, aggregates, fibres
+        fibres = np.zeros((h, w), np.float32)  # impulses: retraction fibres (thin lines)
+        grains = np.zeros((h, w), np.float32)  # ... granules and aggregates (~1 um)
         if pts:
             ys, xs, vals, ids = (np.concatenate(a) for a in zip(*pts, strict=True))
             # a cell's granules show only where the cell is on top (fibres: on bare glass too)
@@ -181,8 +205,13 @@ class CellRenderer:
             ix = np.clip(xs.astype(int), 0, w - 1)
             lab = labels[iy, ix]
             keep = (lab == ids) | ((lab == 0) & (vals < 0))
-            _splat(points, ys[keep], xs[keep], np.abs(vals[keep]))
-        opd += cv2.GaussianBlur(points, (0, 0), 0.9)
+            fib, gr = keep & (vals < 0), keep & (vals > 0)
+            _splat(fibres, ys[fib], xs[fib], -vals[fib])
+            # a granule's amplitude is its peak OPD before the blur to _FIBRE_PX: the wider
+            # blur keeps that peak
+            _splat(grains, ys[gr], xs[gr], vals[gr] * (_GRANULE_PX / _FIBRE_PX) ** 2)
+        opd += cv2.GaussianBlur(fibres, (0, 0), _FIBRE_PX)
+        opd += cv2.GaussianBlur(grains, (0, 0), _GRANULE_PX)
         return opd, labels
 
     def _outline(
@@ -323,12 +352,12 @@ class CellRenderer:
         cap = np.sqrt(np.clip(1 - rho * rho, 0, None)) * o.rounded_um * (0.6 if dead else 1.0)
         t = ((1 - rnd) * t_spread + rnd * cap).astype(np.float32)
         # dead cells shrink and condense, then lose their phase contrast as the membrane leaks
-        # (a faint ghost remains until detachment)
+        # (a faint ghost remains until detachment; its granules fade with it)
         dn_c = o.n_cytoplasm - o.n_medium
-        dn = dn_c
+        ghost = 1.0
         if dead:
-            fade = np.exp(-float(s["since_dead_h"][i]) / b.dead_fade_h)
-            dn = dn_c * b.dead_condensation * (0.15 + 0.85 * fade)
+            ghost = 0.15 + 0.85 * np.exp(-float(s["since_dead_h"][i]) / b.dead_fade_h)
+        dn = dn_c * (b.dead_condensation * ghost if dead else 1.0)
         cell_opd = dn * t + (o.n_nucleus - o.n_cytoplasm) * (o.nucleus_um - o.body_um) * nuc
         # dark cell boundary: dense material along the cortex, growing with stress
         dark_rim = np.exp(-((depth_px * (self.px / 1.0)) ** 2))  # ~1 um band
@@ -351,7 +380,8 @@ class CellRenderer:
         )
         dv = -_VACUOLE_DEPTH * (o.n_cytoplasm - o.n_vacuole) * o.body_um * (1 - rnd)
         for a, rr, vr in vac[:n_vac]:
-            _stamp(cell_opd, ncy - y0 + rr * nr * np.sin(a), ncx - x0 + rr * nr * np.cos(a), vr, dv)
+            vy, vx = ncy - y0 + rr * nr * np.sin(a), ncx - x0 + rr * nr * np.cos(a)
+            _sphere(cell_opd, vy, vx, vr, dv)
         # nucleoli (2-5): dark dots inside the nucleus
         nuc_pts = crng.uniform([0, 0, 1.8], [2 * np.pi, 0.55, 3.0], (int(crng.integers(2, 6)), 3))
         dnn = (o.n_nucleolus - o.n_nucleus) * 1.5 * (1 - rnd)  # ~1.5 um thick
@@ -364,12 +394,15 @@ class CellRenderer:
         under = opd[y0:y1, x0:x1]
         opd[y0:y1, x0:x1][own] = np.where(edge < 1, np.maximum(cell_opd, under), cell_opd)[own]
         labels[y0:y1, x0:x1][own] = int(s["id"][i])
-        pts.append(self._points(crng, s, i, (cx, cy, reff, R), (ncx, ncy, nr), stress, rnd))
+        pts.append(self._points(crng, s, i, (cx, cy, reff, R), (ncx, ncy, nr), stress, rnd, ghost))
 
-    def _points(self, crng, s, i, cell, nucleus, stress, rnd):
-        """Granules (perinuclear), boundary aggregates and retraction fibres as impulses.
+    def _points(self, crng, s, i, cell, nucleus, stress, rnd, ghost):
+        """Granules (perinuclear), boundary aggregates and retraction fibres as impulses
+        (:meth:`render` blurs granules and aggregates to ``_GRANULE_PX``, fibres to
+        ``_FIBRE_PX``).
 
-        ``cell`` is (x, y, current radius, spread radius) and ``nucleus`` (x, y, radius), px.
+        ``cell`` is (x, y, current radius, spread radius) and ``nucleus`` (x, y, radius), px;
+        ``ghost`` scales the granules of a dead cell as it loses its phase contrast.
 
         Returns ys, xs, amplitudes (um OPD; negative for retraction fibres, which lie on the
         glass outside the cell) and the cell id per impulse.
@@ -377,11 +410,14 @@ class CellRenderer:
         o, b = self.o, self.bio
         (cx, cy, reff, R), (ncx, ncy, nr) = cell, nucleus
         dn_g = (o.n_granule - o.n_cytoplasm) * 0.8  # um OPD of a ~0.8 um granule
-        n = int(crng.integers(20, 60))
-        a = crng.uniform(0, 2 * np.pi, n)
-        # perinuclear: around the nucleus (rounded cells: all over)
+        n = int(crng.integers(*_GRANULES))
+        # perinuclear, gathered on one side of the nucleus (the Golgi and the ER beside it);
+        # as the cell rounds, they disperse all over it
+        side = crng.uniform(0, 2 * np.pi) + crng.normal(0, _GRANULE_SPREAD, n)
+        a = (1 - rnd) * side + rnd * crng.uniform(0, 2 * np.pi, n)
         rr = (1 - rnd) * crng.uniform(1.0, 2.4, n) * nr + rnd * crng.uniform(0, 0.8, n) * reff
-        amps = dn_g * crng.exponential(1.8, n) * (1 - 0.5 * rnd)
+        # many faint granules make a mottle; few reach the dark tail (tuned)
+        amps = dn_g * crng.exponential(1.08, n) * (1 - 0.5 * rnd) * ghost
         ys, xs, vals = [ncy + rr * np.sin(a)], [ncx + rr * np.cos(a)], [amps]
         n_max, f_max = b.aggregates_max, b.fibres_max
         n_agg = round(n_max * stress * (1 - rnd))
