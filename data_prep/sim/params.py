@@ -94,7 +94,7 @@ class Optics:
     na: float = 0.75  # 20x/0.75 Plan Apo Ph2 (paper 2.1)
     ring_radius_na: float = 0.25  # Ph2 condenser annulus NA 0.2-0.3 (ref)
     ring_width_na: float = 0.09  # a fraction of the radius (ref); sets halo and shade-off
-    ring_transmission: float = 0.2  # amplitude transmission 0.15-0.3 (ref)
+    ring_transmission: float = 0.22  # amplitude 0.15-0.3 (ref); 0.22: nearer real (stop 33)
     annulus_fraction: float = 1.0  # condenser annulus' image width / phase ring width (<= 1)
     n_medium: float = 1.335  # (ref)
     n_cytoplasm: float = 1.365  # 1.36-1.37 (ref)
